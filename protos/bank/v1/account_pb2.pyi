@@ -1,0 +1,199 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AccountStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACCOUNT_STATUS_UNSPECIFIED: _ClassVar[AccountStatus]
+    ACCOUNT_STATUS_OPEN: _ClassVar[AccountStatus]
+    ACCOUNT_STATUS_CLOSED: _ClassVar[AccountStatus]
+
+class AccountEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACCOUNT_EVENT_TYPE_UNSPECIFIED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_OPENED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_DEPOSITED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_WITHDRAWN: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_RESERVED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_RESERVATION_RELEASED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_CREDITED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_CLOSED: _ClassVar[AccountEventType]
+ACCOUNT_STATUS_UNSPECIFIED: AccountStatus
+ACCOUNT_STATUS_OPEN: AccountStatus
+ACCOUNT_STATUS_CLOSED: AccountStatus
+ACCOUNT_EVENT_TYPE_UNSPECIFIED: AccountEventType
+ACCOUNT_EVENT_TYPE_OPENED: AccountEventType
+ACCOUNT_EVENT_TYPE_DEPOSITED: AccountEventType
+ACCOUNT_EVENT_TYPE_WITHDRAWN: AccountEventType
+ACCOUNT_EVENT_TYPE_RESERVED: AccountEventType
+ACCOUNT_EVENT_TYPE_RESERVATION_RELEASED: AccountEventType
+ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED: AccountEventType
+ACCOUNT_EVENT_TYPE_CREDITED: AccountEventType
+ACCOUNT_EVENT_TYPE_CLOSED: AccountEventType
+
+class Reservation(_message.Message):
+    __slots__ = ("reference", "amount", "reserved_at")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    amount: int
+    reserved_at: _timestamp_pb2.Timestamp
+    def __init__(self, reference: _Optional[str] = ..., amount: _Optional[int] = ..., reserved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Account(_message.Message):
+    __slots__ = ("account_id", "owner", "currency", "balance", "reserved", "available", "status", "version", "reservations")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    owner: str
+    currency: str
+    balance: int
+    reserved: int
+    available: int
+    status: AccountStatus
+    version: int
+    reservations: _containers.RepeatedCompositeFieldContainer[Reservation]
+    def __init__(self, account_id: _Optional[str] = ..., owner: _Optional[str] = ..., currency: _Optional[str] = ..., balance: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ..., status: _Optional[_Union[AccountStatus, str]] = ..., version: _Optional[int] = ..., reservations: _Optional[_Iterable[_Union[Reservation, _Mapping]]] = ...) -> None: ...
+
+class AccountEvent(_message.Message):
+    __slots__ = ("account_id", "version", "type", "amount", "reference", "balance_after", "reserved_after", "occurred_at")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    version: int
+    type: AccountEventType
+    amount: int
+    reference: str
+    balance_after: int
+    reserved_after: int
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[AccountEventType, str]] = ..., amount: _Optional[int] = ..., reference: _Optional[str] = ..., balance_after: _Optional[int] = ..., reserved_after: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class OpenAccountRequest(_message.Message):
+    __slots__ = ("account_id", "owner", "currency")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    owner: str
+    currency: str
+    def __init__(self, account_id: _Optional[str] = ..., owner: _Optional[str] = ..., currency: _Optional[str] = ...) -> None: ...
+
+class GetAccountRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class DepositRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: int
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WithdrawRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: int
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CloseAccountRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class ListAccountEventsRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListAccountEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AccountEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AccountEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchAccountRequest(_message.Message):
+    __slots__ = ("account_id", "from_version")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    from_version: int
+    def __init__(self, account_id: _Optional[str] = ..., from_version: _Optional[int] = ...) -> None: ...
+
+class ReserveRequest(_message.Message):
+    __slots__ = ("account_id", "reference", "amount")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    amount: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class CreditRequest(_message.Message):
+    __slots__ = ("account_id", "reference", "amount", "currency")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    amount: int
+    currency: str
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
+
+class CaptureRequest(_message.Message):
+    __slots__ = ("account_id", "reference")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("account_id", "reference")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...

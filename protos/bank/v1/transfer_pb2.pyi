@@ -1,0 +1,84 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_STATE_UNSPECIFIED: _ClassVar[TransferState]
+    TRANSFER_STATE_REQUESTED: _ClassVar[TransferState]
+    TRANSFER_STATE_RESERVED: _ClassVar[TransferState]
+    TRANSFER_STATE_CREDITED: _ClassVar[TransferState]
+    TRANSFER_STATE_COMPLETED: _ClassVar[TransferState]
+    TRANSFER_STATE_FAILED: _ClassVar[TransferState]
+TRANSFER_STATE_UNSPECIFIED: TransferState
+TRANSFER_STATE_REQUESTED: TransferState
+TRANSFER_STATE_RESERVED: TransferState
+TRANSFER_STATE_CREDITED: TransferState
+TRANSFER_STATE_COMPLETED: TransferState
+TRANSFER_STATE_FAILED: TransferState
+
+class Transfer(_message.Message):
+    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "currency", "state", "failure_reason", "created_at", "updated_at")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    currency: str
+    state: TransferState
+    failure_reason: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTransferRequest(_message.Message):
+    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class GetTransferRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class ListTransfersRequest(_message.Message):
+    __slots__ = ("account_id", "page_size", "page_token")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTransfersResponse(_message.Message):
+    __slots__ = ("transfers", "next_page_token")
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[Transfer]
+    next_page_token: str
+    def __init__(self, transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
