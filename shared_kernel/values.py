@@ -1,0 +1,93 @@
+"""Validation of the values the contract defines: ids, amounts, keys, currencies, page sizes.
+
+Each function returns the value in its canonical form or raises ``InvalidArgument`` naming
+the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from shared_kernel.errors import InvalidArgument
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+MAX_KEY_LENGTH = 128
+MAX_OWNER_LENGTH = 200
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]+")
+
+
+def new_id() -> str:
+    """A fresh UUID in canonical form."""
+    return str(uuid.uuid4())
+
+
+def parse_id(value: str, field: str) -> str:
+    """A UUID, returned in canonical lower-case form."""
+    if not value:
+        raise InvalidArgument(field, "required")
+    if len(value) > 64:
+        raise InvalidArgument(field, "not a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument(field, "not a UUID") from None
+
+
+def parse_optional_id(value: str, field: str) -> str:
+    """A client-supplied UUID, or a fresh one when the field is empty."""
+    return parse_id(value, field) if value else new_id()
+
+
+def parse_amount(value: int, field: str = "amount") -> int:
+    if value <= 0:
+        raise InvalidArgument(field, "must be greater than 0")
+    if value > INT64_MAX:
+        raise InvalidArgument(field, "must fit in int64")
+    return value
+
+
+def parse_key(value: str, field: str) -> str:
+    """An idempotency key (request_id or reference): 1-128 printable ASCII characters."""
+    if not value:
+        raise InvalidArgument(field, "required")
+    if len(value) > MAX_KEY_LENGTH:
+        raise InvalidArgument(field, f"longer than {MAX_KEY_LENGTH} characters")
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        raise InvalidArgument(field, "must be printable ASCII")
+    return value
+
+
+def parse_currency(value: str, field: str = "currency") -> str:
+    if not _CURRENCY.fullmatch(value):
+        raise InvalidArgument(field, "must be three upper-case letters (ISO 4217)")
+    return value
+
+
+def parse_owner(value: str, field: str = "owner") -> str:
+    if not value.strip():
+        raise InvalidArgument(field, "required")
+    if len(value) > MAX_OWNER_LENGTH:
+        raise InvalidArgument(field, f"longer than {MAX_OWNER_LENGTH} characters")
+    if not value.isprintable():
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def parse_page_size(value: int, field: str = "page_size") -> int:
+    if value < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(value, MAX_PAGE_SIZE)
+
+
+def parse_version(value: int, field: str) -> int:
+    if value < 0:
+        raise InvalidArgument(field, "must not be negative")
+    return value
