@@ -1,0 +1,331 @@
+"""Command handling for accounts: load, decide, append — one account at a time.
+
+Each account has a mailbox. Commands for one account queue there and one task works the
+queue, so commands on an account are serialized inside the process (the analogue of a
+process per aggregate) while different accounts proceed concurrently. The task takes every
+command waiting, decides them in order against the in-memory aggregate, appends all their
+events in one append and only then answers each caller: one commit per burst instead of one
+per command. Across processes, the expected-version check of the append keeps the stream
+consistent; on a conflict the aggregate is reloaded and the burst decided again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from account_service import codec
+from account_service.domain import (
+    Account,
+    AccountEvent,
+    AccountNotFound,
+    AccountStatus,
+    Hold,
+    Reserved,
+)
+from event_store import AsyncEventStore, ConcurrencyConflict, NewEvent, RecordedEvent
+from shared_kernel.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+STREAM_PREFIX = "account-"
+Decision = Callable[[Account], list[AccountEvent]]
+CrashPoint = Callable[[str], None]
+
+# Running balances are stored with each event so a page of history needs no replay.
+_RUNNING_FIELDS = ("balance_after", "reserved_after")
+_LOAD_PAGE = 5000
+_MAX_ATTEMPTS = 8
+
+
+def stream_id(account_id: str) -> str:
+    return STREAM_PREFIX + account_id
+
+
+def _no_crash(point: str) -> None:
+    return None
+
+
+class ContentionTooHigh(DomainError):
+    """Other writers kept changing the account's stream; the caller may retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """An account's state as of one answered command."""
+
+    account_id: str
+    owner: str
+    currency: str
+    balance: int
+    reserved: int
+    status: AccountStatus
+    version: int
+    reservations: tuple[tuple[str, Hold], ...] = ()
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One stored event of an account, with the balances right after it."""
+
+    account_id: str
+    version: int
+    event: AccountEvent
+    balance_after: int
+    reserved_after: int
+    occurred_at: datetime
+
+
+def _view(account: Account, with_reservations: bool = False) -> AccountView:
+    assert account.status is not None
+    return AccountView(
+        account_id=account.account_id,
+        owner=account.owner,
+        currency=account.currency,
+        balance=account.balance,
+        reserved=account.reserved,
+        status=account.status,
+        version=account.version,
+        reservations=tuple(account.holds.items()) if with_reservations else (),
+    )
+
+
+def _decode(recorded: RecordedEvent) -> AccountEvent:
+    data = {k: v for k, v in recorded.data.items() if k not in _RUNNING_FIELDS}
+    return codec.decode(recorded.type, data)
+
+
+_Command = tuple[Decision, bool, "asyncio.Future[AccountView]"]
+
+
+class _Mailbox:
+    __slots__ = ("account", "queue", "running")
+
+    def __init__(self) -> None:
+        self.account: Account | None = None
+        self.queue: list[_Command] = []
+        self.running = False
+
+
+class Accounts:
+    """The account service's use cases, over an event store."""
+
+    def __init__(
+        self,
+        store: AsyncEventStore,
+        *,
+        max_batch: int = 512,
+        cache_size: int = 100_000,
+        crash_point: CrashPoint = _no_crash,
+    ) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._cache_size = cache_size
+        self._crash_point = crash_point
+        self._mailboxes: OrderedDict[str, _Mailbox] = OrderedDict()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def execute(
+        self, account_id: str, decision: Decision, *, with_reservations: bool = False
+    ) -> AccountView:
+        """Decide ``decision`` against the account and store its events; the state after it."""
+        mailbox = self._mailbox(account_id)
+        future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
+        mailbox.queue.append((decision, with_reservations, future))
+        if not mailbox.running:
+            mailbox.running = True
+            task = asyncio.create_task(self._work(account_id, mailbox))
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+        # The work goes on if this caller is cancelled: its command may still be stored.
+        return await asyncio.shield(future)
+
+    def _mailbox(self, account_id: str) -> _Mailbox:
+        mailbox = self._mailboxes.get(account_id)
+        if mailbox is None:
+            mailbox = self._mailboxes[account_id] = _Mailbox()
+            self._evict()
+        else:
+            self._mailboxes.move_to_end(account_id)
+        return mailbox
+
+    def _evict(self) -> None:
+        excess = len(self._mailboxes) - self._cache_size
+        if excess <= 0:
+            return
+        for account_id in list(self._mailboxes)[: excess * 2]:
+            if excess <= 0:
+                break
+            mailbox = self._mailboxes[account_id]
+            if not mailbox.running and not mailbox.queue:
+                del self._mailboxes[account_id]
+                excess -= 1
+
+    async def _work(self, account_id: str, mailbox: _Mailbox) -> None:
+        try:
+            while mailbox.queue:
+                batch = mailbox.queue[: self._max_batch]
+                del mailbox.queue[: self._max_batch]
+                await self._decide_and_store(account_id, mailbox, batch)
+        finally:
+            mailbox.running = False
+            if mailbox.account is not None and not mailbox.account.exists:
+                # Commands for accounts that do not exist should not fill the cache.
+                self._mailboxes.pop(account_id, None)
+
+    async def _decide_and_store(
+        self,
+        account_id: str,
+        mailbox: _Mailbox,
+        batch: Sequence[_Command],
+    ) -> None:
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                if mailbox.account is None:
+                    mailbox.account = await self._load(account_id)
+                account = mailbox.account
+                expected = account.version
+                outcomes: list[AccountView | BaseException] = []
+                new: list[NewEvent] = []
+                reserved: list[tuple[int, str]] = []
+                for decision, with_reservations, _ in batch:
+                    try:
+                        events = decision(account)
+                    except Exception as exc:
+                        outcomes.append(exc)
+                        continue
+                    for event in events:
+                        # Applied before the commit: a failed append drops the aggregate.
+                        account.apply(event)
+                        kind, data = codec.encode(event)
+                        data["balance_after"] = account.balance
+                        data["reserved_after"] = account.reserved
+                        new.append(NewEvent(kind, data))
+                        if isinstance(event, Reserved):
+                            reserved.append((len(new) - 1, event.reference))
+                    outcomes.append(_view(account, with_reservations))
+                if new:
+                    recorded = await self._store.append(stream_id(account_id), expected, new)
+                    for index, reference in reserved:
+                        hold = account.holds.get(reference)
+                        if hold is not None:
+                            account.holds[reference] = Hold(
+                                hold.amount, recorded[index].recorded_at
+                            )
+                    self._crash_point("account-after-append")
+                    self._notify(account_id)
+            except ConcurrencyConflict:
+                mailbox.account = None
+                continue
+            except BaseException as exc:
+                mailbox.account = None
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            return
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(
+                    ContentionTooHigh(f"account {account_id} kept changing; retry")
+                )
+
+    async def _load(self, account_id: str) -> Account:
+        account = Account.empty(account_id)
+        while True:
+            page = await self._store.read_stream(
+                stream_id(account_id), after_version=account.version, limit=_LOAD_PAGE
+            )
+            for recorded in page:
+                account.apply(_decode(recorded), recorded.recorded_at)
+            if len(page) < _LOAD_PAGE:
+                return account
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def get(self, account_id: str) -> AccountView:
+        """The account's current state, with its open reservations."""
+        mailbox = self._mailbox(account_id)
+        account = mailbox.account
+        if account is None or mailbox.running:
+            # Through the mailbox, so the answer reflects every acknowledged command.
+            return await self.execute(account_id, _existing, with_reservations=True)
+        if not account.exists:
+            raise AccountNotFound(account_id)
+        return _view(account, with_reservations=True)
+
+    async def history(self, account_id: str, after_version: int, limit: int) -> list[HistoryEntry]:
+        """Up to ``limit`` events after ``after_version``, oldest first."""
+        page = await self._entries(account_id, after_version, limit)
+        if not page and after_version == 0:
+            raise AccountNotFound(account_id)
+        return page
+
+    async def _entries(self, account_id: str, after_version: int, limit: int) -> list[HistoryEntry]:
+        page = await self._store.read_stream(
+            stream_id(account_id), after_version=after_version, limit=limit
+        )
+        return [
+            HistoryEntry(
+                account_id=account_id,
+                version=recorded.version,
+                event=_decode(recorded),
+                balance_after=recorded.data["balance_after"],
+                reserved_after=recorded.data["reserved_after"],
+                occurred_at=recorded.recorded_at,
+            )
+            for recorded in page
+        ]
+
+    async def watch(
+        self, account_id: str, from_version: int, poll_interval: float = 1.0
+    ) -> AsyncIterator[HistoryEntry]:
+        """Events after ``from_version``, then live ones, until the caller stops iterating.
+
+        Commits in this process wake watchers at once; the poll catches commits made by
+        other processes sharing the database.
+        """
+        if await self._store.stream_version(stream_id(account_id)) == 0:
+            raise AccountNotFound(account_id)
+        last = from_version
+        while True:
+            changed = self._changed.setdefault(account_id, asyncio.Event())
+            page = await self._entries(account_id, last, 500)
+            for entry in page:
+                yield entry
+                last = entry.version
+            if len(page) < 500:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), poll_interval)
+
+    def _notify(self, account_id: str) -> None:
+        changed = self._changed.pop(account_id, None)
+        if changed is not None:
+            changed.set()
+
+
+def _existing(account: Account) -> list[AccountEvent]:
+    if not account.exists:
+        raise AccountNotFound(account.account_id)
+    return []

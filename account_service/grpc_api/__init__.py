@@ -1,0 +1,1 @@
+"""The account service's gRPC adapter: servicers, proto translation, the error table."""

@@ -1,0 +1,31 @@
+"""The account service's one table from domain refusals to gRPC codes and reasons."""
+
+from __future__ import annotations
+
+from grpc import StatusCode
+
+from account_service import domain
+from account_service.application import ContentionTooHigh
+from event_store import StoreUnavailable
+from grpc_common.errors import ErrorTable, Refusal
+from shared_kernel.errors import InvalidArgument
+
+ERRORS = ErrorTable(
+    {
+        InvalidArgument: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        domain.AccountNotFound: Refusal(StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND"),
+        domain.AccountAlreadyExists: Refusal(StatusCode.ALREADY_EXISTS, "ACCOUNT_ALREADY_EXISTS"),
+        domain.ReferenceReused: Refusal(StatusCode.ALREADY_EXISTS, "REFERENCE_REUSED"),
+        domain.InsufficientFunds: Refusal(StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS"),
+        domain.AccountIsClosed: Refusal(StatusCode.FAILED_PRECONDITION, "ACCOUNT_CLOSED"),
+        domain.CurrencyMismatch: Refusal(StatusCode.FAILED_PRECONDITION, "CURRENCY_MISMATCH"),
+        domain.AccountNotEmpty: Refusal(StatusCode.FAILED_PRECONDITION, "ACCOUNT_NOT_EMPTY"),
+        domain.ReservationNotFound: Refusal(
+            StatusCode.FAILED_PRECONDITION, "RESERVATION_NOT_FOUND"
+        ),
+        domain.ReservationSettled: Refusal(StatusCode.FAILED_PRECONDITION, "RESERVATION_SETTLED"),
+        domain.BalanceOutOfRange: Refusal(StatusCode.OUT_OF_RANGE, "BALANCE_OUT_OF_RANGE"),
+        StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
+        ContentionTooHigh: Refusal(StatusCode.UNAVAILABLE, "CONTENTION"),
+    }
+)

@@ -1,0 +1,67 @@
+"""Translation from the application's views to bank.v1 messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from account_service import domain
+from account_service.application import AccountView, HistoryEntry
+from bank.v1 import account_pb2 as pb
+
+_STATUS = {
+    domain.AccountStatus.OPEN: pb.ACCOUNT_STATUS_OPEN,
+    domain.AccountStatus.CLOSED: pb.ACCOUNT_STATUS_CLOSED,
+}
+_EVENT_TYPE = {
+    domain.AccountOpened: pb.ACCOUNT_EVENT_TYPE_OPENED,
+    domain.Deposited: pb.ACCOUNT_EVENT_TYPE_DEPOSITED,
+    domain.Withdrawn: pb.ACCOUNT_EVENT_TYPE_WITHDRAWN,
+    domain.Reserved: pb.ACCOUNT_EVENT_TYPE_RESERVED,
+    domain.ReservationReleased: pb.ACCOUNT_EVENT_TYPE_RESERVATION_RELEASED,
+    domain.ReservationCaptured: pb.ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED,
+    domain.Credited: pb.ACCOUNT_EVENT_TYPE_CREDITED,
+    domain.AccountClosed: pb.ACCOUNT_EVENT_TYPE_CLOSED,
+}
+
+
+def timestamp(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def account(view: AccountView) -> pb.Account:
+    return pb.Account(
+        account_id=view.account_id,
+        owner=view.owner,
+        currency=view.currency,
+        balance=view.balance,
+        reserved=view.reserved,
+        available=view.available,
+        status=_STATUS[view.status],
+        version=view.version,
+        reservations=[
+            pb.Reservation(
+                reference=reference, amount=hold.amount, reserved_at=timestamp(hold.reserved_at)
+            )
+            for reference, hold in view.reservations
+        ],
+    )
+
+
+def account_event(entry: HistoryEntry) -> pb.AccountEvent:
+    event = entry.event
+    return pb.AccountEvent(
+        account_id=entry.account_id,
+        version=entry.version,
+        type=_EVENT_TYPE[type(event)],
+        amount=getattr(event, "amount", 0),
+        reference=getattr(event, "reference", ""),
+        balance_after=entry.balance_after,
+        reserved_after=entry.reserved_after,
+        occurred_at=timestamp(entry.occurred_at),
+    )

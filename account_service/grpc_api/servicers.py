@@ -1,0 +1,122 @@
+"""AccountService and ReservationService: parse the request, call the application, answer.
+
+Refusals are raised as domain errors and answered through the one error table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from operator import methodcaller
+
+import grpc
+
+from account_service.application import Accounts
+from account_service.grpc_api import messages
+from account_service.grpc_api.errors import ERRORS
+from bank.v1 import account_pb2 as pb
+from bank.v1 import account_pb2_grpc
+from shared_kernel import page_tokens
+from shared_kernel.values import (
+    parse_amount,
+    parse_currency,
+    parse_id,
+    parse_key,
+    parse_optional_id,
+    parse_owner,
+    parse_page_size,
+    parse_version,
+)
+
+Context = grpc.aio.ServicerContext
+
+
+@ERRORS.guard
+class AccountServicer(account_pb2_grpc.AccountServiceServicer):
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    async def OpenAccount(self, request: pb.OpenAccountRequest, context: Context) -> pb.Account:
+        account_id = parse_optional_id(request.account_id, "account_id")
+        owner = parse_owner(request.owner)
+        currency = parse_currency(request.currency)
+        view = await self._accounts.execute(account_id, methodcaller("open", owner, currency))
+        return messages.account(view)
+
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
+        view = await self._accounts.get(parse_id(request.account_id, "account_id"))
+        return messages.account(view)
+
+    async def Deposit(self, request: pb.DepositRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        amount = parse_amount(request.amount)
+        request_id = parse_key(request.request_id, "request_id")
+        view = await self._accounts.execute(account_id, methodcaller("deposit", amount, request_id))
+        return messages.account(view)
+
+    async def Withdraw(self, request: pb.WithdrawRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        amount = parse_amount(request.amount)
+        request_id = parse_key(request.request_id, "request_id")
+        decision = methodcaller("withdraw", amount, request_id)
+        return messages.account(await self._accounts.execute(account_id, decision))
+
+    async def CloseAccount(self, request: pb.CloseAccountRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        return messages.account(await self._accounts.execute(account_id, methodcaller("close")))
+
+    async def ListAccountEvents(
+        self, request: pb.ListAccountEventsRequest, context: Context
+    ) -> pb.ListAccountEventsResponse:
+        account_id = parse_id(request.account_id, "account_id")
+        page_size = parse_page_size(request.page_size)
+        listing = f"account-events:{account_id}"
+        after = page_tokens.decode(request.page_token, listing) if request.page_token else 0
+        # One more than asked tells whether another page exists.
+        entries = await self._accounts.history(account_id, after, page_size + 1)
+        page = entries[:page_size]
+        more = len(entries) > page_size
+        return pb.ListAccountEventsResponse(
+            events=[messages.account_event(entry) for entry in page],
+            next_page_token=page_tokens.encode(listing, page[-1].version) if more else "",
+        )
+
+    async def WatchAccount(
+        self, request: pb.WatchAccountRequest, context: Context
+    ) -> AsyncIterator[pb.AccountEvent]:
+        account_id = parse_id(request.account_id, "account_id")
+        from_version = parse_version(request.from_version, "from_version")
+        async for entry in self._accounts.watch(account_id, from_version):
+            yield messages.account_event(entry)
+
+
+@ERRORS.guard
+class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+
+    async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        reference = parse_key(request.reference, "reference")
+        amount = parse_amount(request.amount)
+        decision = methodcaller("reserve", amount, reference)
+        return messages.account(await self._accounts.execute(account_id, decision))
+
+    async def Credit(self, request: pb.CreditRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        reference = parse_key(request.reference, "reference")
+        amount = parse_amount(request.amount)
+        currency = parse_currency(request.currency)
+        decision = methodcaller("credit", amount, reference, currency)
+        return messages.account(await self._accounts.execute(account_id, decision))
+
+    async def Capture(self, request: pb.CaptureRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        reference = parse_key(request.reference, "reference")
+        decision = methodcaller("capture", reference)
+        return messages.account(await self._accounts.execute(account_id, decision))
+
+    async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        reference = parse_key(request.reference, "reference")
+        decision = methodcaller("release", reference)
+        return messages.account(await self._accounts.execute(account_id, decision))

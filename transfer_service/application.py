@@ -1,0 +1,140 @@
+"""The transfer service's use cases: create (and wait for) a transfer, read, list, resume.
+
+Each transfer is driven by one task in this process. The task belongs to the service, not
+to the call that started it: a caller that gives up does not stop the transfer, and a
+repeated ``CreateTransfer`` joins the task already running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from event_store import StoreUnavailable
+from shared_kernel.errors import DomainError
+from transfer_service.domain import Transfer, TransferNotFound, TransferState
+from transfer_service.process import DEFAULT_BACKOFF, Backoff, TransferProcess
+from transfer_service.repository import StoredTransfers
+
+log = logging.getLogger(__name__)
+
+
+class TransferRefused(DomainError):
+    """The transfer ended FAILED; ``reason`` is the account service's refusal."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        super().__init__(
+            f"transfer {transfer.transfer_id} failed: {transfer.failure_reason}",
+            transfer_id=transfer.transfer_id,
+        )
+        self.reason = transfer.failure_reason
+        self.transfer = transfer
+
+
+class TransferPending(DomainError):
+    """The transfer is recorded and still running (a peer is slow or down)."""
+
+    def __init__(self, transfer_id: str) -> None:
+        super().__init__(
+            f"transfer {transfer_id} is recorded and still in progress; "
+            "retry with the same transfer_id to get its outcome",
+            transfer_id=transfer_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferPage:
+    transfers: list[Transfer]
+    next_cursor: int | None
+
+
+class Transfers:
+    def __init__(
+        self,
+        repository: StoredTransfers,
+        process: TransferProcess,
+        *,
+        answer_within: float = 30.0,
+        store_backoff: Backoff = DEFAULT_BACKOFF,
+    ) -> None:
+        self._repository = repository
+        self._process = process
+        self._answer_within = answer_within
+        self._store_backoff = store_backoff
+        self._drivers: dict[str, asyncio.Task[Transfer]] = {}
+
+    async def create(
+        self,
+        transfer_id: str,
+        from_account_id: str,
+        to_account_id: str,
+        amount: int,
+        wait: float | None = None,
+    ) -> Transfer:
+        """Record the transfer (or find the same one recorded) and answer with its outcome.
+
+        Raises ``TransferRefused`` when it failed, ``TransferPending`` when it did not end
+        within ``wait`` seconds (it carries on), ``TransferAlreadyExists`` for an id reused
+        with other fields.
+        """
+        transfer = await self._process.request(transfer_id, from_account_id, to_account_id, amount)
+        if not transfer.is_terminal:
+            driver = self._driver(transfer_id)
+            limit = self._answer_within if wait is None else min(wait, self._answer_within)
+            try:
+                transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=limit)
+            except TimeoutError:
+                raise TransferPending(transfer_id) from None
+        if transfer.state is TransferState.FAILED:
+            raise TransferRefused(transfer)
+        return transfer
+
+    async def get(self, transfer_id: str) -> Transfer:
+        transfer = await self._repository.load(transfer_id)
+        if transfer is None:
+            raise TransferNotFound(transfer_id)
+        return transfer
+
+    async def of_account(self, account_id: str, before: int | None, page_size: int) -> TransferPage:
+        entries = await self._repository.of_account(account_id, before, page_size + 1)
+        page = entries[:page_size]
+        more = len(entries) > page_size
+        return TransferPage([t for _, t in page], page[-1][0] if more else None)
+
+    async def resume_unfinished(self) -> int:
+        """Start a driver for every transfer that is not terminal; how many there were."""
+        transfer_ids = await self._repository.unfinished()
+        for transfer_id in transfer_ids:
+            self._driver(transfer_id)
+        if transfer_ids:
+            log.info("resuming %d unfinished transfers", len(transfer_ids))
+        return len(transfer_ids)
+
+    async def close(self) -> None:
+        for task in list(self._drivers.values()):
+            task.cancel()
+        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+
+    def _driver(self, transfer_id: str) -> asyncio.Task[Transfer]:
+        task = self._drivers.get(transfer_id)
+        if task is None:
+            task = asyncio.create_task(self._drive(transfer_id))
+            self._drivers[transfer_id] = task
+            task.add_done_callback(lambda _: self._drivers.pop(transfer_id, None))
+        return task
+
+    async def _drive(self, transfer_id: str) -> Transfer:
+        """Drive to a terminal state, outlasting outages of this service's own database."""
+        failures = 0
+        while True:
+            try:
+                transfer = await self._repository.load(transfer_id)
+                if transfer is None:
+                    raise TransferNotFound(transfer_id)
+                return await self._process.drive(transfer)
+            except StoreUnavailable as exc:
+                failures += 1
+                delay = self._store_backoff.delay(failures)
+                log.warning("transfer %s: database unavailable (%s)", transfer_id, exc)
+                await self._store_backoff.sleep(delay)

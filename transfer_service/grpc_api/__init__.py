@@ -1,0 +1,1 @@
+"""The transfer service's gRPC adapter: servicer, proto translation, the error table."""

@@ -1,0 +1,31 @@
+"""The transfer service's one table from refusals to gRPC codes and reasons.
+
+A failed transfer answers with the account service's refusal: its reason is kept, and the
+code follows from the reason as in the account service's own table.
+"""
+
+from __future__ import annotations
+
+from grpc import StatusCode
+
+from event_store import StoreUnavailable
+from grpc_common.errors import ErrorTable, Refusal
+from shared_kernel.errors import InvalidArgument
+from transfer_service.application import TransferPending, TransferRefused
+from transfer_service.domain import TransferAlreadyExists, TransferNotFound
+
+ERRORS = ErrorTable(
+    {
+        InvalidArgument: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        TransferNotFound: Refusal(StatusCode.NOT_FOUND, "TRANSFER_NOT_FOUND"),
+        TransferAlreadyExists: Refusal(StatusCode.ALREADY_EXISTS, "TRANSFER_ALREADY_EXISTS"),
+        TransferRefused: Refusal(StatusCode.FAILED_PRECONDITION, None),
+        TransferPending: Refusal(StatusCode.UNAVAILABLE, "TRANSFER_PENDING"),
+        StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
+    },
+    codes_by_reason={
+        "ACCOUNT_NOT_FOUND": StatusCode.NOT_FOUND,
+        "BALANCE_OUT_OF_RANGE": StatusCode.OUT_OF_RANGE,
+        "INVALID_ARGUMENT": StatusCode.INVALID_ARGUMENT,
+    },
+)

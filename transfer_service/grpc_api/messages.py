@@ -1,0 +1,30 @@
+"""Translation from transfers to bank.v1 messages."""
+
+from __future__ import annotations
+
+from account_service.grpc_api.messages import timestamp
+from bank.v1 import transfer_pb2 as pb
+from transfer_service.domain import Transfer, TransferState
+
+_STATE = {
+    TransferState.REQUESTED: pb.TRANSFER_STATE_REQUESTED,
+    TransferState.RESERVED: pb.TRANSFER_STATE_RESERVED,
+    TransferState.CREDITED: pb.TRANSFER_STATE_CREDITED,
+    TransferState.COMPLETED: pb.TRANSFER_STATE_COMPLETED,
+    TransferState.FAILED: pb.TRANSFER_STATE_FAILED,
+}
+
+
+def transfer(t: Transfer) -> pb.Transfer:
+    assert t.state is not None
+    return pb.Transfer(
+        transfer_id=t.transfer_id,
+        from_account_id=t.from_account_id,
+        to_account_id=t.to_account_id,
+        amount=t.amount,
+        currency=t.currency,
+        state=_STATE[t.state],
+        failure_reason=t.failure_reason,
+        created_at=timestamp(t.created_at),
+        updated_at=timestamp(t.updated_at),
+    )
