@@ -10,16 +10,16 @@ import pytest
 
 from bank.v1 import account_pb2 as apb
 from grpc_common.errors import DOMAIN, error_info
+from tests import pg
+from tests.conftest import postgres_unreachable
 from tests.e2e.harness import Bank
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def bank(tmp_path) -> Iterator[Bank]:
-    """Both services on SQLite files of their own."""
+def _sqlite_bank(workdir) -> Iterator[Bank]:
     running = Bank(
-        f"sqlite:///{tmp_path}/accounts.db", f"sqlite:///{tmp_path}/transfers.db", tmp_path
+        f"sqlite:///{workdir}/accounts.db", f"sqlite:///{workdir}/transfers.db", workdir
     ).start()
     try:
         yield running
@@ -28,10 +28,42 @@ def bank(tmp_path) -> Iterator[Bank]:
     assert codes == {"transfer_service": 0, "account_service": 0}, codes
 
 
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory) -> Iterator[Bank]:
+    """Both services on SQLite files of their own, shared by a module's tests.
+
+    Tests on a shared bank open accounts of their own, so they do not see each other.
+    """
+    yield from _sqlite_bank(tmp_path_factory.mktemp("bank"))
+
+
 @pytest.fixture
-def pg_bank(tmp_path, postgres_url_factory) -> Iterator[Bank]:
+def own_bank(tmp_path) -> Iterator[Bank]:
+    """A bank for one test alone: for tests that stop, kill or restart the services."""
+    yield from _sqlite_bank(tmp_path)
+
+
+@pytest.fixture
+def postgres_schema_url() -> Iterator[Callable[[], str]]:
+    """Makes URLs onto fresh Postgres schemas (one per service), dropped afterwards."""
+    schemas: list[str] = []
+
+    def make() -> str:
+        try:
+            schemas.append(pg.create_schema())
+        except pg.PostgresUnreachable as exc:
+            postgres_unreachable(str(exc))
+        return pg.schema_url(schemas[-1])
+
+    yield make
+    for schema in schemas:
+        pg.drop_schema(schema)
+
+
+@pytest.fixture
+def pg_bank(tmp_path, postgres_schema_url) -> Iterator[Bank]:
     """Both services on Postgres, each in a schema of its own."""
-    running = Bank(postgres_url_factory(), postgres_url_factory(), tmp_path).start()
+    running = Bank(postgres_schema_url(), postgres_schema_url(), tmp_path).start()
     try:
         yield running
     finally:
@@ -50,18 +82,20 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, dict[str,
     return error.code(), info.reason, dict(info.metadata)
 
 
+def new_account(
+    bank: Bank, balance: int = 0, currency: str = "EUR", owner: str = "Ada"
+) -> apb.Account:
+    """Opens an account with a fresh id and, if asked, deposits an opening balance."""
+    account = bank.accounts.OpenAccount(
+        apb.OpenAccountRequest(account_id=str(uuid.uuid4()), owner=owner, currency=currency)
+    )
+    if balance:
+        account = bank.accounts.Deposit(
+            apb.DepositRequest(account_id=account.account_id, amount=balance, request_id="opening")
+        )
+    return account
+
+
 @pytest.fixture
 def open_account(bank) -> Callable[..., apb.Account]:
-    def open_(balance: int = 0, currency: str = "EUR", owner: str = "Ada") -> apb.Account:
-        account = bank.accounts.OpenAccount(
-            apb.OpenAccountRequest(account_id=str(uuid.uuid4()), owner=owner, currency=currency)
-        )
-        if balance:
-            account = bank.accounts.Deposit(
-                apb.DepositRequest(
-                    account_id=account.account_id, amount=balance, request_id=str(uuid.uuid4())
-                )
-            )
-        return account
-
-    return open_
+    return lambda *args, **kwargs: new_account(bank, *args, **kwargs)

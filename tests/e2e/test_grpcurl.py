@@ -60,14 +60,14 @@ def test_grpcurl_opens_an_account_and_moves_money(bank):
             "bank.v1.AccountService/OpenAccount",
         )
     )
-    deposit = {"accountId": opened["accountId"], "amount": "500", "requestId": "grpcurl-1"}
+    deposit = {"account_id": opened["account_id"], "amount": "500", "request_id": "grpcurl-1"}
     funded = json.loads(
         _run("-d", json.dumps(deposit), bank.account.address, "bank.v1.AccountService/Deposit")
     )
     assert funded["balance"] == "500"
     transfer = {
-        "fromAccountId": opened["accountId"],
-        "toAccountId": other["accountId"],
+        "from_account_id": opened["account_id"],
+        "to_account_id": other["account_id"],
         "amount": "120",
     }
     done = json.loads(

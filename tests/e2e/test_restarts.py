@@ -10,7 +10,7 @@ from grpc import StatusCode
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
-from tests.e2e.conftest import refusal
+from tests.e2e.conftest import new_account, refusal
 
 
 def _wait_for_state(bank, transfer_id: str, state: int, timeout: float = 30.0) -> tpb.Transfer:
@@ -22,8 +22,9 @@ def _wait_for_state(bank, transfer_id: str, state: int, timeout: float = 30.0) -
         time.sleep(0.1)
 
 
-def test_transfer_waits_out_an_account_service_outage(bank, open_account):
-    alice, bob = open_account(100), open_account()
+def test_transfer_waits_out_an_account_service_outage(own_bank):
+    bank = own_bank
+    alice, bob = new_account(bank, 100), new_account(bank)
     assert bank.account.stop() == 0
     request = tpb.CreateTransferRequest(
         transfer_id=str(uuid.uuid4()),
@@ -46,8 +47,9 @@ def test_transfer_waits_out_an_account_service_outage(bank, open_account):
     assert (source.balance, source.reserved, target.balance) == (60, 0, 40)
 
 
-def test_restarted_transfer_service_drives_unfinished_transfers_to_the_end(bank, open_account):
-    alice, bob = open_account(100), open_account()
+def test_restarted_transfer_service_drives_unfinished_transfers_to_the_end(own_bank):
+    bank = own_bank
+    alice, bob = new_account(bank, 100), new_account(bank)
     assert bank.account.stop() == 0
     ids = [str(uuid.uuid4()) for _ in range(3)]
     for transfer_id in ids:
@@ -73,14 +75,15 @@ def test_restarted_transfer_service_drives_unfinished_transfers_to_the_end(bank,
     assert (source.balance, source.reserved, target.balance) == (70, 0, 30)
 
 
-def test_account_state_survives_a_kill(bank, open_account):
-    account = open_account(123)
+def test_account_state_survives_a_kill(own_bank):
+    bank = own_bank
+    account = new_account(bank, 123)
     bank.account.kill()
     bank.account.start()
     again = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account.account_id))
     assert (again.balance, again.version) == (123, 2)
 
 
-def test_sigterm_stops_both_services_with_exit_code_zero(bank):
-    assert bank.transfer.stop() == 0
-    assert bank.account.stop() == 0
+def test_sigterm_stops_both_services_with_exit_code_zero(own_bank):
+    assert own_bank.transfer.stop() == 0
+    assert own_bank.account.stop() == 0
