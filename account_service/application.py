@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -107,13 +107,24 @@ def _decode(recorded: RecordedEvent) -> AccountEvent:
 _Command = tuple[Decision, bool, "asyncio.Future[AccountView]"]
 
 
+class LockTimeout(DomainError):
+    """An account stayed locked by another caller for longer than the caller would wait."""
+
+    def __init__(self, account_id: str, timeout: float) -> None:
+        super().__init__(
+            f"account {account_id} stayed locked for {timeout:g}s", account_id=account_id
+        )
+
+
 class _Mailbox:
-    __slots__ = ("account", "queue", "running")
+    __slots__ = ("account", "lock", "queue", "running")
 
     def __init__(self) -> None:
         self.account: Account | None = None
         self.queue: list[_Command] = []
         self.running = False
+        # Held while a burst is decided and stored, or by an exclusive() caller.
+        self.lock = asyncio.Lock()
 
 
 class Accounts:
@@ -152,6 +163,32 @@ class Accounts:
         # The work goes on if this caller is cancelled: its command may still be stored.
         return await asyncio.shield(future)
 
+    @contextlib.asynccontextmanager
+    async def exclusive(
+        self, account_id: str, timeout: float  # noqa: ASYNC109 - a lock wait, not a deadline
+    ) -> AsyncIterator[Callable[[Decision], Awaitable[AccountView]]]:
+        """Holds the account's lock (waiting at most ``timeout``) for several commands.
+
+        Yields a function that decides and stores one command while the lock is held.
+        Commands of other callers queue meanwhile. Holding two of these at once is how
+        the naive transfer strategy works, and why it deadlocks.
+        """
+        mailbox = self._mailbox(account_id)
+        try:
+            await asyncio.wait_for(mailbox.lock.acquire(), timeout)
+        except TimeoutError:
+            raise LockTimeout(account_id, timeout) from None
+        try:
+
+            async def run(decision: Decision) -> AccountView:
+                future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
+                await self._decide_and_store(account_id, mailbox, [(decision, False, future)])
+                return await future
+
+            yield run
+        finally:
+            mailbox.lock.release()
+
     def _mailbox(self, account_id: str) -> _Mailbox:
         mailbox = self._mailboxes.get(account_id)
         if mailbox is None:
@@ -176,9 +213,10 @@ class Accounts:
     async def _work(self, account_id: str, mailbox: _Mailbox) -> None:
         try:
             while mailbox.queue:
-                batch = mailbox.queue[: self._max_batch]
-                del mailbox.queue[: self._max_batch]
-                await self._decide_and_store(account_id, mailbox, batch)
+                async with mailbox.lock:
+                    batch = mailbox.queue[: self._max_batch]
+                    del mailbox.queue[: self._max_batch]
+                    await self._decide_and_store(account_id, mailbox, batch)
         finally:
             mailbox.running = False
             if mailbox.account is not None and not mailbox.account.exists:

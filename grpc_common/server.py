@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from event_store import AsyncEventStore, StoreUnavailable, open_store
+from event_store import AsyncEventStore, StoreUnavailable, default_writers, open_store
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ async def run_service(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Open the store, migrate it, build the service on it and serve until stopped."""
-    store = AsyncEventStore(open_store(db))
+    sync_store = open_store(db)
+    store = AsyncEventStore(sync_store, writers=default_writers(sync_store))
     await store.start()
     await migrate_when_ready(store)
     assembly = build(store)

@@ -11,7 +11,6 @@ import pytest
 from bank.v1 import account_pb2 as apb
 from grpc_common.errors import DOMAIN, error_info
 from tests import pg
-from tests.conftest import postgres_unreachable
 from tests.e2e.harness import Bank
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +51,7 @@ def postgres_schema_url() -> Iterator[Callable[[], str]]:
         try:
             schemas.append(pg.create_schema())
         except pg.PostgresUnreachable as exc:
-            postgres_unreachable(str(exc))
+            pg.skip_or_fail(str(exc).splitlines()[0])
         return pg.schema_url(schemas[-1])
 
     yield make

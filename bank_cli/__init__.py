@@ -1,0 +1,1 @@
+"""The ``bank`` command: tools for people operating and measuring the bank."""
