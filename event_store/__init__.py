@@ -1,0 +1,62 @@
+"""Append-only event streams with optimistic concurrency, behind one port.
+
+Backends: SQLite (embedded default), Postgres, in-memory (tests). ``open_store`` picks one
+by URL; ``AsyncEventStore`` runs any of them for asyncio code with group commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .aio import AsyncEventStore, default_writers
+from .memory import InMemoryEventStore
+from .port import (
+    AppendRequest,
+    ConcurrencyConflict,
+    EventStore,
+    EventStoreError,
+    NewEvent,
+    RecordedEvent,
+    StoreUnavailable,
+)
+from .postgres import PostgresEventStore
+from .sqlite import SqliteEventStore
+
+__all__ = [
+    "AppendRequest",
+    "AsyncEventStore",
+    "ConcurrencyConflict",
+    "EventStore",
+    "EventStoreError",
+    "InMemoryEventStore",
+    "NewEvent",
+    "PostgresEventStore",
+    "RecordedEvent",
+    "SqliteEventStore",
+    "StoreUnavailable",
+    "default_writers",
+    "open_store",
+]
+
+
+def open_store(url: str, **options: Any) -> EventStore:
+    """The store named by ``url``; ``options`` go to its constructor.
+
+    ``sqlite:///path/to/file.db`` (in-memory SQLite is refused), ``postgresql://`` or
+    ``postgresql+psycopg://...``, ``memory://``. Opens no connection and does not migrate:
+    call ``migrate()`` before the first use.
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    backend = scheme.partition("+")[0]
+    if scheme == "memory":
+        if options:
+            raise TypeError(f"memory:// takes no options, got {sorted(options)}")
+        return InMemoryEventStore()
+    if backend == "sqlite":
+        return SqliteEventStore(url, **options)
+    if backend in ("postgresql", "postgres"):
+        return PostgresEventStore(url, **options)
+    raise ValueError(
+        f"unsupported event store URL {url!r}: use sqlite:///<file>, "
+        "postgresql+psycopg://..., or memory://"
+    )

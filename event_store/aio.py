@@ -1,0 +1,272 @@
+"""``AsyncEventStore``: an asyncio front for a synchronous ``EventStore``, with group commit.
+
+Why group commit: a durable commit costs one fsync (SQLite ``synchronous=FULL``, Postgres
+``synchronous_commit=on``), and that fsync, not the inserts, bounds how many commits a
+second a disk can do. Committing each append on its own caps throughput at the disk's
+fsync rate. Instead, ``append()`` queues its request, and a writer task takes everything
+pending (up to ``max_batch``) and writes it with one ``append_batch``: one transaction,
+one fsync, for every caller that arrived while the previous batch was committing. Under
+load batches grow by themselves; when idle a lone append is written immediately, so
+there is no added latency to trade for it.
+
+Reads go straight to a thread pool; only appends are batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .port import (
+    AppendRequest,
+    ConcurrencyConflict,
+    EventStore,
+    EventStoreError,
+    NewEvent,
+    RecordedEvent,
+    StoreUnavailable,
+    check_append,
+)
+from .postgres import PostgresEventStore
+
+__all__ = ["AsyncEventStore", "default_writers"]
+
+T = TypeVar("T")
+
+_Pending = tuple[AppendRequest, "asyncio.Future[list[RecordedEvent]]"]
+
+
+def default_writers(store: EventStore) -> int:
+    """Writer tasks that suit the backend: 4 for Postgres, 1 otherwise.
+
+    SQLite has a single writer per file, so more writer tasks only queue on its lock.
+    Postgres appends also commit one at a time (see ``postgres``), but several writers
+    overlap one batch's connection checkout and version check with another's commit.
+    """
+    return 4 if isinstance(store, PostgresEventStore) else 1
+
+
+class AsyncEventStore:
+    """Runs a synchronous ``EventStore`` for asyncio code; appends are group-committed.
+
+    ``writers`` writer tasks each own a one-thread executor, so each has at most one
+    batch in flight; ``readers`` threads serve reads. Pass ``default_writers(store)`` to
+    pick the writer count by backend. Use ``start()``/``close()`` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        writers: int = 1,
+        readers: int = 4,
+        max_batch: int = 256,
+    ) -> None:
+        if writers < 1 or readers < 1 or max_batch < 1:
+            raise ValueError("writers, readers and max_batch must be >= 1")
+        self.store = store
+        self.max_batch = max_batch
+        self._writers = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"event-store-writer-{i}")
+            for i in range(writers)
+        ]
+        self._readers = ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="event-store-reader"
+        )
+        self._pending: deque[_Pending] = deque()
+        # Streams in a batch being written: their next requests wait for the next batch,
+        # so requests of one stream are written in arrival order and never race each other.
+        self._busy_streams: set[str] = set()
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> AsyncEventStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start the writer tasks on the running loop."""
+        if self._tasks or self._closing:
+            raise RuntimeError("AsyncEventStore already started" if self._tasks else "closed")
+        self._wakeup = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._writer(executor), name=f"event-store-writer-{i}")
+            for i, executor in enumerate(self._writers)
+        ]
+
+    async def close(self) -> None:
+        """Write every pending append, stop the writers, close the store and the threads."""
+        if self._closed is None:
+            self._closing = True  # from now on append() refuses
+            self._closed = asyncio.ensure_future(self._close())
+        # Shielded: a caller giving up on close() must not leave the store half closed.
+        await asyncio.shield(self._closed)
+
+    async def _close(self) -> None:
+        if self._tasks:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Reads may still be running in the pool; wait for them off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
+        for executor in self._writers:
+            executor.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.store.close()
+
+    # --- appends -------------------------------------------------------------------------
+
+    async def append(
+        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> list[RecordedEvent]:
+        # Rejected here so that one malformed request never reaches (and fails) a batch.
+        check_append(stream_id, expected_version, events)
+        if self._closing:
+            raise EventStoreError("AsyncEventStore is closed")
+        if not self._tasks:
+            raise RuntimeError("AsyncEventStore.start() has not been called")
+        assert self._wakeup is not None
+        future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        self._pending.append((AppendRequest(stream_id, expected_version, events), future))
+        self._wakeup.set()
+        return await future
+
+    def _take_batch(self) -> list[_Pending]:
+        """Pending requests for one batch, at most one per stream; the rest keep their place."""
+        batch: list[_Pending] = []
+        streams: set[str] = set()
+        kept: list[_Pending] = []
+        while self._pending and len(batch) < self.max_batch:
+            item = self._pending.popleft()
+            request, future = item
+            if future.done():  # the caller was cancelled before its turn: skip it
+                continue
+            stream_id = request.stream_id
+            if stream_id in streams or stream_id in self._busy_streams:
+                kept.append(item)
+                continue
+            streams.add(stream_id)
+            batch.append(item)
+        self._pending.extendleft(reversed(kept))
+        self._busy_streams |= streams
+        return batch
+
+    async def _writer(self, executor: ThreadPoolExecutor) -> None:
+        assert self._wakeup is not None
+        wakeup = self._wakeup
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if self._closing and not self._pending and not self._busy_streams:
+                    wakeup.set()  # let the other writers see that the work is done
+                    return
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            requests = [request for request, _ in batch]
+            try:
+                outcomes = await loop.run_in_executor(executor, self._write, requests)
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            EventStoreError("append interrupted; it may or may not be stored")
+                        )
+                raise
+            except Exception as exc:  # every caller must hear back
+                outcomes = _shared_error(exc, len(batch))
+            finally:
+                self._busy_streams.difference_update(r.stream_id for r in requests)
+                # Requests held back for these streams may go now; wake a writer for them.
+                wakeup.set()
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():  # cancelled caller; its append may still have committed
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+    def _write(self, requests: list[AppendRequest]) -> list[list[RecordedEvent] | BaseException]:
+        """Runs in the writer's thread: one batch, or one by one to single out the losers."""
+        try:
+            return list(self.store.append_batch(requests))
+        except StoreUnavailable as exc:
+            return _shared_error(exc, len(requests))
+        except (ConcurrencyConflict, ValueError) as exc:
+            if len(requests) == 1:
+                return [exc]
+        except Exception as exc:  # handed to the callers
+            return _shared_error(exc, len(requests))
+        # A conflict (or bad input) of one request undid the whole batch: retry each
+        # request alone so only the callers at fault get the error.
+        outcomes: list[list[RecordedEvent] | BaseException] = []
+        for request in requests:
+            try:
+                outcomes.append(
+                    self.store.append(request.stream_id, request.expected_version, request.events)
+                )
+            except Exception as exc:  # handed to that caller
+                outcomes.append(exc)
+        return outcomes
+
+    # --- everything else -------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
+
+    async def migrate(self) -> None:
+        await self._run(self.store.migrate)
+
+    async def ping(self) -> None:
+        await self._run(self.store.ping)
+
+    async def read_stream(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        return await self._run(self.store.read_stream, stream_id, after_version, limit)
+
+    async def stream_version(self, stream_id: str) -> int:
+        return await self._run(self.store.stream_version, stream_id)
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        return await self._run(self.store.read_all, after_position, limit)
+
+    async def read_tag(
+        self, tag: str, before_position: int | None = None, limit: int = 50
+    ) -> list[RecordedEvent]:
+        return await self._run(self.store.read_tag, tag, before_position, limit)
+
+
+def _shared_error(exc: Exception, count: int) -> list[BaseException]:
+    """One exception per caller, each caused by ``exc``.
+
+    Re-raising one instance in many tasks would splice all their tracebacks together.
+    """
+    if count == 1:
+        return [exc]
+    errors: list[BaseException] = []
+    for _ in range(count):
+        try:
+            clone = copy.copy(exc)
+        except Exception:  # an exception type that cannot be copied
+            errors.append(exc)
+            continue
+        clone.__cause__ = exc
+        clone.__traceback__ = None
+        errors.append(clone)
+    return errors

@@ -1,0 +1,149 @@
+"""``InMemoryEventStore``: the port's semantics in process memory, for unit tests.
+
+Data is kept as the same compact JSON the SQL stores write, so values that would not
+survive a database (tuples, non-string keys, NaN) behave here exactly as they do there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .port import (
+    AppendRequest,
+    ConcurrencyConflict,
+    NewEvent,
+    RecordedEvent,
+    check_append,
+    check_batch,
+    decode_data,
+    encode_data,
+    micros_to_datetime,
+    now_micros,
+)
+
+__all__ = ["InMemoryEventStore"]
+
+
+class _Stored(NamedTuple):
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: str
+    recorded_at: int
+
+    def to_event(self) -> RecordedEvent:
+        # A fresh decode per read: callers may mutate what they get back.
+        return RecordedEvent(
+            self.position,
+            self.stream_id,
+            self.version,
+            self.type,
+            decode_data(self.data),
+            micros_to_datetime(self.recorded_at),
+        )
+
+
+class InMemoryEventStore:
+    """A thread-safe ``EventStore`` in memory; ``migrate``, ``ping`` and ``close`` are no-ops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._log: list[_Stored] = []  # position p is at index p - 1
+        self._streams: dict[str, list[_Stored]] = {}
+        self._tags: dict[str, list[int]] = {}  # positions, ascending
+
+    def migrate(self) -> None:
+        pass
+
+    def ping(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def append(
+        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> list[RecordedEvent]:
+        check_append(stream_id, expected_version, events)
+        return self._append((AppendRequest(stream_id, expected_version, events),))[0]
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
+        if not requests:
+            return []
+        check_batch(requests)
+        return self._append(requests)
+
+    def _append(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
+        encoded = [[encode_data(e.data) for e in r.events] for r in requests]
+        with self._lock:
+            for request in requests:
+                current = len(self._streams.get(request.stream_id, ()))
+                if current != request.expected_version:
+                    raise ConcurrencyConflict(request.stream_id, request.expected_version)
+            recorded_at = now_micros()
+            results = []
+            for request, datas in zip(requests, encoded, strict=True):
+                stream = self._streams.setdefault(request.stream_id, [])
+                recorded = []
+                for event, data in zip(request.events, datas, strict=True):
+                    stored = _Stored(
+                        len(self._log) + 1,
+                        request.stream_id,
+                        len(stream) + 1,
+                        event.type,
+                        data,
+                        recorded_at,
+                    )
+                    self._log.append(stored)
+                    stream.append(stored)
+                    for tag in dict.fromkeys(event.tags):
+                        self._tags.setdefault(tag, []).append(stored.position)
+                    recorded.append(stored.to_event())
+                results.append(recorded)
+            return results
+
+    def read_stream(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        _check_limit(limit)
+        start = max(after_version, 0)
+        with self._lock:
+            stream = self._streams.get(stream_id, [])
+            stop = len(stream) if limit is None else start + limit
+            selected = stream[start:stop]
+        return [s.to_event() for s in selected]
+
+    def stream_version(self, stream_id: str) -> int:
+        with self._lock:
+            return len(self._streams.get(stream_id, ()))
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        _check_limit(limit)
+        start = max(after_position, 0)
+        with self._lock:
+            selected = self._log[start : start + limit]
+        return [s.to_event() for s in selected]
+
+    def read_tag(
+        self, tag: str, before_position: int | None = None, limit: int = 50
+    ) -> list[RecordedEvent]:
+        _check_limit(limit)
+        with self._lock:
+            positions = self._tags.get(tag, [])
+            end = (
+                len(positions)
+                if before_position is None
+                else bisect.bisect_left(positions, before_position)
+            )
+            chosen = positions[max(end - limit, 0) : end]
+            selected = [self._log[p - 1] for p in reversed(chosen)]
+        return [s.to_event() for s in selected]
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")

@@ -1,0 +1,214 @@
+"""The event store port: the value types, the ``EventStore`` protocol and its errors.
+
+Every adapter (SQLite, Postgres, in-memory) implements the same protocol with the same
+semantics; ``tests/event_store/conformance.py`` is the executable form of this contract.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "MAX_STREAM_ID_LENGTH",
+    "MAX_TAG_LENGTH",
+    "MAX_TYPE_LENGTH",
+    "AppendRequest",
+    "ConcurrencyConflict",
+    "EventStore",
+    "EventStoreError",
+    "NewEvent",
+    "RecordedEvent",
+    "StoreUnavailable",
+]
+
+# Column widths of the SQL schema. Every adapter enforces them so that a value accepted
+# by the in-memory store is never refused by a database later.
+MAX_STREAM_ID_LENGTH = 200
+MAX_TYPE_LENGTH = 100
+MAX_TAG_LENGTH = 300
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. ``tags`` are secondary index keys, e.g. ``("account:<uuid>",)``."""
+
+    type: str
+    data: Mapping[str, Any]
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored.
+
+    ``position`` is the global order (strictly increasing, > 0); ``version`` counts the
+    events of one stream from 1. ``recorded_at`` is UTC and shared by all events written
+    in one append transaction.
+    """
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: dict[str, Any]
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    """One stream's part of ``append_batch``: ``expected_version`` is 0 for a new stream."""
+
+    stream_id: str
+    expected_version: int
+    events: Sequence[NewEvent]
+
+
+class EventStoreError(Exception):
+    """Base of every error an event store raises besides ``ValueError`` for bad input."""
+
+
+class ConcurrencyConflict(EventStoreError):
+    """The stream is not at the expected version; nothing was stored."""
+
+    def __init__(self, stream_id: str, expected_version: int) -> None:
+        super().__init__(f"stream {stream_id!r} is not at expected version {expected_version}")
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keeps the exception picklable (e.g. across process pools) despite the
+        # two-argument constructor.
+        return (type(self), (self.stream_id, self.expected_version))
+
+
+class StoreUnavailable(EventStoreError):
+    """The database cannot be reached, is down, or stayed locked beyond the busy timeout."""
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Append-only event streams with optimistic concurrency.
+
+    ``append``/``append_batch`` store nothing unless every stream is at its
+    ``expected_version``; otherwise they raise ``ConcurrencyConflict``. ``append_batch``
+    is one transaction: all requests are stored or none is, and its results are in
+    request order.
+    """
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema. Idempotent; safe when two processes race."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the database does not answer."""
+        ...
+
+    def append(
+        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> list[RecordedEvent]: ...
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]: ...
+
+    def read_stream(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events of the stream with version > ``after_version``, ascending."""
+        ...
+
+    def stream_version(self, stream_id: str) -> int:
+        """The stream's current version; 0 if it has no events."""
+        ...
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        """Events of every stream with position > ``after_position``, ascending."""
+        ...
+
+    def read_tag(
+        self, tag: str, before_position: int | None = None, limit: int = 50
+    ) -> list[RecordedEvent]:
+        """Events carrying ``tag``, newest first, position < ``before_position`` if given."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- shared by the adapters -------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def now_micros() -> int:
+    """The current time as microseconds since the epoch, the stored form of ``recorded_at``."""
+    return time.time_ns() // 1000
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+# Built once: json.dumps() with options constructs a new encoder on every call.
+# allow_nan=False: NaN/Infinity are not JSON and other readers would choke on them.
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_data(data: Mapping[str, Any]) -> str:
+    """Compact JSON; ``ValueError`` if the data is not a JSON object of JSON values."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"event data must be a mapping, not {type(data).__name__}")
+    try:
+        text = _encode_json(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"event data is not JSON-serialisable: {exc}") from exc
+    _check_encodable(text, "event data")
+    return text
+
+
+decode_data = json.loads
+
+
+def _check_encodable(text: str, what: str) -> None:
+    # Lone surrogates cannot be encoded as UTF-8 for the database.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{what} is not valid Unicode text: {exc}") from exc
+
+
+def _check_name(value: object, what: str, max_length: int) -> None:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise ValueError(f"{what} must be a string of 1..{max_length} characters")
+    if "\x00" in value:  # Postgres text cannot hold NUL
+        raise ValueError(f"{what} must not contain NUL characters")
+    _check_encodable(value, what)
+
+
+def check_append(stream_id: str, expected_version: int, events: Sequence[NewEvent]) -> None:
+    """Reject malformed input with ``ValueError`` before any database work."""
+    _check_name(stream_id, "stream_id", MAX_STREAM_ID_LENGTH)
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise ValueError("expected_version must be an int")
+    if expected_version < 0:
+        raise ValueError("expected_version must be >= 0")
+    if not events:
+        raise ValueError(f"no events to append to stream {stream_id!r}")
+    for event in events:
+        _check_name(event.type, "event type", MAX_TYPE_LENGTH)
+        if isinstance(event.tags, str):
+            raise ValueError("event tags must be a tuple of strings, not a string")
+        for tag in event.tags:
+            _check_name(tag, "event tag", MAX_TAG_LENGTH)
+
+
+def check_batch(requests: Sequence[AppendRequest]) -> None:
+    seen: set[str] = set()
+    for request in requests:
+        check_append(request.stream_id, request.expected_version, request.events)
+        if request.stream_id in seen:
+            raise ValueError(f"stream {request.stream_id!r} appears twice in one batch")
+        seen.add(request.stream_id)

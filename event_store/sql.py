@@ -1,0 +1,398 @@
+"""The SQLAlchemy Core implementation of the event store shared by the SQL backends.
+
+Owns the schema (``events``, ``event_tags``, ``schema_version``), its migration steps,
+the prebuilt statements, and the append/read logic. Backends subclass ``SqlEventStore``
+to configure the engine and the locking that keeps positions in commit order.
+
+Optimistic concurrency: versions of one append are ``expected_version + 1 ..``, and the
+UNIQUE key on ``(stream_id, version)`` refuses any second writer of the same version. A
+cheap existence check inside the transaction also refuses an ``expected_version`` that is
+ahead of the stream, which the key alone would accept (it would leave a gap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Identity,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy import exc as sa_exc
+
+from .port import (
+    MAX_STREAM_ID_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TYPE_LENGTH,
+    AppendRequest,
+    ConcurrencyConflict,
+    EventStoreError,
+    NewEvent,
+    RecordedEvent,
+    StoreUnavailable,
+    check_append,
+    check_batch,
+    decode_data,
+    encode_data,
+    micros_to_datetime,
+    now_micros,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqlEventStore", "event_tags", "events", "metadata", "schema_version"]
+
+metadata = MetaData()
+
+events = Table(
+    "events",
+    metadata,
+    # INTEGER on SQLite so the column aliases the rowid and AUTOINCREMENT applies: a
+    # position is never handed out twice, even after the newest events are rolled back.
+    Column(
+        "position",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        Identity(),
+        primary_key=True,
+    ),
+    Column("stream_id", String(MAX_STREAM_ID_LENGTH), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("type", String(MAX_TYPE_LENGTH), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+    UniqueConstraint("stream_id", "version", name="events_stream_version_key"),
+    sqlite_autoincrement=True,
+)
+
+event_tags = Table(
+    "event_tags",
+    metadata,
+    Column("tag", String(MAX_TAG_LENGTH), primary_key=True),
+    Column("position", BigInteger, primary_key=True),
+    sqlite_with_rowid=False,
+)
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+
+def _create_events_and_tags(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[events, event_tags], checkfirst=True)
+
+
+# Step i upgrades the schema from version i to i + 1. Append only; never edit a step
+# that has shipped.
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_events_and_tags,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_MAX_POSITION = 2**63 - 1
+
+_EVENT_COLUMNS = (
+    events.c.position,
+    events.c.stream_id,
+    events.c.version,
+    events.c.type,
+    events.c.data,
+    events.c.recorded_at,
+)
+
+_EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).where(
+    tuple_(events.c.stream_id, events.c.version).in_(bindparam("keys", expanding=True))
+)
+_INSERT_TAGS = insert(event_tags)
+# ORDER BY .. LIMIT 1 rather than max(): one seek to the end of the stream's index range
+# on every planner, however long the stream.
+_STREAM_VERSION = (
+    select(events.c.version)
+    .where(events.c.stream_id == bindparam("stream_id"))
+    .order_by(events.c.version.desc())
+    .limit(1)
+)
+_READ_STREAM = (
+    select(*_EVENT_COLUMNS)
+    .where(events.c.stream_id == bindparam("stream_id"), events.c.version > bindparam("after"))
+    .order_by(events.c.version)
+    .limit(bindparam("limit", type_=BigInteger))
+)
+_READ_ALL = (
+    select(*_EVENT_COLUMNS)
+    .where(events.c.position > bindparam("after"))
+    .order_by(events.c.position)
+    .limit(bindparam("limit", type_=BigInteger))
+)
+_READ_TAG = (
+    select(*_EVENT_COLUMNS)
+    .select_from(event_tags.join(events, events.c.position == event_tags.c.position))
+    .where(event_tags.c.tag == bindparam("tag"), event_tags.c.position < bindparam("before"))
+    .order_by(event_tags.c.position.desc())
+    .limit(bindparam("limit", type_=BigInteger))
+)
+_CURRENT_SCHEMA_VERSION = select(func.max(schema_version.c.version))
+_PING = text("SELECT 1")
+
+
+def translate_error(exc: sa_exc.SQLAlchemyError) -> EventStoreError:
+    """Map a SQLAlchemy error to the port's errors; raw database errors never escape."""
+    source = getattr(exc, "orig", None) or exc
+    # The driver's message without SQLAlchemy's appended statement and parameters.
+    lines = str(source).strip().splitlines()
+    detail = f"{type(source).__name__}: {lines[0]}" if lines else type(source).__name__
+    # sqlite3 raises OperationalError for a missing table too; that is a usage error
+    # (migrate() not called), not an outage.
+    if getattr(source, "sqlite_errorname", None) == "SQLITE_ERROR":
+        return EventStoreError(detail)
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return StoreUnavailable(detail)
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return StoreUnavailable(detail)
+    return EventStoreError(detail)
+
+
+def is_unique_violation(exc: sa_exc.IntegrityError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
+    if sqlstate is not None:
+        return sqlstate == "23505"
+    errorname = getattr(orig, "sqlite_errorname", None)  # sqlite3
+    if errorname is not None:
+        return errorname in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
+    return "unique" in str(orig).lower()
+
+
+class SqlEventStore:
+    """An ``EventStore`` over a SQLAlchemy engine.
+
+    ``engine`` runs the write transactions; ``read_engine`` (by default the same) runs
+    single-statement reads, which subclasses point at a cheaper mode (no explicit BEGIN).
+    """
+
+    # Whether RETURNING must come back in parameter order. Rows are matched to their
+    # events by (stream_id, version) anyway; Postgres sets it because its ordered form
+    # (INSERT .. SELECT .. ORDER BY) also makes positions follow versions.
+    ordered_returning: ClassVar[bool] = False
+
+    def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
+        self.engine = engine
+        self.read_engine = read_engine if read_engine is not None else engine
+        self._insert_events = insert(events).returning(
+            events.c.position,
+            events.c.stream_id,
+            events.c.version,
+            sort_by_parameter_order=self.ordered_returning,
+        )
+
+    # --- backend hooks -----------------------------------------------------------------
+
+    def _lock_appends(self, conn: Connection) -> None:
+        """Serialise appends from here to commit, so positions become visible in order.
+
+        Called after the version check, right before the inserts."""
+
+    def _lock_migrations(self, conn: Connection) -> None:
+        """Serialise ``migrate()`` across processes."""
+
+    def _existing_versions(
+        self, conn: Connection, keys: list[tuple[str, int]]
+    ) -> set[tuple[str, int]]:
+        """Which of the (stream_id, version) keys exist. Backends override this with a
+        form their planner answers with one index probe per key."""
+        return {(s, v) for s, v in conn.execute(_EXISTING_VERSIONS, {"keys": keys})}
+
+    # --- EventStore ----------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                self._lock_migrations(conn)
+                schema_version.create(conn, checkfirst=True)
+                current = conn.execute(_CURRENT_SCHEMA_VERSION).scalar() or 0
+                if current > SCHEMA_VERSION:
+                    raise EventStoreError(
+                        f"database schema version {current} is newer than this code "
+                        f"({SCHEMA_VERSION})"
+                    )
+                if current == SCHEMA_VERSION:
+                    return
+                for step in MIGRATIONS[current:]:
+                    step(conn)
+                conn.execute(delete(schema_version))
+                conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+
+    def ping(self) -> None:
+        try:
+            with self.read_engine.connect() as conn:
+                conn.execute(_PING)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+
+    def append(
+        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> list[RecordedEvent]:
+        check_append(stream_id, expected_version, events)
+        return self._append((AppendRequest(stream_id, expected_version, events),))[0]
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
+        if not requests:
+            return []
+        check_batch(requests)
+        return self._append(requests)
+
+    def read_stream(
+        self, stream_id: str, after_version: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        if limit is None:
+            limit = _MAX_POSITION
+        _check_limit(limit)
+        return self._read(
+            _READ_STREAM, {"stream_id": stream_id, "after": after_version, "limit": limit}
+        )
+
+    def stream_version(self, stream_id: str) -> int:
+        try:
+            with self.read_engine.connect() as conn:
+                version = conn.execute(_STREAM_VERSION, {"stream_id": stream_id}).scalar()
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        return 0 if version is None else int(version)
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        _check_limit(limit)
+        return self._read(_READ_ALL, {"after": after_position, "limit": limit})
+
+    def read_tag(
+        self, tag: str, before_position: int | None = None, limit: int = 50
+    ) -> list[RecordedEvent]:
+        _check_limit(limit)
+        before = _MAX_POSITION if before_position is None else before_position
+        return self._read(_READ_TAG, {"tag": tag, "before": before, "limit": limit})
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _append(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
+        recorded_at = now_micros()
+        rows: list[dict[str, Any]] = []
+        keys: list[tuple[str, int]] = []
+        for request in requests:
+            stream_id = request.stream_id
+            version = request.expected_version
+            # (s, v + 1) must not exist (the stream is not past v) and, for v > 0,
+            # (s, v) must exist (the stream is not behind v).
+            keys.append((stream_id, version + 1))
+            if version:
+                keys.append((stream_id, version))
+            for event in request.events:
+                version += 1
+                rows.append(
+                    {
+                        "stream_id": stream_id,
+                        "version": version,
+                        "type": event.type,
+                        "data": encode_data(event.data),
+                        "recorded_at": recorded_at,
+                    }
+                )
+        try:
+            with self.engine.begin() as conn:
+                found = self._existing_versions(conn, keys)
+                for request in requests:
+                    expected = request.expected_version
+                    if (request.stream_id, expected + 1) in found or (
+                        expected and (request.stream_id, expected) not in found
+                    ):
+                        raise ConcurrencyConflict(request.stream_id, expected)
+                # After the check: events are never deleted, so a version seen to exist
+                # still does, and one that appears meanwhile trips the unique key.
+                self._lock_appends(conn)
+                positions = {(s, v): p for p, s, v in conn.execute(self._insert_events, rows)}
+                tag_rows = []
+                for request in requests:
+                    version = request.expected_version
+                    for event in request.events:
+                        version += 1
+                        if event.tags:
+                            position = positions[(request.stream_id, version)]
+                            # dict.fromkeys: a tag repeated on one event is indexed once.
+                            tag_rows.extend(
+                                {"tag": tag, "position": position}
+                                for tag in dict.fromkeys(event.tags)
+                            )
+                if tag_rows:
+                    conn.execute(_INSERT_TAGS, tag_rows)
+        except sa_exc.IntegrityError as exc:
+            if is_unique_violation(exc):
+                raise self._conflict_after_race(requests) from exc
+            raise translate_error(exc) from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+
+        when = micros_to_datetime(recorded_at)
+        results: list[list[RecordedEvent]] = []
+        row_iter = iter(rows)
+        for request in requests:
+            recorded = []
+            for event in request.events:
+                row = next(row_iter)
+                stream_id, version = row["stream_id"], row["version"]
+                recorded.append(
+                    RecordedEvent(
+                        positions[(stream_id, version)],
+                        stream_id,
+                        version,
+                        event.type,
+                        # Decoded from the stored text so the caller sees exactly what a
+                        # later read returns (tuples become lists, keys become strings).
+                        decode_data(row["data"]),
+                        when,
+                    )
+                )
+            results.append(recorded)
+        return results
+
+    def _conflict_after_race(self, requests: Sequence[AppendRequest]) -> ConcurrencyConflict:
+        """Name the request that lost a race the existence check could not see."""
+        for request in requests:
+            try:
+                if self.stream_version(request.stream_id) != request.expected_version:
+                    return ConcurrencyConflict(request.stream_id, request.expected_version)
+            except EventStoreError:
+                break
+        return ConcurrencyConflict(requests[0].stream_id, requests[0].expected_version)
+
+    def _read(self, statement: Any, params: dict[str, Any]) -> list[RecordedEvent]:
+        try:
+            with self.read_engine.connect() as conn:
+                rows = conn.execute(statement, params).all()
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        return [
+            RecordedEvent(p, s, v, t, decode_data(d), micros_to_datetime(r))
+            for p, s, v, t, d, r in rows
+        ]
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise ValueError("limit must be >= 0")

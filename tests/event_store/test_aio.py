@@ -1,0 +1,232 @@
+"""``AsyncEventStore``: group commit, error routing and shutdown, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from event_store import (
+    AppendRequest,
+    AsyncEventStore,
+    ConcurrencyConflict,
+    EventStore,
+    EventStoreError,
+    InMemoryEventStore,
+    NewEvent,
+    PostgresEventStore,
+    RecordedEvent,
+    SqliteEventStore,
+    StoreUnavailable,
+    default_writers,
+)
+
+
+class Recording:
+    """Forwards to a store and records the size of every ``append_batch``."""
+
+    def __init__(self, inner: EventStore) -> None:
+        self.inner = inner
+        self.batches: list[list[str]] = []
+        self.fail_with: Exception | None = None
+        self.gate: threading.Event | None = None  # when set, append_batch waits for it
+        self.entered = threading.Event()  # append_batch has been called
+
+    def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
+        self.batches.append([r.stream_id for r in requests])
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return self.inner.append_batch(requests)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[EventStore]:
+    if request.param == "memory":
+        store: EventStore = InMemoryEventStore()
+    elif request.param == "sqlite":
+        store = SqliteEventStore(sqlite_url)
+    else:
+        store = PostgresEventStore(request.getfixturevalue("postgres_url"))
+    store.migrate()
+    yield store
+    store.close()  # usually closed already by AsyncEventStore.close(); closing twice is fine
+
+
+@pytest.fixture
+def recording(backend: EventStore) -> Recording:
+    return Recording(backend)
+
+
+@pytest.fixture
+async def aio(recording: Recording) -> AsyncIterator[AsyncEventStore]:
+    store = AsyncEventStore(recording, writers=default_writers(recording.inner))  # type: ignore[arg-type]
+    await store.start()
+    yield store
+    await store.close()
+
+
+def ev(**data: Any) -> list[NewEvent]:
+    return [NewEvent("Happened", data)]
+
+
+async def test_concurrent_appends_to_distinct_streams_succeed_in_batches(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    results = await asyncio.gather(*(aio.append(f"s{n}", 0, ev(n=n)) for n in range(200)))
+    assert [[e.version for e in r] for r in results] == [[1]] * 200
+    assert [r[0].data["n"] for r in results] == list(range(200))
+    assert len(recording.batches) < 200
+    assert sum(len(b) for b in recording.batches) == 200
+    assert len(await aio.read_all(limit=1000)) == 200
+
+
+async def test_conflicting_caller_gets_conflict_and_the_rest_of_its_batch_succeeds(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    await aio.append("taken", 0, ev())
+    recording.batches.clear()
+    outcomes = await asyncio.gather(
+        aio.append("a", 0, ev()),
+        aio.append("taken", 0, ev()),
+        aio.append("b", 0, ev()),
+        return_exceptions=True,
+    )
+    assert recording.batches[0] == ["a", "taken", "b"]
+    assert isinstance(outcomes[1], ConcurrencyConflict)
+    assert outcomes[1].stream_id == "taken"
+    assert [e.stream_id for e in outcomes[0]] == ["a"]  # type: ignore[union-attr]
+    assert [e.stream_id for e in outcomes[2]] == ["b"]  # type: ignore[union-attr]
+    assert await aio.stream_version("taken") == 1
+
+
+async def test_requests_for_one_stream_go_to_successive_batches_in_order(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    first, second, other = await asyncio.gather(
+        aio.append("s", 0, ev(n=1)), aio.append("s", 1, ev(n=2)), aio.append("t", 0, ev())
+    )
+    assert [e.version for e in first + second + other] == [1, 2, 1]
+    assert all(len(set(batch)) == len(batch) for batch in recording.batches)
+    assert [e.data["n"] for e in await aio.read_stream("s")] == [1, 2]
+
+
+async def test_store_unavailable_reaches_every_caller_of_the_batch(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    recording.fail_with = StoreUnavailable("database is down")
+    outcomes = await asyncio.gather(
+        *(aio.append(f"s{n}", 0, ev()) for n in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+    recording.fail_with = None
+    assert [e.version for e in await aio.append("s0", 0, ev())] == [1]
+
+
+async def test_an_unexpected_error_fails_the_batch_and_the_writer_carries_on(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    recording.fail_with = RuntimeError("boom")
+    outcomes = await asyncio.gather(
+        *(aio.append(f"s{n}", 0, ev()) for n in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    recording.fail_with = None
+    assert [e.version for e in await aio.append("s0", 0, ev())] == [1]
+
+
+async def test_invalid_append_fails_only_its_caller(aio: AsyncEventStore) -> None:
+    outcomes = await asyncio.gather(
+        aio.append("a", 0, ev()),
+        aio.append("b", 0, []),
+        aio.append("c", 0, ev(bad=object())),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], ValueError)
+    assert isinstance(outcomes[2], ValueError)
+    assert [e.stream_id for e in outcomes[0]] == ["a"]  # type: ignore[union-attr]
+
+
+async def test_a_cancelled_caller_does_not_break_the_writer(recording: Recording) -> None:
+    aio = AsyncEventStore(recording, writers=1)
+    await aio.start()
+    recording.gate = threading.Event()
+    blocked = asyncio.create_task(aio.append("first", 0, ev()))
+    assert await asyncio.to_thread(recording.entered.wait, 10)  # "first" is being written
+    cancelled = asyncio.create_task(aio.append("cancelled", 0, ev()))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    recording.gate.set()
+    await blocked
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert [e.version for e in await aio.append("after", 0, ev())] == [1]
+    # Cancelled before its batch was taken, so it was never written.
+    assert await aio.stream_version("cancelled") == 0
+    await aio.close()
+
+
+async def test_close_writes_every_pending_append(recording: Recording) -> None:
+    store = AsyncEventStore(recording, max_batch=7)
+    await store.start()
+    tasks = [asyncio.create_task(store.append(f"s{n}", 0, ev(n=n))) for n in range(50)]
+    await asyncio.sleep(0)  # every task has queued its append
+    await store.close()
+    assert all(t.done() and not t.cancelled() for t in tasks)
+    assert [t.result()[0].version for t in tasks] == [1] * 50
+    assert sum(len(b) for b in recording.batches) == 50
+    assert max(len(b) for b in recording.batches) <= 7
+
+
+async def test_append_after_close_is_refused(aio: AsyncEventStore) -> None:
+    await aio.close()
+    with pytest.raises(EventStoreError):
+        await aio.append("a", 0, ev())
+
+
+async def test_append_before_start_is_refused(recording: Recording) -> None:
+    store = AsyncEventStore(recording)
+    with pytest.raises(RuntimeError, match="start"):
+        await store.append("a", 0, ev())
+    await store.close()
+
+
+async def test_reads_pass_through(aio: AsyncEventStore) -> None:
+    await aio.ping()
+    await aio.migrate()
+    recorded = await aio.append("a", 0, [NewEvent("Tagged", {"n": 1}, ("t",))])
+    assert await aio.read_stream("a") == recorded
+    assert await aio.read_stream("a", after_version=1) == []
+    assert await aio.stream_version("a") == 1
+    assert await aio.read_all() == recorded
+    assert await aio.read_tag("t") == recorded
+
+
+async def test_several_writers_keep_each_stream_in_order(recording: Recording) -> None:
+    async with AsyncEventStore(recording, writers=4, max_batch=16) as store:
+
+        async def extend(stream_id: str) -> None:
+            for version in range(5):
+                await store.append(stream_id, version, ev(v=version + 1))
+
+        await asyncio.gather(*(extend(f"s{n}") for n in range(40)))
+        for n in range(40):
+            assert [e.data["v"] for e in await store.read_stream(f"s{n}")] == [1, 2, 3, 4, 5]
+
+
+def test_default_writers_by_backend(tmp_path: Any) -> None:
+    assert default_writers(InMemoryEventStore()) == 1
+    sqlite = SqliteEventStore(f"sqlite:///{tmp_path}/events.db")
+    assert default_writers(sqlite) == 1
+    sqlite.close()
+    postgres = PostgresEventStore("postgresql+psycopg://postgres@127.0.0.1:1/test")
+    assert default_writers(postgres) == 4
+    postgres.close()

@@ -1,0 +1,111 @@
+"""The Postgres store against the conformance suite, plus what only Postgres has."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import text
+
+from event_store import (
+    AppendRequest,
+    EventStore,
+    EventStoreError,
+    NewEvent,
+    PostgresEventStore,
+    StoreUnavailable,
+    open_store,
+)
+from tests.event_store.conformance import EventStoreConformance
+
+pytestmark = pytest.mark.postgres
+
+CLOSED_PORT_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+
+
+class TestPostgresEventStore(EventStoreConformance):
+    @pytest.fixture
+    def store_factory(self, postgres_url: str) -> Iterator[Callable[[], EventStore]]:
+        opened: list[PostgresEventStore] = []
+
+        def open_handle() -> EventStore:
+            opened.append(PostgresEventStore(postgres_url, pool_size=2))
+            return opened[-1]
+
+        yield open_handle
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[PostgresEventStore]:
+    store = PostgresEventStore(postgres_url, pool_size=2)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_tables_live_in_the_schema_named_by_the_url(
+    store: PostgresEventStore, postgres_url: str
+) -> None:
+    schema = postgres_url.rpartition("%3D")[2]
+    with store.engine.connect() as conn:
+        tables = conn.execute(
+            text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+            {"s": schema},
+        ).scalars()
+        assert set(tables) == {"events", "event_tags", "schema_version"}
+
+
+def test_positions_of_a_batch_increase_in_request_order(store: PostgresEventStore) -> None:
+    results = store.append_batch(
+        [AppendRequest(f"s{n}", 0, [NewEvent("Happened", {}) for _ in range(3)]) for n in range(5)]
+    )
+    positions = [e.position for r in results for e in r]
+    assert positions == sorted(set(positions))
+    assert positions[-1] - positions[0] == len(positions) - 1
+
+
+def test_using_an_unmigrated_schema_is_an_error_not_an_outage(postgres_url: str) -> None:
+    store = PostgresEventStore(postgres_url)
+    with pytest.raises(EventStoreError) as caught:
+        store.append("a", 0, [NewEvent("Happened", {})])
+    assert not isinstance(caught.value, StoreUnavailable)
+    store.close()
+
+
+def test_closed_port_ping_is_store_unavailable() -> None:
+    store = PostgresEventStore(CLOSED_PORT_URL, connect_args={"connect_timeout": 2})
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    store.close()
+
+
+def test_closed_port_append_is_store_unavailable() -> None:
+    store = PostgresEventStore(CLOSED_PORT_URL, connect_args={"connect_timeout": 2})
+    with pytest.raises(StoreUnavailable):
+        store.append("a", 0, [NewEvent("Happened", {})])
+    with pytest.raises(StoreUnavailable):
+        store.read_all()
+    store.close()
+
+
+def test_closed_port_migrate_is_store_unavailable() -> None:
+    store = PostgresEventStore(CLOSED_PORT_URL, connect_args={"connect_timeout": 2})
+    with pytest.raises(StoreUnavailable):
+        store.migrate()
+    store.close()
+
+
+def test_open_store_treats_postgresql_as_psycopg(postgres_url: str) -> None:
+    store = open_store(postgres_url.replace("postgresql+psycopg://", "postgresql://"))
+    assert isinstance(store, PostgresEventStore)
+    assert store.engine.url.drivername == "postgresql+psycopg"
+    store.migrate()
+    store.append("a", 0, [NewEvent("Happened", {})])
+    store.close()
+
+
+def test_other_postgres_drivers_are_refused() -> None:
+    with pytest.raises(ValueError, match="psycopg"):
+        open_store("postgresql+asyncpg://postgres@127.0.0.1/test")
