@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
 import sys
 
 from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, run
-from grpc_common.settings import common_parser, configure_logging
+from grpc_common.settings import common_parser, configure_logging, run_async
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,9 +16,18 @@ def main(argv: list[str] | None = None) -> int:
         DEFAULT_LISTEN,
         DEFAULT_DB,
     )
+    parser.add_argument(
+        "--experimental-naive-transfers",
+        action="store_true",
+        default=os.environ.get("BANK_EXPERIMENTAL_NAIVE_TRANSFERS") == "1",
+        help="also serve bank.experimental.v1.NaiveTransferService, the lock-both-accounts"
+        " strategy that deadlocks, for comparison only"
+        " ($BANK_EXPERIMENTAL_NAIVE_TRANSFERS=1; default off)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    asyncio.run(run(args.listen, args.db, float(args.grace)))
+    naive = args.experimental_naive_transfers
+    run_async(run(args.listen, args.db, float(args.grace), naive_transfers=naive))
     return 0
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 
 def env_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, help: str) -> None:
@@ -29,3 +32,19 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def run_async(main: Coroutine[Any, Any, None]) -> None:
+    """Runs the service's main coroutine, on uvloop when it is installed.
+
+    ``BANK_EVENT_LOOP=asyncio`` forces the standard loop (for comparison or debugging).
+    """
+    if os.environ.get("BANK_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)

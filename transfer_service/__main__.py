@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from grpc_common.settings import common_parser, configure_logging, env_flag
+from grpc_common.settings import common_parser, configure_logging, env_flag, run_async
 from transfer_service.server import DEFAULT_ACCOUNTS, DEFAULT_DB, DEFAULT_LISTEN, run
 
 
@@ -17,9 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     env_flag(parser, "--call-deadline", "BANK_CALL_DEADLINE", "5", "seconds per call to accounts")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    asyncio.run(
-        run(args.listen, args.db, args.accounts, float(args.grace), float(args.call_deadline))
-    )
+    grace, deadline = float(args.grace), float(args.call_deadline)
+    run_async(run(args.listen, args.db, args.accounts, grace, deadline))
     return 0
 
 
