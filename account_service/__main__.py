@@ -6,7 +6,7 @@ import os
 import sys
 
 from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, run
-from grpc_common.settings import common_parser, configure_logging, run_async
+from grpc_common.settings import common_parser, configure_logging, env_flag, run_async
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +24,26 @@ def main(argv: list[str] | None = None) -> int:
         " strategy that deadlocks, for comparison only"
         " ($BANK_EXPERIMENTAL_NAIVE_TRANSFERS=1; default off)",
     )
+    env_flag(
+        parser,
+        "--experimental-naive-lock-timeout",
+        "BANK_EXPERIMENTAL_NAIVE_LOCK_TIMEOUT",
+        "5",
+        "seconds the naive strategy waits for each account's lock",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     naive = args.experimental_naive_transfers
-    run_async(run(args.listen, args.db, float(args.grace), naive_transfers=naive))
+    lock_timeout = float(args.experimental_naive_lock_timeout)
+    run_async(
+        run(
+            args.listen,
+            args.db,
+            float(args.grace),
+            naive_transfers=naive,
+            naive_lock_timeout=lock_timeout,
+        )
+    )
     return 0
 
 

@@ -29,6 +29,7 @@ from account_service.domain import (
     Reserved,
 )
 from event_store import AsyncEventStore, ConcurrencyConflict, NewEvent, RecordedEvent
+from shared_kernel.crash import ACCOUNT_AFTER_APPEND
 from shared_kernel.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,13 @@ class Accounts:
         self, account_id: str, decision: Decision, *, with_reservations: bool = False
     ) -> AccountView:
         """Decide ``decision`` against the account and store its events; the state after it."""
+        # The work goes on if this caller is cancelled: its command may still be stored.
+        return await asyncio.shield(self.submit(account_id, decision, with_reservations))
+
+    def submit(
+        self, account_id: str, decision: Decision, with_reservations: bool = False
+    ) -> asyncio.Future[AccountView]:
+        """Queue ``decision`` for the account; a future of the state after it is stored."""
         mailbox = self._mailbox(account_id)
         future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
         mailbox.queue.append((decision, with_reservations, future))
@@ -160,8 +168,7 @@ class Accounts:
             task = asyncio.create_task(self._work(account_id, mailbox))
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
-        # The work goes on if this caller is cancelled: its command may still be stored.
-        return await asyncio.shield(future)
+        return future
 
     @contextlib.asynccontextmanager
     async def exclusive(
@@ -262,7 +269,7 @@ class Accounts:
                             account.holds[reference] = Hold(
                                 hold.amount, recorded[index].recorded_at
                             )
-                    self._crash_point("account-after-append")
+                    self._crash_point(ACCOUNT_AFTER_APPEND)
                     self._notify(account_id)
             except ConcurrencyConflict:
                 mailbox.account = None

@@ -3,35 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from account_service.application import Accounts
 from account_service.grpc_api.servicers import AccountServicer, ReservationServicer
+from account_service.naive import LOCK_TIMEOUT as NAIVE_LOCK_TIMEOUT
+from account_service.naive import naive_service
 from bank.v1 import account_pb2, account_pb2_grpc
 from event_store import AsyncEventStore
 from grpc_common.server import Assembly, Service, run_service
+from shared_kernel.crash import ACCOUNT_POINTS, crash_point_from_env
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "sqlite:///accounts.db"
 _SERVICES = account_pb2.DESCRIPTOR.services_by_name
 
 
-def build(store: AsyncEventStore) -> Assembly:
-    accounts = Accounts(store)
-    return Assembly(
-        services=[
-            Service(
-                _SERVICES["AccountService"].full_name,
-                AccountServicer(accounts),
-                account_pb2_grpc.add_AccountServiceServicer_to_server,
-            ),
-            Service(
-                _SERVICES["ReservationService"].full_name,
-                ReservationServicer(accounts),
-                account_pb2_grpc.add_ReservationServiceServicer_to_server,
-            ),
-        ]
+def build(
+    store: AsyncEventStore,
+    *,
+    naive_transfers: bool = False,
+    naive_lock_timeout: float = NAIVE_LOCK_TIMEOUT,
+) -> Assembly:
+    """``naive_transfers``: also serve the experimental NaiveTransferService."""
+    accounts = Accounts(store, crash_point=crash_point_from_env(ACCOUNT_POINTS))
+    services = [
+        Service(
+            _SERVICES["AccountService"].full_name,
+            AccountServicer(accounts),
+            account_pb2_grpc.add_AccountServiceServicer_to_server,
+        ),
+        Service(
+            _SERVICES["ReservationService"].full_name,
+            ReservationServicer(accounts),
+            account_pb2_grpc.add_ReservationServiceServicer_to_server,
+        ),
+    ]
+    if naive_transfers:
+        services.append(naive_service(accounts, naive_lock_timeout))
+    return Assembly(services=services)
+
+
+async def run(
+    listen: str,
+    db: str,
+    grace: float,
+    stop: asyncio.Event | None = None,
+    *,
+    naive_transfers: bool = False,
+    naive_lock_timeout: float = NAIVE_LOCK_TIMEOUT,
+) -> None:
+    assemble = functools.partial(
+        build, naive_transfers=naive_transfers, naive_lock_timeout=naive_lock_timeout
     )
-
-
-async def run(listen: str, db: str, grace: float, stop: asyncio.Event | None = None) -> None:
-    await run_service(listen=listen, db=db, grace=grace, build=build, stop=stop)
+    await run_service(listen=listen, db=db, grace=grace, build=assemble, stop=stop)

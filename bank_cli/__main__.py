@@ -8,7 +8,7 @@ import sys
 
 # Modules that define ``register(subparsers)``; each adds one or more commands whose
 # parser sets ``func`` to a callable taking the parsed arguments and returning an exit code.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["audit", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

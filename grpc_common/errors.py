@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -33,6 +33,13 @@ class Refusal:
 
     code: grpc.StatusCode
     reason: str | None
+
+
+class Described(NamedTuple):
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    metadata: Mapping[str, str]
 
 
 def rich_status(
@@ -79,7 +86,8 @@ class ErrorTable:
                 return refusal
         return None
 
-    def status_for(self, exc: BaseException) -> grpc.Status | None:
+    def describe(self, exc: BaseException) -> Described | None:
+        """Code, reason, message and metadata for ``exc``; None if the table does not know it."""
         refusal = self.refusal_for(exc)
         if refusal is None:
             return None
@@ -88,7 +96,13 @@ class ErrorTable:
         if reason is None:
             reason = str(getattr(exc, "reason", "")) or code.name
             code = self._codes_by_reason.get(reason, code)
-        return rich_status(code, reason, str(exc) or reason, metadata)
+        return Described(code, reason, str(exc) or reason, metadata)
+
+    def status_for(self, exc: BaseException) -> grpc.Status | None:
+        described = self.describe(exc)
+        if described is None:
+            return None
+        return rich_status(*described)
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         status = self.status_for(exc)

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from event_store import AsyncEventStore, StoreUnavailable, default_writers, open_store
+from grpc_common.interceptors import DecodeGuard
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class _Health:
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain within the grace period."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[DecodeGuard()])
     names = [service.name for service in config.services]
     for service in config.services:
         service.add_to_server(service.servicer, server)

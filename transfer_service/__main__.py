@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from grpc_common.settings import common_parser, configure_logging, env_flag, run_async
@@ -14,10 +15,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     env_flag(parser, "--accounts", "BANK_ACCOUNTS", DEFAULT_ACCOUNTS, "account service address")
     env_flag(parser, "--call-deadline", "BANK_CALL_DEADLINE", "5", "seconds per call to accounts")
+    parser.add_argument(
+        "--accounts-transport",
+        choices=["stream", "unary"],
+        default=os.environ.get("BANK_ACCOUNTS_TRANSPORT", "stream"),
+        help="protocol steps over one ExecuteSteps stream, or one unary call each"
+        " ($BANK_ACCOUNTS_TRANSPORT; default stream)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     grace, deadline = float(args.grace), float(args.call_deadline)
-    run_async(run(args.listen, args.db, args.accounts, grace, deadline))
+    transport = args.accounts_transport
+    run_async(run(args.listen, args.db, args.accounts, grace, deadline, transport=transport))
     return 0
 
 

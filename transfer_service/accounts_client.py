@@ -7,7 +7,11 @@ an overloaded or misconfigured peer — becomes ``StepUnavailable`` and the step
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -82,3 +86,129 @@ class GrpcAccounts:
             info = error_info(error)
             reason = info.reason if info is not None else code.name
             raise StepRefused(reason, error.details() or reason) from error
+
+
+class StreamingAccounts:
+    """AccountsPort over one long-lived ``ReservationService.ExecuteSteps`` stream.
+
+    Steps from every transfer in flight share the stream: whatever is waiting when the
+    previous message has gone out travels as the next message, so under load one message
+    carries many steps and the per-call cost of gRPC is paid once per batch, not per step.
+    Outcomes are matched to steps by id. A step that gets no outcome within the deadline,
+    or whose stream breaks, is ``StepUnavailable``: the process retries it, which is safe
+    because every step is idempotent by its reference.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, deadline: float = 5.0) -> None:
+        self._stub = account_pb2_grpc.ReservationServiceStub(channel)
+        self._deadline = deadline
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[pb.Account | pb.StepError]] = {}
+        self._outbox: list[pb.Step] = []
+        self._wakeup = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._generation = 0
+
+    async def reserve(self, account_id: str, reference: str, amount: int) -> str:
+        request = pb.ReserveRequest(account_id=account_id, reference=reference, amount=amount)
+        account = await self._step(pb.Step(reserve=request))
+        return account.currency
+
+    async def credit(self, account_id: str, reference: str, amount: int, currency: str) -> None:
+        request = pb.CreditRequest(
+            account_id=account_id, reference=reference, amount=amount, currency=currency
+        )
+        await self._step(pb.Step(credit=request))
+
+    async def capture(self, account_id: str, reference: str) -> None:
+        request = pb.CaptureRequest(account_id=account_id, reference=reference)
+        await self._step(pb.Step(capture=request))
+
+    async def release(self, account_id: str, reference: str) -> None:
+        request = pb.ReleaseRequest(account_id=account_id, reference=reference)
+        await self._step(pb.Step(release=request))
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+
+    async def _step(self, step: pb.Step) -> pb.Account:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run())
+        loop = asyncio.get_running_loop()
+        step.step_id = step_id = next(self._ids)
+        future: asyncio.Future[pb.Account | pb.StepError] = loop.create_future()
+        self._waiting[step_id] = future
+        self._outbox.append(step)
+        self._wakeup.set()
+        timer = loop.call_later(self._deadline, self._expire, step_id)
+        try:
+            outcome = await future
+        finally:
+            timer.cancel()
+            self._waiting.pop(step_id, None)
+        if isinstance(outcome, pb.Account):
+            return outcome
+        code = _CODES.get(outcome.code, grpc.StatusCode.UNKNOWN)
+        if code in _UNDECIDED:
+            raise StepUnavailable(f"{code.name}: {outcome.message}")
+        raise StepRefused(outcome.reason or code.name, outcome.message or outcome.reason)
+
+    def _expire(self, step_id: int) -> None:
+        future = self._waiting.pop(step_id, None)
+        if future is not None and not future.done():
+            future.set_exception(StepUnavailable(f"no outcome within {self._deadline:g}s"))
+
+    async def _requests(self, generation: int) -> AsyncIterator[pb.ExecuteStepsRequest]:
+        # grpc does not stop reading this generator when its call fails, so a generator
+        # of a broken stream must notice and leave the outbox to its successor.
+        while generation == self._generation:
+            if not self._outbox:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            steps, self._outbox = self._outbox, []
+            yield pb.ExecuteStepsRequest(steps=steps)
+
+    async def _run(self) -> None:
+        """Keeps a stream open; fails the steps in flight whenever it breaks."""
+        failures = 0
+        while True:
+            self._generation += 1
+            self._wakeup.set()  # lets the previous stream's generator see it is over
+            call = self._stub.ExecuteSteps(self._requests(self._generation))
+            try:
+                async for response in call:
+                    failures = 0
+                    for outcome in response.outcomes:
+                        future = self._waiting.get(outcome.step_id)
+                        if future is not None and not future.done():
+                            result = outcome.WhichOneof("result")
+                            future.set_result(getattr(outcome, result))
+            except grpc.aio.AioRpcError as error:
+                self._fail_all(StepUnavailable(f"stream broke: {error.code().name}"))
+            except asyncio.CancelledError:
+                call.cancel()
+                self._fail_all(StepUnavailable("stream closed"))
+                raise
+            else:
+                self._fail_all(StepUnavailable("stream ended"))
+            failures += 1
+            await asyncio.sleep(min(0.05 * 2**failures, 1.0) * random.random())
+            if not self._waiting:
+                # Nothing to carry: let the next step open a fresh stream.
+                self._pump = None
+                return
+
+    def _fail_all(self, error: StepUnavailable) -> None:
+        # Steps still in the outbox were never sent; they ride on the next stream.
+        sent = set(self._waiting) - {step.step_id for step in self._outbox}
+        for step_id in sent:
+            future = self._waiting.pop(step_id)
+            if not future.done():
+                future.set_exception(error)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}

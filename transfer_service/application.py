@@ -80,7 +80,7 @@ class Transfers:
         """
         transfer = await self._process.request(transfer_id, from_account_id, to_account_id, amount)
         if not transfer.is_terminal:
-            driver = self._driver(transfer_id)
+            driver = self._driver(transfer_id, transfer)
             limit = self._answer_within if wait is None else min(wait, self._answer_within)
             try:
                 transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=limit)
@@ -116,24 +116,27 @@ class Transfers:
             task.cancel()
         await asyncio.gather(*self._drivers.values(), return_exceptions=True)
 
-    def _driver(self, transfer_id: str) -> asyncio.Task[Transfer]:
+    def _driver(self, transfer_id: str, transfer: Transfer | None = None) -> asyncio.Task[Transfer]:
         task = self._drivers.get(transfer_id)
         if task is None:
-            task = asyncio.create_task(self._drive(transfer_id))
+            task = asyncio.create_task(self._drive(transfer_id, transfer))
             self._drivers[transfer_id] = task
             task.add_done_callback(lambda _: self._drivers.pop(transfer_id, None))
         return task
 
-    async def _drive(self, transfer_id: str) -> Transfer:
+    async def _drive(self, transfer_id: str, transfer: Transfer | None) -> Transfer:
         """Drive to a terminal state, outlasting outages of this service's own database."""
         failures = 0
         while True:
             try:
-                transfer = await self._repository.load(transfer_id)
                 if transfer is None:
-                    raise TransferNotFound(transfer_id)
+                    transfer = await self._repository.load(transfer_id)
+                    if transfer is None:
+                        raise TransferNotFound(transfer_id)
                 return await self._process.drive(transfer)
             except StoreUnavailable as exc:
+                # The last record may or may not have been stored: start again from the store.
+                transfer = None
                 failures += 1
                 delay = self._store_backoff.delay(failures)
                 log.warning("transfer %s: database unavailable (%s)", transfer_id, exc)

@@ -167,8 +167,12 @@ class TransferProcess:
 
         Raises ``InvalidArgument`` or ``TransferAlreadyExists``; does not drive the transfer.
         """
+        # Optimistically record first: for a new id (the usual case) that is one append and
+        # no read; if the id is taken, the conflict says so and the stored one is compared.
+        transfer: Transfer | None = Transfer.empty(transfer_id)
         while True:
-            transfer = await self._repository.load(transfer_id) or Transfer.empty(transfer_id)
+            if transfer is None:
+                transfer = await self._repository.load(transfer_id) or Transfer.empty(transfer_id)
             events = transfer.request(from_account_id, to_account_id, amount)
             if not events:
                 return transfer
@@ -176,6 +180,7 @@ class TransferProcess:
                 transfer = await self._repository.record(transfer, events)
             except ConcurrencyConflict:
                 # Someone recorded this id first: decide again against what they stored.
+                transfer = None
                 continue
             self._crash_point(AFTER_RECORD_REQUESTED)
             return transfer

@@ -7,10 +7,11 @@ import asyncio
 from bank.v1 import transfer_pb2, transfer_pb2_grpc
 from event_store import AsyncEventStore
 from grpc_common.server import Assembly, Service, run_service
-from transfer_service.accounts_client import GrpcAccounts, open_channel
+from shared_kernel.crash import crash_point_from_env
+from transfer_service.accounts_client import GrpcAccounts, StreamingAccounts, open_channel
 from transfer_service.application import Transfers
 from transfer_service.grpc_api.servicers import TransferServicer
-from transfer_service.process import TransferProcess
+from transfer_service.process import POINTS, TransferProcess
 from transfer_service.repository import StoredTransfers
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
@@ -19,15 +20,26 @@ DEFAULT_ACCOUNTS = "127.0.0.1:50051"
 _SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
 
 
-def builder(accounts_target: str, deadline: float):
+def builder(accounts_target: str, deadline: float, transport: str = "stream"):
     def build(store: AsyncEventStore) -> Assembly:
         channel = open_channel(accounts_target)
         repository = StoredTransfers(store)
-        process = TransferProcess(GrpcAccounts(channel, deadline), repository)
+        accounts: GrpcAccounts | StreamingAccounts
+        if transport == "unary":
+            accounts = GrpcAccounts(channel, deadline)
+        else:
+            accounts = StreamingAccounts(channel, deadline)
+        process = TransferProcess(
+            accounts,
+            repository,
+            crash_point=crash_point_from_env(POINTS),
+        )
         transfers = Transfers(repository, process)
 
         async def stop() -> None:
             await transfers.close()
+            if isinstance(accounts, StreamingAccounts):
+                await accounts.close()
             await channel.close()
 
         return Assembly(
@@ -52,6 +64,7 @@ async def run(
     grace: float,
     deadline: float = 5.0,
     stop: asyncio.Event | None = None,
+    transport: str = "stream",
 ) -> None:
-    build = builder(accounts, deadline)
+    build = builder(accounts, deadline, transport)
     await run_service(listen=listen, db=db, grace=grace, build=build, stop=stop)

@@ -5,17 +5,22 @@ Refusals are raised as domain errors and answered through the one error table.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 from collections.abc import AsyncIterator
 from operator import methodcaller
 
 import grpc
+from grpc import StatusCode
 
-from account_service.application import Accounts
+from account_service.application import Accounts, AccountView, Decision
 from account_service.grpc_api import messages
 from account_service.grpc_api.errors import ERRORS
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from shared_kernel import page_tokens
+from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import (
     parse_amount,
     parse_currency,
@@ -28,6 +33,7 @@ from shared_kernel.values import (
 )
 
 Context = grpc.aio.ServicerContext
+log = logging.getLogger(__name__)
 
 
 @ERRORS.guard
@@ -89,34 +95,123 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             yield messages.account_event(entry)
 
 
+def _reserve(request: pb.ReserveRequest) -> tuple[str, Decision]:
+    account_id = parse_id(request.account_id, "account_id")
+    reference = parse_key(request.reference, "reference")
+    amount = parse_amount(request.amount)
+    return account_id, methodcaller("reserve", amount, reference)
+
+
+def _credit(request: pb.CreditRequest) -> tuple[str, Decision]:
+    account_id = parse_id(request.account_id, "account_id")
+    reference = parse_key(request.reference, "reference")
+    amount = parse_amount(request.amount)
+    currency = parse_currency(request.currency)
+    return account_id, methodcaller("credit", amount, reference, currency)
+
+
+def _capture(request: pb.CaptureRequest) -> tuple[str, Decision]:
+    account_id = parse_id(request.account_id, "account_id")
+    return account_id, methodcaller("capture", parse_key(request.reference, "reference"))
+
+
+def _release(request: pb.ReleaseRequest) -> tuple[str, Decision]:
+    account_id = parse_id(request.account_id, "account_id")
+    return account_id, methodcaller("release", parse_key(request.reference, "reference"))
+
+
+_STEPS = {"reserve": _reserve, "credit": _credit, "capture": _capture, "release": _release}
+
+
+def _step_error(exc: BaseException) -> pb.StepError:
+    described = ERRORS.describe(exc)
+    if described is None:
+        log.error("step failed unexpectedly", exc_info=exc)
+        return pb.StepError(code=StatusCode.INTERNAL.value[0], message="internal error")
+    code, reason, message, metadata = described
+    return pb.StepError(code=code.value[0], message=message, reason=reason, metadata=metadata)
+
+
 @ERRORS.guard
 class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.Account:
-        account_id = parse_id(request.account_id, "account_id")
-        reference = parse_key(request.reference, "reference")
-        amount = parse_amount(request.amount)
-        decision = methodcaller("reserve", amount, reference)
-        return messages.account(await self._accounts.execute(account_id, decision))
+        return messages.account(await self._accounts.execute(*_reserve(request)))
 
     async def Credit(self, request: pb.CreditRequest, context: Context) -> pb.Account:
-        account_id = parse_id(request.account_id, "account_id")
-        reference = parse_key(request.reference, "reference")
-        amount = parse_amount(request.amount)
-        currency = parse_currency(request.currency)
-        decision = methodcaller("credit", amount, reference, currency)
-        return messages.account(await self._accounts.execute(account_id, decision))
+        return messages.account(await self._accounts.execute(*_credit(request)))
 
     async def Capture(self, request: pb.CaptureRequest, context: Context) -> pb.Account:
-        account_id = parse_id(request.account_id, "account_id")
-        reference = parse_key(request.reference, "reference")
-        decision = methodcaller("capture", reference)
-        return messages.account(await self._accounts.execute(account_id, decision))
+        return messages.account(await self._accounts.execute(*_capture(request)))
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.Account:
-        account_id = parse_id(request.account_id, "account_id")
-        reference = parse_key(request.reference, "reference")
-        decision = methodcaller("release", reference)
-        return messages.account(await self._accounts.execute(account_id, decision))
+        return messages.account(await self._accounts.execute(*_release(request)))
+
+    async def ExecuteSteps(
+        self, requests: AsyncIterator[pb.ExecuteStepsRequest], context: Context
+    ) -> AsyncIterator[pb.ExecuteStepsResponse]:
+        """Steps go to their accounts' mailboxes as they arrive; outcomes go back as they
+        finish, batched into as few messages as the pace allows."""
+        stream = _StepStream(self._accounts)
+        reader = asyncio.create_task(stream.read(requests))
+        try:
+            async for response in stream.responses(reader):
+                yield response
+        finally:
+            reader.cancel()
+
+
+class _StepStream:
+    """The state of one ExecuteSteps call: steps in flight and outcomes not yet sent."""
+
+    def __init__(self, accounts: Accounts) -> None:
+        self._accounts = accounts
+        self._outcomes: list[pb.StepOutcome] = []
+        self._ready = asyncio.Event()
+        self._in_flight = 0
+
+    async def read(self, requests: AsyncIterator[pb.ExecuteStepsRequest]) -> None:
+        try:
+            async for request in requests:
+                for step in request.steps:
+                    self._start(step)
+        finally:
+            self._ready.set()
+
+    def _start(self, step: pb.Step) -> None:
+        kind = step.WhichOneof("action")
+        try:
+            if kind is None:
+                raise InvalidArgument("action", "a step needs reserve, credit, capture or release")
+            account_id, decision = _STEPS[kind](getattr(step, kind))
+            future = self._accounts.submit(account_id, decision)
+        except Exception as exc:
+            self._send(pb.StepOutcome(step_id=step.step_id, error=_step_error(exc)))
+            return
+        self._in_flight += 1
+        future.add_done_callback(functools.partial(self._finished, step.step_id))
+
+    def _finished(self, step_id: int, future: asyncio.Future[AccountView]) -> None:
+        self._in_flight -= 1
+        exc = future.exception()
+        if exc is None:
+            outcome = pb.StepOutcome(step_id=step_id, account=messages.account(future.result()))
+        else:
+            outcome = pb.StepOutcome(step_id=step_id, error=_step_error(exc))
+        self._send(outcome)
+
+    def _send(self, outcome: pb.StepOutcome) -> None:
+        self._outcomes.append(outcome)
+        self._ready.set()
+
+    async def responses(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.ExecuteStepsResponse]:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            if self._outcomes:
+                outcomes, self._outcomes = self._outcomes, []
+                yield pb.ExecuteStepsResponse(outcomes=outcomes)
+            if reader.done() and not self._in_flight and not self._outcomes:
+                return

@@ -82,6 +82,11 @@ class ServiceProcess:
             self.process.wait()
             raise
 
+    def wait_exit(self, timeout: float) -> int:
+        """Waits for the process to end by itself (no signal); its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout)
+
     def kill(self) -> None:
         """SIGKILL: no cleanup, no flush."""
         assert self.process is not None
@@ -105,17 +110,24 @@ class Bank:
     workdir: Path
     account: ServiceProcess | None = None
     transfer: ServiceProcess | None = None
+    # Extra environment for one service, e.g. to arm a crash point in it alone.
+    account_env: dict[str, str] = field(default_factory=dict)
+    transfer_env: dict[str, str] = field(default_factory=dict)
     _channels: list[grpc.Channel] = field(default_factory=list)
 
     def start(self) -> Bank:
         self.account = ServiceProcess(
-            "account_service", self.accounts_db, self.workdir / "account_service.log"
+            "account_service",
+            self.accounts_db,
+            self.workdir / "account_service.log",
+            env=dict(self.account_env),
         ).start()
         self.transfer = ServiceProcess(
             "transfer_service",
             self.transfers_db,
             self.workdir / "transfer_service.log",
             extra_args=["--accounts", self.account.address],
+            env=dict(self.transfer_env),
         ).start()
         return self
 

@@ -396,6 +396,11 @@ class ReservationServiceStub:
                 request_serializer=bank_dot_v1_dot_account__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=bank_dot_v1_dot_account__pb2.Account.FromString,
                 _registered_method=True)
+        self.ExecuteSteps = channel.stream_stream(
+                '/bank.v1.ReservationService/ExecuteSteps',
+                request_serializer=bank_dot_v1_dot_account__pb2.ExecuteStepsRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_account__pb2.ExecuteStepsResponse.FromString,
+                _registered_method=True)
 
 
 class ReservationServiceServicer:
@@ -431,6 +436,16 @@ class ReservationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteSteps(self, request_iterator, context):
+        """The same four calls, many at a time, over one long-lived stream: each request
+        carries a batch of steps, each response the outcomes of steps that have finished
+        (in any order, matched by step id). Each step means exactly what its unary call
+        means, with the same idempotency and the same refusals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReservationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -453,6 +468,11 @@ def add_ReservationServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=bank_dot_v1_dot_account__pb2.ReleaseRequest.FromString,
                     response_serializer=bank_dot_v1_dot_account__pb2.Account.SerializeToString,
+            ),
+            'ExecuteSteps': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecuteSteps,
+                    request_deserializer=bank_dot_v1_dot_account__pb2.ExecuteStepsRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_account__pb2.ExecuteStepsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,6 +585,33 @@ class ReservationService:
             '/bank.v1.ReservationService/Release',
             bank_dot_v1_dot_account__pb2.ReleaseRequest.SerializeToString,
             bank_dot_v1_dot_account__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteSteps(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bank.v1.ReservationService/ExecuteSteps',
+            bank_dot_v1_dot_account__pb2.ExecuteStepsRequest.SerializeToString,
+            bank_dot_v1_dot_account__pb2.ExecuteStepsResponse.FromString,
             options,
             channel_credentials,
             insecure,

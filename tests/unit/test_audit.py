@@ -1,0 +1,315 @@
+"""The audit's checks on synthetic histories: a clean bank passes, each kind of damage is named."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from account_service import codec as account_codec
+from account_service.domain import (
+    Account,
+    AccountClosed,
+    AccountEvent,
+    AccountOpened,
+    Credited,
+    Deposited,
+    ReservationCaptured,
+    ReservationReleased,
+    Reserved,
+    Withdrawn,
+)
+from bank_cli import audit_checks as checks
+from bank_cli.audit_checks import AuditReport, audit
+from event_store import RecordedEvent
+from transfer_service import codec as transfer_codec
+from transfer_service.domain import (
+    CreditRefused,
+    TransferCompleted,
+    TransferCredited,
+    TransferEvent,
+    TransferFailed,
+    TransferRequested,
+    TransferReserved,
+)
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+ADA = "aaaaaaaa-0000-4000-8000-000000000001"
+BOB = "bbbbbbbb-0000-4000-8000-000000000002"
+CAROL = "cccccccc-0000-4000-8000-000000000003"
+T1 = "11111111-0000-4000-8000-000000000001"  # completed, Ada -> Bob, 30
+T2 = "22222222-0000-4000-8000-000000000002"  # credit refused (Carol closed), released, 20
+T3 = "33333333-0000-4000-8000-000000000003"  # reserve refused, nothing moved
+T4 = "44444444-0000-4000-8000-000000000004"  # in flight: credited, not yet captured, 5
+
+
+class History:
+    """Recorded events of both stores, with running balances computed like the service does."""
+
+    def __init__(self) -> None:
+        self.account_events: list[RecordedEvent] = []
+        self.transfer_events: list[RecordedEvent] = []
+        self._accounts: dict[str, Account] = {}
+        self._versions: Counter[str] = Counter()
+        self._position = 0
+
+    def account(self, account_id: str, event: AccountEvent, **override: Any) -> History:
+        account = self._accounts.setdefault(account_id, Account.empty(account_id))
+        account.apply(event)
+        kind, data = account_codec.encode(event)
+        data.update(balance_after=account.balance, reserved_after=account.reserved)
+        data.update(override)
+        self._record(self.account_events, "account-" + account_id, kind, data)
+        return self
+
+    def transfer(self, transfer_id: str, *events: TransferEvent) -> History:
+        for event in events:
+            kind, data = transfer_codec.encode(event)
+            self._record(self.transfer_events, "transfer-" + transfer_id, kind, data)
+        return self
+
+    def raw(self, store: str, stream_id: str, kind: str, data: dict[str, Any]) -> History:
+        target = self.account_events if store == "account" else self.transfer_events
+        self._record(target, stream_id, kind, data)
+        return self
+
+    def _record(self, into: list[RecordedEvent], stream: str, kind: str, data: dict) -> None:
+        self._position += 1
+        self._versions[stream] += 1
+        into.append(RecordedEvent(self._position, stream, self._versions[stream], kind, data, AT))
+
+    def audit(self) -> AuditReport:
+        return audit(self.account_events, self.transfer_events)
+
+
+def opened() -> History:
+    """Ada with 100 EUR, Bob, and Carol (closed)."""
+    return (
+        History()
+        .account(ADA, AccountOpened(ADA, "Ada", "EUR"))
+        .account(ADA, Deposited(100, "opening"))
+        .account(BOB, AccountOpened(BOB, "Bob", "EUR"))
+        .account(CAROL, AccountOpened(CAROL, "Carol", "EUR"))
+        .account(CAROL, AccountClosed())
+    )
+
+
+def completed(h: History, tid: str = T1, amount: int = 30, target: str = BOB) -> History:
+    h.transfer(tid, TransferRequested(tid, ADA, target, amount))
+    h.account(ADA, Reserved(amount, tid)).transfer(tid, TransferReserved("EUR"))
+    h.account(target, Credited(amount, tid)).transfer(tid, TransferCredited())
+    h.account(ADA, ReservationCaptured(amount, tid)).transfer(tid, TransferCompleted())
+    return h
+
+
+def compensated(h: History, tid: str = T2, amount: int = 20) -> History:
+    h.transfer(tid, TransferRequested(tid, ADA, CAROL, amount))
+    h.account(ADA, Reserved(amount, tid)).transfer(tid, TransferReserved("EUR"))
+    h.transfer(tid, CreditRefused("ACCOUNT_CLOSED"))
+    h.account(ADA, ReservationReleased(amount, tid))
+    return h.transfer(tid, TransferFailed("ACCOUNT_CLOSED"))
+
+
+def clean() -> History:
+    h = compensated(completed(opened()))
+    h.transfer(T3, TransferRequested(T3, BOB, ADA, 1000), TransferFailed("INSUFFICIENT_FUNDS"))
+    h.transfer(T4, TransferRequested(T4, ADA, BOB, 5))
+    h.account(ADA, Reserved(5, T4)).transfer(T4, TransferReserved("EUR"))
+    h.account(BOB, Credited(5, T4)).transfer(T4, TransferCredited())
+    return h
+
+
+def kinds_of(report: AuditReport) -> set[str]:
+    return report.kinds()
+
+
+def test_a_clean_history_passes_and_reports_its_totals():
+    report = clean().audit()
+    assert report.ok, report.render()
+    assert (report.accounts, report.transfers) == (3, 4)
+    assert report.states == {"COMPLETED": 1, "FAILED": 2, "CREDITED": 1}
+    totals = report.totals
+    assert (totals.deposits, totals.credits, totals.captures) == (100, 35, 30)
+    assert totals.balances == totals.expected_balances == 105
+    assert (totals.in_transit, totals.reserved, totals.open_holds) == (5, 5, 1)
+    assert [(f.transfer_id, f.state) for f in report.in_flight] == [(T4, "CREDITED")]
+    assert "OK" in report.render()
+    assert json.loads(json.dumps(report.to_dict()))["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("state", "extra"),
+    [
+        ("REQUESTED", []),
+        ("REQUESTED", [(ADA, Reserved(5, T4))]),  # reserve answered, not recorded yet
+        ("RESERVED", [(ADA, Reserved(5, T4)), (BOB, Credited(5, T4))]),  # credit answered
+        ("CREDITED", [(ADA, Reserved(5, T4)), (BOB, Credited(5, T4))]),
+        (
+            "CREDITED",
+            [(ADA, Reserved(5, T4)), (BOB, Credited(5, T4)), (ADA, ReservationCaptured(5, T4))],
+        ),
+    ],
+)
+def test_in_flight_transfers_may_be_one_step_ahead_on_the_account_side(state, extra):
+    h = opened().transfer(T4, TransferRequested(T4, ADA, BOB, 5))
+    if state in ("RESERVED", "CREDITED"):
+        h.transfer(T4, TransferReserved("EUR"))
+    if state == "CREDITED":
+        h.transfer(T4, TransferCredited())
+    for account_id, event in extra:
+        h.account(account_id, event)
+    report = h.audit()
+    assert report.ok, report.render()
+    assert [f.state for f in report.in_flight] == [state]
+
+
+def test_a_releasing_transfer_is_in_flight_with_or_without_its_release():
+    h = opened().transfer(T2, TransferRequested(T2, ADA, CAROL, 20))
+    h.account(ADA, Reserved(20, T2)).transfer(T2, TransferReserved("EUR"))
+    h.transfer(T2, CreditRefused("ACCOUNT_CLOSED"))
+    assert h.audit().ok
+    h.account(ADA, ReservationReleased(20, T2))
+    report = h.audit()
+    assert report.ok, report.render()
+    assert [f.state for f in report.in_flight] == ["RESERVED (releasing)"]
+
+
+# --- one test per kind of violation ------------------------------------------------------
+
+
+def test_a_stored_running_balance_that_disagrees_with_the_events():
+    h = opened().account(ADA, Deposited(5, "tip"), balance_after=999)
+    report = h.audit()
+    assert checks.RUNNING_BALANCE in kinds_of(report)
+    # The last stored balance is what the service serves: it no longer adds up either.
+    assert checks.CONSERVATION in kinds_of(report)
+    assert any(ADA in v.subject and "balance_after=999" in v.detail for v in report.violations)
+
+
+def test_available_going_below_zero():
+    report = opened().account(ADA, Withdrawn(150, "too-much")).audit()
+    assert kinds_of(report) == {checks.NEGATIVE_AVAILABLE}
+    assert "available -50" in report.violations[0].detail
+
+
+def test_a_reference_applied_twice_for_the_same_kind():
+    report = opened().account(ADA, Deposited(100, "opening")).audit()
+    assert kinds_of(report) == {checks.DUPLICATE_REFERENCE}
+    # Another kind of event may reuse the reference: a withdrawal is not a deposit.
+    assert opened().account(ADA, Withdrawn(10, "opening")).audit().ok
+
+
+def test_a_capture_with_no_open_hold():
+    h = completed(opened())
+    h.account(ADA, ReservationCaptured(30, T1))
+    report = h.audit()
+    assert checks.SETTLED_WITHOUT_HOLD in kinds_of(report)
+    assert checks.DUPLICATE_REFERENCE in kinds_of(report)
+    assert checks.UNEXPECTED_EFFECT in kinds_of(report)
+
+
+def test_a_settlement_for_another_amount_than_the_hold():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(30, T1)).transfer(T1, TransferReserved("EUR"))
+    h.account(BOB, Credited(30, T1)).transfer(T1, TransferCredited())
+    h.account(ADA, ReservationCaptured(25, T1)).transfer(T1, TransferCompleted())
+    assert checks.AMOUNT_MISMATCH in kinds_of(h.audit())
+
+
+def test_a_hold_left_open_for_a_transfer_that_ended():
+    h = opened().transfer(T3, TransferRequested(T3, ADA, BOB, 10), TransferFailed("X"))
+    h.account(ADA, Reserved(10, T3))
+    report = h.audit()
+    assert checks.HOLD_LEFT_OPEN in kinds_of(report)
+    assert any("still open for transfer " + T3 in v.detail for v in report.violations)
+
+
+def test_an_account_event_for_a_transfer_that_was_never_recorded():
+    report = opened().account(BOB, Credited(7, "99999999-0000-4000-8000-000000000009")).audit()
+    assert checks.UNKNOWN_TRANSFER in kinds_of(report)
+    # Money arrived that no transfer accounts for.
+    assert checks.IN_TRANSIT in kinds_of(report)
+
+
+def test_a_transfer_history_the_state_machine_rules_out():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30), TransferCompleted())
+    report = h.audit()
+    assert checks.ILLEGAL_TRANSITION in kinds_of(report)
+    assert any("TransferCompleted is not a legal next event" in v.detail for v in report.violations)
+
+
+def test_an_effect_on_the_wrong_account():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(30, T1)).transfer(T1, TransferReserved("EUR"))
+    h.account(ADA, Credited(30, T1)).transfer(T1, TransferCredited())  # onto the source
+    h.account(ADA, ReservationCaptured(30, T1)).transfer(T1, TransferCompleted())
+    report = h.audit()
+    assert {checks.WRONG_ACCOUNT, checks.MISSING_EFFECT} <= kinds_of(report)
+
+
+def test_a_completed_transfer_missing_its_capture():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(30, T1)).transfer(T1, TransferReserved("EUR"))
+    h.account(BOB, Credited(30, T1)).transfer(T1, TransferCredited(), TransferCompleted())
+    report = h.audit()
+    assert {checks.MISSING_EFFECT, checks.HOLD_LEFT_OPEN, checks.IN_TRANSIT} <= kinds_of(report)
+    assert any("0 ReservationCaptured" in v.detail for v in report.violations)
+
+
+def test_a_failed_transfer_whose_money_arrived_anyway():
+    h = compensated(opened())
+    h.account(CAROL, Credited(20, T2))
+    report = h.audit()
+    assert {checks.UNEXPECTED_EFFECT, checks.IN_TRANSIT} <= kinds_of(report)
+    assert any("FAILED but 1 Credited" in v.detail for v in report.violations)
+
+
+def test_an_effect_for_another_amount_than_the_transfer():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(31, T1)).transfer(T1, TransferReserved("EUR"))
+    h.account(BOB, Credited(30, T1)).transfer(T1, TransferCredited())
+    h.account(ADA, ReservationCaptured(31, T1)).transfer(T1, TransferCompleted())
+    report = h.audit()
+    assert checks.AMOUNT_MISMATCH in kinds_of(report)
+    # 31 left the source, 30 reached the target: one unit vanished.
+    assert any("= -1 in transit" in v.detail for v in report.violations)
+
+
+def test_a_credit_into_an_account_of_another_currency():
+    dollars = "dddddddd-0000-4000-8000-000000000004"
+    h = opened().account(dollars, AccountOpened(dollars, "Dan", "USD"))
+    report = completed(h, target=dollars).audit()
+    assert kinds_of(report) == {checks.CURRENCY_MISMATCH}
+
+
+def test_money_that_is_not_conserved():
+    # Every event adds up on its own, but the last stored balance was tampered with.
+    h = opened().account(BOB, Deposited(1, "b"), balance_after=2)
+    assert checks.CONSERVATION in kinds_of(h.audit())
+
+
+def test_credits_not_matched_by_captures_or_in_flight_transfers():
+    h = completed(opened())
+    h.account(BOB, Credited(30, T1))  # the same credit, stored twice
+    report = h.audit()
+    assert checks.IN_TRANSIT in kinds_of(report)
+    assert any(v.subject == "bank" and "credits 60" in v.detail for v in report.violations)
+
+
+def test_events_out_of_order():
+    assert checks.OUT_OF_ORDER in kinds_of(opened().account(CAROL, Deposited(1, "late")).audit())
+    never_opened = History().account(ADA, Deposited(1, "x"))
+    assert checks.OUT_OF_ORDER in kinds_of(never_opened.audit())
+
+
+def test_an_event_that_cannot_be_read():
+    h = opened().raw("account", "account-" + BOB, "Deposited", {"amount": "ten"})
+    h.raw("transfer", "transfer-" + T1, "TransferTeleported", {})
+    h.raw("account", "snapshot-1", "Deposited", {"amount": 1, "reference": "r"})
+    report = h.audit()
+    unreadable = [v for v in report.violations if v.kind == checks.UNREADABLE]
+    assert len(unreadable) == 3, report.render()
+    assert any("TransferTeleported" in v.detail for v in unreadable)
