@@ -172,7 +172,9 @@ class Accounts:
 
     @contextlib.asynccontextmanager
     async def exclusive(
-        self, account_id: str, timeout: float  # noqa: ASYNC109 - a lock wait, not a deadline
+        self,
+        account_id: str,
+        timeout: float,  # noqa: ASYNC109 - a lock wait, not a deadline
     ) -> AsyncIterator[Callable[[Decision], Awaitable[AccountView]]]:
         """Holds the account's lock (waiting at most ``timeout``) for several commands.
 
@@ -238,7 +240,8 @@ class Accounts:
     ) -> None:
         for _ in range(_MAX_ATTEMPTS):
             try:
-                if mailbox.account is None:
+                loaded = mailbox.account is None
+                if loaded:
                     mailbox.account = await self._load(account_id)
                 account = mailbox.account
                 expected = account.version
@@ -261,6 +264,12 @@ class Accounts:
                         if isinstance(event, Reserved):
                             reserved.append((len(new) - 1, event.reference))
                     outcomes.append(_view(account, with_reservations))
+                if not new and not loaded and await self._is_stale(account_id, expected):
+                    # Nothing to append, so no version check vouches for the cached state
+                    # these refusals and repeats were decided on: another process may have
+                    # written. Decide again on the stored state.
+                    mailbox.account = None
+                    continue
                 if new:
                     recorded = await self._store.append(stream_id(account_id), expected, new)
                     for index, reference in reserved:
@@ -296,6 +305,9 @@ class Accounts:
                     ContentionTooHigh(f"account {account_id} kept changing; retry")
                 )
 
+    async def _is_stale(self, account_id: str, version: int) -> bool:
+        return await self._store.stream_version(stream_id(account_id)) != version
+
     async def _load(self, account_id: str) -> Account:
         account = Account.empty(account_id)
         while True:
@@ -311,14 +323,9 @@ class Accounts:
 
     async def get(self, account_id: str) -> AccountView:
         """The account's current state, with its open reservations."""
-        mailbox = self._mailbox(account_id)
-        account = mailbox.account
-        if account is None or mailbox.running:
-            # Through the mailbox, so the answer reflects every acknowledged command.
-            return await self.execute(account_id, _existing, with_reservations=True)
-        if not account.exists:
-            raise AccountNotFound(account_id)
-        return _view(account, with_reservations=True)
+        # Through the mailbox, so the answer reflects every acknowledged command, including
+        # those of other processes sharing the database (see _decide_and_store).
+        return await self.execute(account_id, _existing, with_reservations=True)
 
     async def history(self, account_id: str, after_version: int, limit: int) -> list[HistoryEntry]:
         """Up to ``limit`` events after ``after_version``, oldest first."""

@@ -43,6 +43,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
+    # With several account-service addresses (ipv4:HOST:PORT,HOST:PORT or a DNS name with
+    # several records), unary calls and new streams spread over all of them.
+    ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
 ]
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from event_store import StoreUnavailable
 from shared_kernel.errors import DomainError
@@ -18,6 +20,7 @@ from transfer_service.process import DEFAULT_BACKOFF, Backoff, TransferProcess
 from transfer_service.repository import StoredTransfers
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TransferRefused(DomainError):
@@ -57,11 +60,13 @@ class Transfers:
         *,
         answer_within: float = 30.0,
         store_backoff: Backoff = DEFAULT_BACKOFF,
+        resume_concurrency: int = 64,
     ) -> None:
         self._repository = repository
         self._process = process
         self._answer_within = answer_within
         self._store_backoff = store_backoff
+        self._resume_concurrency = resume_concurrency
         self._drivers: dict[str, asyncio.Task[Transfer]] = {}
 
     async def create(
@@ -105,8 +110,11 @@ class Transfers:
     async def resume_unfinished(self) -> int:
         """Start a driver for every transfer that is not terminal; how many there were."""
         transfer_ids = await self._repository.unfinished()
+        # Bounded, so that a restart with a large backlog does not stampede the account
+        # service (or other replicas' work) with every unfinished transfer at once.
+        gate = asyncio.Semaphore(self._resume_concurrency)
         for transfer_id in transfer_ids:
-            self._driver(transfer_id)
+            self._driver(transfer_id, gate=gate)
         if transfer_ids:
             log.info("resuming %d unfinished transfers", len(transfer_ids))
         return len(transfer_ids)
@@ -116,10 +124,16 @@ class Transfers:
             task.cancel()
         await asyncio.gather(*self._drivers.values(), return_exceptions=True)
 
-    def _driver(self, transfer_id: str, transfer: Transfer | None = None) -> asyncio.Task[Transfer]:
+    def _driver(
+        self,
+        transfer_id: str,
+        transfer: Transfer | None = None,
+        gate: asyncio.Semaphore | None = None,
+    ) -> asyncio.Task[Transfer]:
         task = self._drivers.get(transfer_id)
         if task is None:
-            task = asyncio.create_task(self._drive(transfer_id, transfer))
+            drive = self._drive(transfer_id, transfer)
+            task = asyncio.create_task(drive if gate is None else _gated(gate, drive))
             self._drivers[transfer_id] = task
             task.add_done_callback(lambda _: self._drivers.pop(transfer_id, None))
         return task
@@ -141,3 +155,8 @@ class Transfers:
                 delay = self._store_backoff.delay(failures)
                 log.warning("transfer %s: database unavailable (%s)", transfer_id, exc)
                 await self._store_backoff.sleep(delay)
+
+
+async def _gated(gate: asyncio.Semaphore, work: Coroutine[Any, Any, T]) -> T:
+    async with gate:
+        return await work
