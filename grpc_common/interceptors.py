@@ -158,8 +158,8 @@ def guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     elif inspect.isasyncgenfunction(behaviour):
         guarded = _guard_stream(behaviour)
     else:
-        # A coroutine behaviour that streams writes through context.write; grpc tells the
-        # two kinds apart, so the guard keeps the kind of what it wraps.
+        # A unary answer, or a coroutine streaming through context.write: grpc tells a
+        # coroutine from an async generator, so the guard keeps the kind it wraps.
         guarded = _guard_unary(behaviour)
     return handler._replace(
         request_deserializer=_tolerant(handler.request_deserializer), **{kind: guarded}

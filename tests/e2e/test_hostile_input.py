@@ -51,7 +51,7 @@ from tests.e2e.conftest import new_account, refusal
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_ID_LENGTH = 64
-HOSTILE_EXAMPLES = 1000  # per service: the requirement's floor
+HOSTILE_EXAMPLES = 1000  # per gRPC service
 BODY_EXAMPLES = 120  # undecodable or barely decodable bodies, per service
 CALL_TIMEOUT = 15.0
 # A watch on a real account from a version it has not reached waits for live events; the
@@ -109,7 +109,6 @@ READS = {"GetAccount", "ListAccountEvents", "WatchAccount", "GetTransfer", "List
 
 # Requests sent per gRPC service (snapshots and health checks not included).
 SENT: Counter[str] = Counter()
-DEBUG = Counter()
 
 
 @dataclass(frozen=True)
@@ -312,6 +311,7 @@ UUID_FORMS: list[Callable[[uuid.UUID], str]] = [
     lambda u: "{" * 16 + u.hex + "}" * 16,
     lambda u: "{" * 16 + u.hex + "}" * 17,
 ]
+REUSED_IDS = [str(uuid.UUID(int=n)) for n in (1, 2, 3)]
 INT64_EDGES = [0, 1, -1, INT64_MAX, INT64_MAX - 1, INT64_MIN, INT64_MIN + 1, 2**31, -(2**31)]
 INT32_EDGES = [0, 1, -1, 50, MAX_PAGE_SIZE, MAX_PAGE_SIZE + 1, INT32_MAX, INT32_MIN]
 
@@ -341,12 +341,14 @@ def _texts(pool: Pool | None) -> st.SearchStrategy[str]:
     return st.one_of(branches)
 
 
-def _strategies(pool: Pool | None) -> dict[str, st.SearchStrategy]:
-    """Per kind of field: a plausible value three times in four, a hostile one otherwise.
+Kinds = dict[str, st.SearchStrategy]
+
+
+def _strategies(pool: Pool | None) -> tuple[Kinds, Kinds]:
+    """Per kind of field: plausible values, and hostile ones.
 
     Plausible values (real accounts, keys that repeat, small amounts) carry requests past
-    validation into the business rules and the store; each hostile field then stands
-    alone often enough for the refusal to be about that field.
+    validation into the business rules and the store.
     """
     texts = _texts(pool)
     ids = st.sampled_from(pool.ids) if pool is not None else st.uuids().map(str)
@@ -376,6 +378,7 @@ def _strategies(pool: Pool | None) -> dict[str, st.SearchStrategy]:
     printable = st.sampled_from(string.printable[:95])
     hostile = {
         "id": texts,
+        "new_id": texts,
         "key": st.one_of(
             texts,
             st.text(printable, min_size=1, max_size=MAX_KEY_LENGTH),
@@ -399,6 +402,8 @@ def _strategies(pool: Pool | None) -> dict[str, st.SearchStrategy]:
     hostile |= {"amount": int64s, "page_size": int32s, "version": int64s}
     plausible = {
         "id": st.one_of(ids, ids, ids, st.uuids().map(str)),
+        # Mostly fresh, now and then one used before: a repeat or a reuse.
+        "new_id": st.one_of(st.just(""), st.uuids().map(str), st.sampled_from(REUSED_IDS)),
         # A few keys, so that repeats, reuse with other contents and settled holds happen.
         "key": st.one_of(
             st.sampled_from(["k1", "k2", "k3", "opening", "0"]),
@@ -411,22 +416,12 @@ def _strategies(pool: Pool | None) -> dict[str, st.SearchStrategy]:
         "page_size": st.integers(0, MAX_PAGE_SIZE + 1),
         "version": st.integers(0, 12),
     }
-    # Mapped, so that one_of weighs plausible against hostile rather than flattening both.
-    return {
-        kind: st.one_of(*[plausible[kind].map(_same)] * 3, strategy.map(_same))
-        if kind in plausible
-        else strategy
-        for kind, strategy in hostile.items()
-    }
-
-
-def _same(value: object) -> object:
-    return value
+    return {kind: plausible.get(kind, strategy) for kind, strategy in hostile.items()}, hostile
 
 
 _BY_NAME = {
     "account_id": "id",
-    "transfer_id": "id",
+    "transfer_id": "new_id",
     "from_account_id": "id",
     "to_account_id": "id",
     "request_id": "key",
@@ -456,32 +451,48 @@ _BY_TYPE = {
 }
 
 
-def _field(fld: FieldDescriptor, kinds: dict, depth: int) -> st.SearchStrategy | None:
+def _field(fld: FieldDescriptor, kinds: tuple[Kinds, Kinds], depth: int) -> tuple | None:
+    """Plausible and hostile values for ``fld``."""
     if fld.type == FieldDescriptor.TYPE_MESSAGE:
         if depth >= 3 or fld.message_type.GetOptions().map_entry:
             return None
-        value = _message(fld.message_type, kinds, depth + 1)
+        nested = _message(fld.message_type, kinds, depth + 1)
+        values = (nested, nested)
     else:
         kind = _BY_NAME.get(fld.name) or _BY_TYPE.get(fld.type)
         if kind is None:
             return None
-        value = kinds[kind]
-    return st.lists(value, max_size=4) if fld.is_repeated else value
+        values = (kinds[0][kind], kinds[1][kind])
+    return tuple(st.lists(v, max_size=4) for v in values) if fld.is_repeated else values
 
 
-def _message(descriptor, kinds: dict, depth: int = 0) -> st.SearchStrategy[Message]:
-    """Messages of ``descriptor`` with a hostile value in every field, nested ones included."""
+def _message(descriptor, kinds: tuple[Kinds, Kinds], depth: int = 0) -> st.SearchStrategy:
+    """Messages of ``descriptor``, nested ones included: all plausible, one field hostile
+    (so that a refusal can only be about that field), or all hostile."""
     cls = GetMessageClass(descriptor)
-    plain = {}
+    plausible, hostile = {}, {}
     for fld in descriptor.fields:
-        if fld.containing_oneof is None and (value := _field(fld, kinds, depth)) is not None:
-            plain[fld.name] = value
+        if fld.containing_oneof is None and (values := _field(fld, kinds, depth)) is not None:
+            plausible[fld.name], hostile[fld.name] = values
+    fields = st.one_of(
+        st.fixed_dictionaries(plausible),
+        st.fixed_dictionaries(hostile),
+        *(
+            [
+                st.sampled_from(sorted(hostile)).flatmap(
+                    lambda name: st.fixed_dictionaries({**plausible, name: hostile[name]})
+                )
+            ]
+            if hostile
+            else []
+        ),
+    )
     choices = []
     for oneof in descriptor.oneofs:
         options = [st.just({})]
         for fld in oneof.fields:
-            if (value := _field(fld, kinds, depth)) is not None:
-                options.append(st.fixed_dictionaries({fld.name: value}))
+            if (values := _field(fld, kinds, depth)) is not None:
+                options.append(st.fixed_dictionaries({fld.name: st.one_of(values)}))
         choices.append(st.one_of(options))
 
     def build(parts: tuple[dict, ...]) -> Message:
@@ -490,7 +501,7 @@ def _message(descriptor, kinds: dict, depth: int = 0) -> st.SearchStrategy[Messa
             merged.update(part)
         return cls(**merged)
 
-    return st.tuples(st.fixed_dictionaries(plain), *choices).map(build)
+    return st.tuples(fields, *choices).map(build)
 
 
 _UNPOOLED: dict[object, st.SearchStrategy] = {}
@@ -768,11 +779,6 @@ def test_hostile_messages_get_clear_answers_and_refusals_store_nothing(
     with_version = rpc.service != "bank.v1.TransferService"
     before = _state(clients, involved, with_version)
     answer = call(clients, rpc, request)
-    DEBUG[(rpc.name, answer.code.name, answer.info.reason if answer.info else "", bool(involved))] += 1
-    if rpc.name == "ExecuteSteps" and answer.code.name == "OK":
-        for r in answer.responses:
-            for o in r.outcomes:
-                DEBUG[("step", o.error.reason if o.WhichOneof("result") == "error" else "OK")] += 1
     check(rpc, request, answer)
     if _refused(rpc, answer):
         assert _state(clients, involved, with_version) == before, (
@@ -1052,4 +1058,3 @@ def test_both_services_still_serve_after_all_of_it(clients, pool, capsys):
     with capsys.disabled():
         counts = ", ".join(f"{service} {SENT[service]}" for service in SERVICES)
         print(f"\nhostile input: requests sent per service: {counts}")
-        for k, v in sorted(DEBUG.items()): print(k, v)
