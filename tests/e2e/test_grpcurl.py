@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,64 @@ def test_grpcurl_opens_an_account_and_moves_money(bank):
 def test_grpcurl_health_check(bank):
     answer = json.loads(_run(bank.account.address, "grpc.health.v1.Health/Check"))
     assert answer == {"status": "SERVING"}
+
+
+def test_grpcurl_full_transfer_with_reflection_only(bank, tmp_path):
+    """Open two accounts, deposit, transfer, read the transfer and the history back.
+
+    grpcurl learns every type from the servers' reflection alone: no -proto, no -protoset,
+    and it runs from an empty folder.
+    """
+
+    def call(address: str, method: str, request: dict) -> dict:
+        done = subprocess.run(
+            [_grpcurl(), "-plaintext", "-d", json.dumps(request), address, method],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    accounts, transfers = bank.account.address, bank.transfer.address
+    ada = call(accounts, "bank.v1.AccountService/OpenAccount", {"owner": "Ada", "currency": "EUR"})[
+        "account_id"
+    ]
+    bob = call(accounts, "bank.v1.AccountService/OpenAccount", {"owner": "Bob", "currency": "EUR"})[
+        "account_id"
+    ]
+    call(
+        accounts,
+        "bank.v1.AccountService/Deposit",
+        {"account_id": ada, "amount": "10000", "request_id": "salary"},
+    )
+    transfer_id = str(uuid.uuid4())
+    created = call(
+        transfers,
+        "bank.v1.TransferService/CreateTransfer",
+        {"transfer_id": transfer_id, "from_account_id": ada, "to_account_id": bob, "amount": 2500},
+    )
+    assert created["state"] == "TRANSFER_STATE_COMPLETED"
+
+    fetched = call(transfers, "bank.v1.TransferService/GetTransfer", {"transfer_id": transfer_id})
+    assert fetched == created
+    assert (fetched["amount"], fetched["currency"]) == ("2500", "EUR")
+
+    events = call(accounts, "bank.v1.AccountService/ListAccountEvents", {"account_id": ada})
+    history = [
+        (e["type"], e.get("amount", "0"), e.get("reference", ""), e.get("balance_after", "0"))
+        for e in events["events"]
+    ]
+    assert history == [
+        ("ACCOUNT_EVENT_TYPE_OPENED", "0", "", "0"),
+        ("ACCOUNT_EVENT_TYPE_DEPOSITED", "10000", "salary", "10000"),
+        ("ACCOUNT_EVENT_TYPE_RESERVED", "2500", transfer_id, "10000"),
+        ("ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED", "2500", transfer_id, "7500"),
+    ]
+    assert "next_page_token" not in events
+    credited = call(accounts, "bank.v1.AccountService/ListAccountEvents", {"account_id": bob})
+    assert [(e["type"], e.get("reference")) for e in credited["events"]] == [
+        ("ACCOUNT_EVENT_TYPE_OPENED", None),
+        ("ACCOUNT_EVENT_TYPE_CREDITED", transfer_id),
+    ]

@@ -1,0 +1,1 @@
+"""Checks of deploy/: the compose file, the Kubernetes manifests, the Dockerfile."""

