@@ -6,7 +6,14 @@ import os
 import sys
 
 from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, run
-from grpc_common.settings import common_parser, configure_logging, env_flag, run_async
+from grpc_common.settings import (
+    add_security_flags,
+    common_parser,
+    configure_logging,
+    configure_security,
+    env_flag,
+    run_async,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         "5",
         "seconds the naive strategy waits for each account's lock",
     )
+    add_security_flags(parser, reservation=True)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    configure_security(parser, args)
     naive = args.experimental_naive_transfers
     lock_timeout = float(args.experimental_naive_lock_timeout)
     run_async(

@@ -2,6 +2,9 @@
 
 Health answers NOT_SERVING until the service's probe (its database) answers, SERVING after,
 and NOT_SERVING again while the probe fails or once SIGTERM starts the drain.
+
+Security (``grpc_common.tls.ServerSecurity``) is optional: with none, the server listens in
+plaintext and installs no interceptor beyond the decode guard.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from event_store import AsyncEventStore, StoreUnavailable, default_writers, open_store
+from grpc_common import tls
 from grpc_common.interceptors import DecodeGuard
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,8 @@ class ServerConfig:
     grace: float = 10.0
     probe_interval: float = 2.0
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # None: the process's configured security (grpc_common.tls.configured), else plaintext.
+    security: tls.ServerSecurity | None = None
 
 
 def _reflection_v1_file() -> None:
@@ -139,7 +145,9 @@ class _Health:
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain within the grace period."""
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[DecodeGuard()])
+    security = config.security or tls.configured().server or tls.ServerSecurity()
+    interceptors = [DecodeGuard(), *security.interceptors]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     names = [service.name for service in config.services]
     for service in config.services:
         service.add_to_server(service.servicer, server)
@@ -149,10 +157,20 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     health = _Health(health_servicer, names)
     await health.set(False)
 
-    port = server.add_insecure_port(config.listen)
+    if security.credentials is None:
+        port = server.add_insecure_port(config.listen)
+        if not tls.is_loopback(config.listen):
+            log.warning(
+                "serving plaintext on %s, reachable from other machines: anyone on the"
+                " network can read and alter the calls; use --tls-cert and --tls-key",
+                config.listen,
+            )
+    else:
+        port = server.add_secure_port(config.listen, security.credentials)
     host = config.listen.rsplit(":", 1)[0]
     await server.start()
     log.info("listening on %s:%d (%s)", host, port, ", ".join(names))
+    log.info("security: %s", security.description)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -201,8 +219,12 @@ async def run_service(
     grace: float,
     build: Callable[[AsyncEventStore], Assembly],
     stop: asyncio.Event | None = None,
+    security: tls.ServerSecurity | None = None,
 ) -> None:
-    """Open the store, migrate it, build the service on it and serve until stopped."""
+    """Open the store, migrate it, build the service on it and serve until stopped.
+
+    ``security``: None means the process's configured security (plaintext if none).
+    """
     sync_store = open_store(db)
     store = AsyncEventStore(sync_store, writers=default_writers(sync_store))
     await store.start()
@@ -216,5 +238,6 @@ async def run_service(
         probe=store.ping,
         grace=grace,
         on_stop=[*assembly.on_stop, store.close],
+        security=security,
     )
     await serve(config, stop)

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from grpc_common import auth, tls
+
 
 def env_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, help: str) -> None:
     parser.add_argument(
@@ -48,3 +50,159 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
             uvloop.run(main)
             return
     asyncio.run(main)
+
+
+def _optional_flag(
+    parser: argparse._ActionsContainer, flag: str, env: str, help: str, metavar: str = "FILE"
+) -> None:
+    parser.add_argument(
+        flag,
+        default=os.environ.get(env, ""),
+        metavar=metavar,
+        help=f"{help} (${env}; default none)",
+    )
+
+
+def add_security_flags(
+    parser: argparse.ArgumentParser, *, reservation: bool = False, accounts_client: bool = False
+) -> None:
+    """TLS, mutual TLS and bearer tokens; all off unless given.
+
+    ``reservation``: the service serves ReservationService (``--reservation-callers``).
+    ``accounts_client``: the service calls the account service (``--accounts-…``).
+    """
+    group = parser.add_argument_group("security (off unless given)")
+    _optional_flag(
+        group, "--tls-cert", "BANK_TLS_CERT", "serve TLS with this PEM certificate chain"
+    )
+    _optional_flag(group, "--tls-key", "BANK_TLS_KEY", "PEM private key of --tls-cert")
+    _optional_flag(
+        group,
+        "--tls-client-ca",
+        "BANK_TLS_CLIENT_CA",
+        "mutual TLS: require client certificates signed by this PEM CA",
+    )
+    _optional_flag(
+        group,
+        "--auth-tokens",
+        "BANK_AUTH_TOKENS",
+        "turn authentication on: bearer tokens from this file of '<name> sha256:<hex>' lines",
+    )
+    if reservation:
+        env_flag(
+            group,
+            "--reservation-callers",
+            "BANK_RESERVATION_CALLERS",
+            auth.DEFAULT_RESERVATION_CALLERS,
+            "with --auth-tokens, who may call ReservationService: comma-separated"
+            " token:NAME, CN=NAME, SAN=NAME",
+        )
+    if accounts_client:
+        _optional_flag(
+            group,
+            "--accounts-ca",
+            "BANK_ACCOUNTS_CA",
+            "TLS to the account service, trusting this PEM CA ('system': the system's roots)",
+        )
+        _optional_flag(
+            group,
+            "--accounts-client-cert",
+            "BANK_ACCOUNTS_CLIENT_CERT",
+            "mutual TLS: PEM client certificate to present to the account service",
+        )
+        _optional_flag(
+            group,
+            "--accounts-client-key",
+            "BANK_ACCOUNTS_CLIENT_KEY",
+            "PEM private key of --accounts-client-cert",
+        )
+        _optional_flag(
+            group,
+            "--accounts-server-name",
+            "BANK_ACCOUNTS_SERVER_NAME",
+            "name to expect in the account service's certificate, if not its address's host",
+            metavar="NAME",
+        )
+        _optional_flag(
+            group,
+            "--accounts-token-file",
+            "BANK_ACCOUNTS_TOKEN_FILE",
+            "file holding the raw bearer token sent on every call to the account service",
+        )
+
+
+def configure_security(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Builds the security the flags describe and records it for the process
+    (``grpc_common.tls.configure``); a setting that cannot be used ends the program."""
+    try:
+        server = server_security(args)
+        accounts = accounts_security(args) if hasattr(args, "accounts_ca") else None
+    except tls.SecurityConfigError as exc:
+        parser.error(str(exc))
+    tls.configure(server, accounts)
+
+
+def server_security(args: argparse.Namespace) -> tls.ServerSecurity | None:
+    """``ServerSecurity`` from the server flags; None when they are all off."""
+    log = logging.getLogger("grpc_common.security")
+    cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
+    if bool(cert) != bool(key):
+        raise tls.SecurityConfigError("--tls-cert and --tls-key go together")
+    if client_ca and not cert:
+        raise tls.SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    callers_spec = getattr(args, "reservation_callers", auth.DEFAULT_RESERVATION_CALLERS)
+    if not (cert or args.auth_tokens):
+        if callers_spec.strip() != auth.DEFAULT_RESERVATION_CALLERS:
+            raise tls.SecurityConfigError("--reservation-callers needs --auth-tokens")
+        return None
+    credentials, parts = None, ["plaintext"]
+    if cert:
+        credentials = tls.server_credentials(cert, key, client_ca or None)
+        parts = ["mutual TLS" if client_ca else "TLS"]
+    interceptors: list[auth.BearerAuth] = []
+    if args.auth_tokens:
+        tokens = auth.TokenTable.load(args.auth_tokens)
+        callers = auth.Callers.parse(callers_spec)
+        if not tokens.entries:
+            log.warning("token file %s holds no tokens: calls need a certificate", args.auth_tokens)
+        if callers.by_certificate and not client_ca:
+            log.warning(
+                "--reservation-callers names certificates, but without --tls-client-ca"
+                " no client certificate is verified"
+            )
+        if hasattr(args, "reservation_callers"):
+            for name in sorted(callers.token_names - tokens.names):
+                log.warning("--reservation-callers token:%s: no such name in the token file", name)
+        interceptors.append(auth.BearerAuth(tokens, callers, client_certificates=bool(client_ca)))
+        parts.append(f"bearer tokens ({len(tokens.entries)})")
+        if hasattr(args, "reservation_callers"):
+            parts.append(f"ReservationService callers {callers}")
+    return tls.ServerSecurity(credentials, interceptors, ", ".join(parts))
+
+
+def accounts_security(args: argparse.Namespace) -> tls.ChannelSecurity | None:
+    """``ChannelSecurity`` for the channel to the account service; None when all off."""
+    ca, cert, key = args.accounts_ca, args.accounts_client_cert, args.accounts_client_key
+    server_name, token_file = args.accounts_server_name, args.accounts_token_file
+    if not (ca or cert or key or server_name or token_file):
+        return None
+    if bool(cert) != bool(key):
+        raise tls.SecurityConfigError(
+            "--accounts-client-cert and --accounts-client-key go together"
+        )
+    secure = bool(ca or cert)
+    if server_name and not secure:
+        raise tls.SecurityConfigError("--accounts-server-name needs --accounts-ca")
+    credentials, parts = None, ["plaintext"]
+    options: list[tuple[str, object]] = []
+    if secure:
+        roots = None if ca == "system" else ca or None
+        credentials = tls.channel_credentials(roots, cert or None, key or None)
+        parts = ["mutual TLS" if cert else "TLS"]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+    metadata: tuple[tuple[str, str], ...] = ()
+    if token_file:
+        metadata = auth.bearer_metadata(auth.read_token(token_file))
+        parts.append("bearer token")
+    return tls.ChannelSecurity(credentials, options, metadata, ", ".join(parts))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
-from grpc_common.settings import common_parser, configure_logging, env_flag, run_async
+from grpc_common.settings import (
+    add_security_flags,
+    common_parser,
+    configure_logging,
+    configure_security,
+    env_flag,
+    run_async,
+)
 from transfer_service.server import DEFAULT_ACCOUNTS, DEFAULT_DB, DEFAULT_LISTEN, run
 
 
@@ -22,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         help="protocol steps over one ExecuteSteps stream, or one unary call each"
         " ($BANK_ACCOUNTS_TRANSPORT; default stream)",
     )
+    add_security_flags(parser, accounts_client=True)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    configure_security(parser, args)
     grace, deadline = float(args.grace), float(args.call_deadline)
     transport = args.accounts_transport
     run_async(run(args.listen, args.db, args.accounts, grace, deadline, transport=transport))

@@ -3,6 +3,9 @@
 Every call carries a deadline. A refusal the account service decided (its ErrorInfo reason)
 becomes ``StepRefused``; anything that leaves the outcome open — the peer down, a deadline,
 an overloaded or misconfigured peer — becomes ``StepUnavailable`` and the step is retried.
+
+The channel is plaintext unless the process is configured with ``ChannelSecurity`` (TLS,
+mutual TLS, a bearer token sent as metadata on every call, the ExecuteSteps stream included).
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -18,10 +23,12 @@ import grpc
 
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
+from grpc_common import tls
 from grpc_common.errors import error_info
 from transfer_service.process import StepRefused, StepUnavailable
 
 Response = TypeVar("Response")
+log = logging.getLogger(__name__)
 
 # Codes that say nothing about the business outcome: retry, never refuse.
 _UNDECIDED = frozenset(
@@ -49,8 +56,86 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+# Codes that say our credentials are not accepted: logged, since retrying will not help.
+_REFUSED_CREDENTIALS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+)
+_CREDENTIALS_WARNING_INTERVAL = 30.0
+_last_credentials_warning = -_CREDENTIALS_WARNING_INTERVAL
+
+
+def _warn_credentials(code: grpc.StatusCode, details: str | None) -> None:
+    global _last_credentials_warning
+    now = time.monotonic()
+    if now - _last_credentials_warning >= _CREDENTIALS_WARNING_INTERVAL:
+        _last_credentials_warning = now
+        log.warning("the account service refuses our credentials: %s: %s", code.name, details)
+
+
+class _AddMetadata:
+    """Adds fixed metadata (the bearer token) to every call of a channel."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._metadata)
+        return details._replace(metadata=metadata)
+
+
+class _UnaryUnaryMetadata(_AddMetadata, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+
+class _UnaryStreamMetadata(_AddMetadata, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(self._details(client_call_details), request)
+
+
+class _StreamUnaryMetadata(_AddMetadata, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _StreamStreamMetadata(_AddMetadata, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def open_channel(target: str, security: tls.ChannelSecurity | None = None) -> grpc.aio.Channel:
+    """A channel to the account service. ``security`` None: the process's configured
+    security (``grpc_common.tls.configured``), else plaintext with no credentials."""
+    security = security or tls.configured().accounts
+    if security is None:
+        if not tls.is_loopback(target):
+            log.warning("calling the account service at %s in plaintext", target)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, *security.options]
+    interceptors = None
+    if security.metadata:
+        metadata = tuple(security.metadata)
+        interceptors = [
+            kind(metadata)
+            for kind in (
+                _UnaryUnaryMetadata,
+                _UnaryStreamMetadata,
+                _StreamUnaryMetadata,
+                _StreamStreamMetadata,
+            )
+        ]
+    log.info("account service %s: %s", target, security.description)
+    if security.credentials is None:
+        if not tls.is_loopback(target):
+            log.warning(
+                "calling the account service at %s in plaintext%s: use --accounts-ca",
+                target,
+                ", bearer token included," if security.metadata else "",
+            )
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, security.credentials, options=options, interceptors=interceptors
+    )
 
 
 class GrpcAccounts:
@@ -84,6 +169,8 @@ class GrpcAccounts:
             return await method(request, timeout=self._deadline)
         except grpc.aio.AioRpcError as error:
             code = error.code()
+            if code in _REFUSED_CREDENTIALS:
+                _warn_credentials(code, error.details())
             if code in _UNDECIDED:
                 raise StepUnavailable(f"{code.name}: {error.details()}") from error
             info = error_info(error)
@@ -191,6 +278,8 @@ class StreamingAccounts:
                             result = outcome.WhichOneof("result")
                             future.set_result(getattr(outcome, result))
             except grpc.aio.AioRpcError as error:
+                if error.code() in _REFUSED_CREDENTIALS:
+                    _warn_credentials(error.code(), error.details())
                 self._fail_all(StepUnavailable(f"stream broke: {error.code().name}"))
             except asyncio.CancelledError:
                 call.cancel()

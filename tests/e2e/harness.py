@@ -27,7 +27,11 @@ def free_port() -> int:
 
 @dataclass
 class ServiceProcess:
-    """One service started with ``python -m <module>``; its log goes to a file."""
+    """One service started with ``python -m <module>``; its log goes to a file.
+
+    ``credentials``/``channel_options``: how to reach it when it serves TLS (the health
+    check at start and ``open_channel``); None is plaintext.
+    """
 
     module: str
     db: str
@@ -36,6 +40,8 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    credentials: grpc.ChannelCredentials | None = None
+    channel_options: list[tuple[str, object]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -54,9 +60,15 @@ class ServiceProcess:
         self.wait_serving()
         return self
 
+    def open_channel(self) -> grpc.Channel:
+        """A channel to the service, secure when it has ``credentials``."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address, options=self.channel_options)
+        return grpc.secure_channel(self.address, self.credentials, options=self.channel_options)
+
     def wait_serving(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.open_channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -113,6 +125,12 @@ class Bank:
     # Extra environment for one service, e.g. to arm a crash point in it alone.
     account_env: dict[str, str] = field(default_factory=dict)
     transfer_env: dict[str, str] = field(default_factory=dict)
+    # Extra command-line arguments for one service (e.g. security flags).
+    account_args: list[str] = field(default_factory=list)
+    transfer_args: list[str] = field(default_factory=list)
+    # How clients reach a service serving TLS (None: plaintext).
+    account_credentials: grpc.ChannelCredentials | None = None
+    transfer_credentials: grpc.ChannelCredentials | None = None
     _channels: list[grpc.Channel] = field(default_factory=list)
 
     def start(self) -> Bank:
@@ -120,36 +138,47 @@ class Bank:
             "account_service",
             self.accounts_db,
             self.workdir / "account_service.log",
+            extra_args=list(self.account_args),
             env=dict(self.account_env),
+            credentials=self.account_credentials,
         ).start()
         self.transfer = ServiceProcess(
             "transfer_service",
             self.transfers_db,
             self.workdir / "transfer_service.log",
-            extra_args=["--accounts", self.account.address],
+            extra_args=["--accounts", self.account.address, *self.transfer_args],
             env=dict(self.transfer_env),
+            credentials=self.transfer_credentials,
         ).start()
         return self
 
-    def channel(self, address: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(address)
+    def channel(
+        self, address: str, credentials: grpc.ChannelCredentials | None = None
+    ) -> grpc.Channel:
+        if credentials is None:
+            channel = grpc.insecure_channel(address)
+        else:
+            channel = grpc.secure_channel(address, credentials)
         self._channels.append(channel)
         return channel
 
     @property
     def accounts(self) -> account_pb2_grpc.AccountServiceStub:
         assert self.account is not None
-        return account_pb2_grpc.AccountServiceStub(self.channel(self.account.address))
+        channel = self.channel(self.account.address, self.account_credentials)
+        return account_pb2_grpc.AccountServiceStub(channel)
 
     @property
     def reservations(self) -> account_pb2_grpc.ReservationServiceStub:
         assert self.account is not None
-        return account_pb2_grpc.ReservationServiceStub(self.channel(self.account.address))
+        channel = self.channel(self.account.address, self.account_credentials)
+        return account_pb2_grpc.ReservationServiceStub(channel)
 
     @property
     def transfers(self) -> transfer_pb2_grpc.TransferServiceStub:
         assert self.transfer is not None
-        return transfer_pb2_grpc.TransferServiceStub(self.channel(self.transfer.address))
+        channel = self.channel(self.transfer.address, self.transfer_credentials)
+        return transfer_pb2_grpc.TransferServiceStub(channel)
 
     def stop(self) -> dict[str, int]:
         for channel in self._channels:

@@ -1,0 +1,737 @@
+"""TLS, mutual TLS, bearer tokens and the ReservationService's authorization, end to end.
+
+Certificates and tokens are made here, per test run, in temporary directories.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from bank.v1 import account_pb2 as apb
+from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
+from bank.v1 import transfer_pb2 as tpb
+from tests.e2e.conftest import refusal
+from tests.e2e.harness import Bank, ServiceProcess
+
+pytestmark = pytest.mark.e2e
+
+CLIENT = "teller-app"
+TRANSFER = "transfer-service"
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+@dataclass
+class Issued:
+    cert: Path
+    key: Path
+
+    @property
+    def pair(self) -> tuple[bytes, bytes]:
+        return self.key.read_bytes(), self.cert.read_bytes()
+
+
+class Authority:
+    """A CA that writes PEM files into ``directory``."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.certificate = (
+            self._builder(subject, self.key.public_key())
+            .issuer_name(subject)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.path = directory / f"{name}.pem"
+        self.path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    @staticmethod
+    def _builder(subject: x509.Name, public_key) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    def issue(self, common_name: str, *, server: bool) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        names: list[x509.GeneralName] = [x509.DNSName(common_name)]
+        if server:
+            names += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        certificate = (
+            self._builder(subject, key.public_key())
+            .issuer_name(self.certificate.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        stem = self.directory / f"{self.name}-{common_name}"
+        cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        return Issued(cert_path, key_path)
+
+
+@dataclass
+class Pki:
+    ca: Authority
+    account_server: Issued
+    transfer_server: Issued
+    transfer_client: Issued  # CN=transfer-service
+    teller_client: Issued  # CN=teller-app: a legitimate client, not the transfer service
+    rogue_ca: Authority
+    rogue_client: Issued  # CN=transfer-service, signed by the rogue CA
+
+    def client_credentials(self, client: Issued | None = None, ca: Authority | None = None):
+        key, chain = client.pair if client else (None, None)
+        roots = (ca or self.ca).path.read_bytes()
+        return grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=chain)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = Authority(directory, "bank-ca")
+    rogue = Authority(directory, "rogue-ca")
+    return Pki(
+        ca=ca,
+        account_server=ca.issue("account-service", server=True),
+        transfer_server=ca.issue("transfer-service-api", server=True),
+        transfer_client=ca.issue(TRANSFER, server=False),
+        teller_client=ca.issue(CLIENT, server=False),
+        rogue_ca=rogue,
+        rogue_client=rogue.issue(TRANSFER, server=False),
+    )
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Tokens:
+    client: str
+    transfer: str
+    table: Path  # the hashed token file the services read
+    transfer_file: Path  # the raw token the transfer service sends
+    client_file: Path  # a raw client token, to misconfigure the transfer service with
+
+    @property
+    def secrets(self) -> list[str]:
+        return [self.client, self.transfer]
+
+
+def _hash_line(name: str, token: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "grpc_common.auth", "hash", name],
+        input=token + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert token not in done.stdout + done.stderr
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory) -> Tokens:
+    directory = tmp_path_factory.mktemp("tokens")
+    client, transfer = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    table = directory / "tokens"
+    table.write_text(
+        f"# name sha256:<hex>\n{_hash_line(CLIENT, client)}\n{_hash_line(TRANSFER, transfer)}\n"
+    )
+    transfer_file = directory / "transfer.token"
+    transfer_file.write_text(transfer + "\n")
+    client_file = directory / "client.token"
+    client_file.write_text(client + "\n")
+    for path in (transfer_file, client_file):
+        path.chmod(0o600)
+    return Tokens(client, transfer, table, transfer_file, client_file)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def assert_no_secrets(bank: Bank, tokens: Tokens, pki: Pki | None = None) -> None:
+    """Neither service's log holds a token, a token's hash or a private key."""
+    from grpc_common.auth import hash_token
+
+    forbidden = [*tokens.secrets, *(hash_token(t).split(":")[1] for t in tokens.secrets)]
+    for service in (bank.account, bank.transfer):
+        assert service is not None
+        text = service.log_path.read_text(errors="replace")
+        assert text, f"{service.module} wrote no log"
+        for secret in forbidden:
+            assert secret not in text, f"a secret in the log of {service.module}"
+        assert "PRIVATE KEY" not in text
+        if pki is not None:
+            for issued in (pki.account_server, pki.transfer_server, pki.transfer_client):
+                body = issued.key.read_text().splitlines()[1]
+                assert body not in text
+
+
+def _stop(bank: Bank) -> None:
+    codes = bank.stop()
+    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+
+
+# --- every RPC ------------------------------------------------------------------------------
+
+
+def _account_id() -> str:
+    return str(uuid.uuid4())
+
+
+Call = Callable[[grpc.Channel, tuple], object]
+
+ACCOUNT_RPCS: dict[str, Call] = {
+    "OpenAccount": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).OpenAccount(
+        apb.OpenAccountRequest(owner="Eve", currency="EUR"), metadata=md, timeout=10
+    ),
+    "GetAccount": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).GetAccount(
+        apb.GetAccountRequest(account_id=_account_id()), metadata=md, timeout=10
+    ),
+    "Deposit": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).Deposit(
+        apb.DepositRequest(account_id=_account_id(), amount=1, request_id="d"),
+        metadata=md,
+        timeout=10,
+    ),
+    "Withdraw": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).Withdraw(
+        apb.WithdrawRequest(account_id=_account_id(), amount=1, request_id="w"),
+        metadata=md,
+        timeout=10,
+    ),
+    "CloseAccount": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).CloseAccount(
+        apb.CloseAccountRequest(account_id=_account_id()), metadata=md, timeout=10
+    ),
+    "ListAccountEvents": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).ListAccountEvents(
+        apb.ListAccountEventsRequest(account_id=_account_id()), metadata=md, timeout=10
+    ),
+    "WatchAccount": lambda ch, md: list(
+        account_pb2_grpc.AccountServiceStub(ch).WatchAccount(
+            apb.WatchAccountRequest(account_id=_account_id()), metadata=md, timeout=10
+        )
+    ),
+}
+
+
+def _reservation_rpcs(account_id: Callable[[], str]) -> dict[str, Call]:
+    def stub(ch: grpc.Channel) -> account_pb2_grpc.ReservationServiceStub:
+        return account_pb2_grpc.ReservationServiceStub(ch)
+
+    def steps() -> Iterator[apb.ExecuteStepsRequest]:
+        reserve = apb.ReserveRequest(account_id=account_id(), reference="steal", amount=1)
+        yield apb.ExecuteStepsRequest(steps=[apb.Step(step_id=1, reserve=reserve)])
+
+    return {
+        "Reserve": lambda ch, md: stub(ch).Reserve(
+            apb.ReserveRequest(account_id=account_id(), reference="steal", amount=1),
+            metadata=md,
+            timeout=10,
+        ),
+        "Credit": lambda ch, md: stub(ch).Credit(
+            apb.CreditRequest(
+                account_id=account_id(), reference="gift", amount=1_000_000, currency="EUR"
+            ),
+            metadata=md,
+            timeout=10,
+        ),
+        "Capture": lambda ch, md: stub(ch).Capture(
+            apb.CaptureRequest(account_id=account_id(), reference="steal"),
+            metadata=md,
+            timeout=10,
+        ),
+        "Release": lambda ch, md: stub(ch).Release(
+            apb.ReleaseRequest(account_id=account_id(), reference="steal"),
+            metadata=md,
+            timeout=10,
+        ),
+        "ExecuteSteps": lambda ch, md: list(
+            stub(ch).ExecuteSteps(steps(), metadata=md, timeout=10)
+        ),
+    }
+
+
+RESERVATION_RPCS = _reservation_rpcs(_account_id)
+
+TRANSFER_RPCS: dict[str, Call] = {
+    "CreateTransfer": lambda ch, md: transfer_pb2_grpc.TransferServiceStub(ch).CreateTransfer(
+        tpb.CreateTransferRequest(
+            from_account_id=_account_id(), to_account_id=_account_id(), amount=1
+        ),
+        metadata=md,
+        timeout=10,
+    ),
+    "GetTransfer": lambda ch, md: transfer_pb2_grpc.TransferServiceStub(ch).GetTransfer(
+        tpb.GetTransferRequest(transfer_id=_account_id()), metadata=md, timeout=10
+    ),
+    "ListTransfers": lambda ch, md: transfer_pb2_grpc.TransferServiceStub(ch).ListTransfers(
+        tpb.ListTransfersRequest(account_id=_account_id()), metadata=md, timeout=10
+    ),
+}
+
+EVERY_RPC = [
+    *[("account", f"AccountService/{name}", call) for name, call in ACCOUNT_RPCS.items()],
+    *[("account", f"ReservationService/{name}", call) for name, call in RESERVATION_RPCS.items()],
+    *[("transfer", f"TransferService/{name}", call) for name, call in TRANSFER_RPCS.items()],
+]
+BAD_CREDENTIALS = {
+    "none": lambda tokens: (),
+    "wrong-token": lambda tokens: bearer(secrets.token_urlsafe(32)),
+    "token-of-another-scheme": lambda tokens: (("authorization", f"Basic {tokens.client}"),),
+    "empty-bearer": lambda tokens: (("authorization", "Bearer "),),
+    "two-headers": lambda tokens: (
+        ("authorization", f"Bearer {tokens.client}"),
+        ("authorization", "Bearer x"),
+    ),
+}
+
+
+# --- a bank with tokens, in plaintext on loopback ---------------------------------------------
+
+
+def _token_bank(workdir: Path, tokens: Tokens, *transfer_args: str) -> Bank:
+    auth = ["--auth-tokens", str(tokens.table), "--log-level", "DEBUG"]
+    return Bank(
+        f"sqlite:///{workdir}/accounts.db",
+        f"sqlite:///{workdir}/transfers.db",
+        workdir,
+        account_args=auth,
+        transfer_args=[*auth, *transfer_args],
+    )
+
+
+@pytest.fixture(scope="module")
+def token_bank(tmp_path_factory, tokens) -> Iterator[Bank]:
+    bank = _token_bank(
+        tmp_path_factory.mktemp("token-bank"),
+        tokens,
+        "--accounts-token-file",
+        str(tokens.transfer_file),
+    ).start()
+    try:
+        yield bank
+    finally:
+        _stop(bank)
+    assert_no_secrets(bank, tokens)
+
+
+def _channel(bank: Bank, which: str) -> grpc.Channel:
+    service = bank.account if which == "account" else bank.transfer
+    assert service is not None
+    return bank.channel(service.address)
+
+
+def _funded(bank: Bank, token: str, balance: int = 1000, owner: str = "Ada") -> apb.Account:
+    accounts = bank.accounts
+    account = accounts.OpenAccount(
+        apb.OpenAccountRequest(account_id=_account_id(), owner=owner, currency="EUR"),
+        metadata=bearer(token),
+    )
+    if balance:
+        account = accounts.Deposit(
+            apb.DepositRequest(account_id=account.account_id, amount=balance, request_id="o"),
+            metadata=bearer(token),
+        )
+    return account
+
+
+def _get(bank: Bank, token: str, account_id: str) -> apb.Account:
+    request = apb.GetAccountRequest(account_id=account_id)
+    return bank.accounts.GetAccount(request, metadata=bearer(token))
+
+
+@pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS))
+@pytest.mark.parametrize(("which", "rpc", "call"), EVERY_RPC, ids=[r[1] for r in EVERY_RPC])
+def test_every_rpc_refuses_missing_or_bad_credentials(
+    token_bank, tokens, which, rpc, call, credentials
+):
+    metadata = BAD_CREDENTIALS[credentials](tokens)
+    code, reason, _ = refusal(lambda: call(_channel(token_bank, which), metadata))
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+@pytest.mark.parametrize("rpc", list(RESERVATION_RPCS))
+def test_a_client_token_may_not_call_the_reservation_service(token_bank, tokens, rpc):
+    account = _funded(token_bank, tokens.client)
+    calls = _reservation_rpcs(lambda: account.account_id)
+    channel = _channel(token_bank, "account")
+    code, reason, _ = refusal(lambda: calls[rpc](channel, bearer(tokens.client)))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+    after = _get(token_bank, tokens.client, account.account_id)
+    assert after == account  # same version, balance, holds: nothing stored
+    assert not after.reservations
+
+
+def test_a_client_token_opens_accounts_and_transfers_over_the_stream(token_bank, tokens):
+    ada = _funded(token_bank, tokens.client, 1000)
+    bob = _funded(token_bank, tokens.client, 0, owner="Bob")
+    transfer = token_bank.transfers.CreateTransfer(
+        tpb.CreateTransferRequest(
+            from_account_id=ada.account_id, to_account_id=bob.account_id, amount=300
+        ),
+        metadata=bearer(tokens.client),
+        timeout=30,
+    )
+    assert transfer.state == tpb.TRANSFER_STATE_COMPLETED
+    assert _get(token_bank, tokens.client, ada.account_id).balance == 700
+    assert _get(token_bank, tokens.client, bob.account_id).balance == 300
+    # The transfer service's own token may call the reservation service directly, too.
+    reserved = token_bank.reservations.Reserve(
+        apb.ReserveRequest(account_id=ada.account_id, reference="held", amount=5),
+        metadata=bearer(tokens.transfer),
+    )
+    assert reserved.reserved == 5
+
+
+def test_health_and_reflection_stay_open(token_bank):
+    for which in ("account", "transfer"):
+        channel = _channel(token_bank, which)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = list(reflection.ServerReflectionInfo(iter([request]), timeout=10))
+        names = {service.name for service in answer.list_services_response.service}
+        assert "grpc.health.v1.Health" in names
+
+
+def test_unary_transport_sends_the_token_on_each_call(tmp_path, tokens):
+    bank = _token_bank(
+        tmp_path,
+        tokens,
+        "--accounts-transport",
+        "unary",
+        "--accounts-token-file",
+        str(tokens.transfer_file),
+    ).start()
+    try:
+        ada = _funded(bank, tokens.client, 100)
+        bob = _funded(bank, tokens.client, 0, owner="Bob")
+        transfer = bank.transfers.CreateTransfer(
+            tpb.CreateTransferRequest(
+                from_account_id=ada.account_id, to_account_id=bob.account_id, amount=40
+            ),
+            metadata=bearer(tokens.client),
+            timeout=30,
+        )
+        assert transfer.state == tpb.TRANSFER_STATE_COMPLETED
+        assert _get(bank, tokens.client, bob.account_id).balance == 40
+    finally:
+        _stop(bank)
+    assert_no_secrets(bank, tokens)
+
+
+def test_a_transfer_service_with_a_client_token_moves_nothing(tmp_path, tokens):
+    """The account service refuses a transfer service holding someone else's token."""
+    bank = _token_bank(tmp_path, tokens, "--accounts-token-file", str(tokens.client_file)).start()
+    try:
+        ada = _funded(bank, tokens.client, 100)
+        bob = _funded(bank, tokens.client, 0, owner="Bob")
+        with pytest.raises(grpc.RpcError) as failure:
+            bank.transfers.CreateTransfer(
+                tpb.CreateTransferRequest(
+                    from_account_id=ada.account_id, to_account_id=bob.account_id, amount=40
+                ),
+                metadata=bearer(tokens.client),
+                timeout=3,
+            )
+        assert failure.value.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
+        assert _get(bank, tokens.client, ada.account_id) == ada
+        assert _get(bank, tokens.client, bob.account_id) == bob
+    finally:
+        _stop(bank)
+    assert "refuses our credentials: PERMISSION_DENIED" in bank.transfer.log_path.read_text()
+    assert_no_secrets(bank, tokens)
+
+
+def test_a_bad_token_file_stops_the_start_without_showing_the_token(tmp_path, tokens):
+    table = tmp_path / "tokens"
+    table.write_text(f"{TRANSFER} {tokens.transfer}\n")  # the raw token, not its hash
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "account_service"),
+            *("--db", f"sqlite:///{tmp_path}/a.db", "--auth-tokens", str(table)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "line 1" in done.stderr
+    assert tokens.transfer not in done.stdout + done.stderr
+
+
+def test_plaintext_beyond_loopback_is_warned_about(tmp_path):
+    warned = ServiceProcess("account_service", f"sqlite:///{tmp_path}/a.db", tmp_path / "a.log")
+    warned.extra_args = ["--listen", f"0.0.0.0:{warned.port}"]
+    quiet = ServiceProcess("account_service", f"sqlite:///{tmp_path}/b.db", tmp_path / "b.log")
+    for service in (warned, quiet):
+        service.start()
+        assert service.stop() == 0
+    assert "WARNING grpc_common.server: serving plaintext on 0.0.0.0" in warned.log()
+    assert "plaintext" not in quiet.log().replace("security: plaintext", "")
+
+
+# --- mutual TLS between the services, TLS and tokens for clients ------------------------------
+
+
+@pytest.fixture(scope="module")
+def mtls_bank(tmp_path_factory, tokens, pki) -> Iterator[Bank]:
+    workdir = tmp_path_factory.mktemp("mtls-bank")
+    common = ["--auth-tokens", str(tokens.table), "--log-level", "DEBUG"]
+    bank = Bank(
+        f"sqlite:///{workdir}/accounts.db",
+        f"sqlite:///{workdir}/transfers.db",
+        workdir,
+        account_args=[
+            *common,
+            "--tls-cert",
+            str(pki.account_server.cert),
+            "--tls-key",
+            str(pki.account_server.key),
+            "--tls-client-ca",
+            str(pki.ca.path),
+            "--reservation-callers",
+            f"CN={TRANSFER}",
+        ],
+        transfer_args=[
+            *common,
+            "--tls-cert",
+            str(pki.transfer_server.cert),
+            "--tls-key",
+            str(pki.transfer_server.key),
+            "--accounts-ca",
+            str(pki.ca.path),
+            "--accounts-server-name",
+            "account-service",
+            "--accounts-client-cert",
+            str(pki.transfer_client.cert),
+            "--accounts-client-key",
+            str(pki.transfer_client.key),
+        ],
+        # Clients of the account service need a certificate of their own (mutual TLS).
+        account_credentials=pki.client_credentials(pki.teller_client),
+        transfer_credentials=pki.client_credentials(),
+    ).start()
+    try:
+        yield bank
+    finally:
+        _stop(bank)
+    assert_no_secrets(bank, tokens, pki)
+
+
+def test_a_transfer_over_mutual_tls(mtls_bank, tokens):
+    ada = _funded(mtls_bank, tokens.client, 1000)
+    bob = _funded(mtls_bank, tokens.client, 0, owner="Bob")
+    transfer = mtls_bank.transfers.CreateTransfer(
+        tpb.CreateTransferRequest(
+            from_account_id=ada.account_id, to_account_id=bob.account_id, amount=250
+        ),
+        metadata=bearer(tokens.client),
+        timeout=30,
+    )
+    assert transfer.state == tpb.TRANSFER_STATE_COMPLETED
+    ada_after = _get(mtls_bank, tokens.client, ada.account_id)
+    assert (ada_after.balance, ada_after.reserved) == (750, 0)
+    assert _get(mtls_bank, tokens.client, bob.account_id).balance == 250
+    log = mtls_bank.transfer.log_path.read_text()
+    assert "mutual TLS" in log
+
+
+def test_tokens_are_still_needed_over_tls(mtls_bank, tokens):
+    code, reason, _ = refusal(
+        lambda: mtls_bank.transfers.GetTransfer(tpb.GetTransferRequest(transfer_id=_account_id()))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+    code, reason, _ = refusal(
+        lambda: mtls_bank.accounts.GetAccount(apb.GetAccountRequest(account_id=_account_id()))
+    )
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+@pytest.mark.parametrize("rpc", list(RESERVATION_RPCS))
+@pytest.mark.parametrize("with_token", [True, False], ids=["client-token", "no-token"])
+def test_only_the_transfer_service_certificate_may_reserve(mtls_bank, tokens, rpc, with_token):
+    """A client with a valid certificate of its own (and a valid token, or none) is not
+    the transfer service."""
+    account = _funded(mtls_bank, tokens.client)
+    calls = _reservation_rpcs(lambda: account.account_id)
+    metadata = bearer(tokens.client) if with_token else ()
+    channel = mtls_bank.channel(mtls_bank.account.address, mtls_bank.account_credentials)
+    code, reason, _ = refusal(lambda: calls[rpc](channel, metadata))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+    assert _get(mtls_bank, tokens.client, account.account_id) == account
+
+
+def test_the_transfer_service_certificate_may_reserve(mtls_bank, tokens, pki):
+    account = _funded(mtls_bank, tokens.client)
+    credentials = pki.client_credentials(pki.transfer_client)
+    stub = account_pb2_grpc.ReservationServiceStub(
+        mtls_bank.channel(mtls_bank.account.address, credentials)
+    )
+    reserved = stub.Reserve(
+        apb.ReserveRequest(account_id=account.account_id, reference="hold", amount=10),
+        timeout=10,
+    )
+    assert reserved.reserved == 10
+
+
+def test_a_certificate_may_be_named_by_its_subject_alternative_name(tmp_path, tokens, pki):
+    service = ServiceProcess(
+        "account_service",
+        f"sqlite:///{tmp_path}/accounts.db",
+        tmp_path / "account_service.log",
+        extra_args=[
+            *("--tls-cert", str(pki.account_server.cert), "--tls-key", str(pki.account_server.key)),
+            *("--tls-client-ca", str(pki.ca.path), "--auth-tokens", str(tokens.table)),
+            *("--reservation-callers", f"SAN={TRANSFER}"),
+        ],
+        credentials=pki.client_credentials(pki.teller_client),
+    ).start()
+    try:
+        request = apb.OpenAccountRequest(account_id=_account_id(), owner="Ada", currency="EUR")
+        with service.open_channel() as channel:
+            account = account_pb2_grpc.AccountServiceStub(channel).OpenAccount(
+                request, metadata=bearer(tokens.client), timeout=10
+            )
+        credit = apb.CreditRequest(
+            account_id=account.account_id, reference="t1", amount=5, currency="EUR"
+        )
+        credentials = pki.client_credentials(pki.transfer_client)
+        with grpc.secure_channel(service.address, credentials) as channel:
+            credited = account_pb2_grpc.ReservationServiceStub(channel).Credit(credit, timeout=10)
+        assert credited.balance == 5
+        with service.open_channel() as channel:  # CN=teller-app, SAN teller-app
+            stub = account_pb2_grpc.ReservationServiceStub(channel)
+            code, reason, _ = refusal(lambda: stub.Credit(credit, timeout=10))
+        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+    finally:
+        assert service.stop() == 0
+
+
+def test_the_token_and_tls_survive_an_account_service_outage(tmp_path, tokens, pki):
+    """The stream to the account service reopens with its credentials after a restart."""
+    tls_args = ["--tls-cert", str(pki.account_server.cert), "--tls-key"]
+    bank = _token_bank(
+        tmp_path,
+        tokens,
+        *("--accounts-ca", str(pki.ca.path)),
+        *("--accounts-token-file", str(tokens.transfer_file)),
+    )
+    # --grace 1: a draining account service waits out the transfer service's open stream.
+    bank.account_args += [*tls_args, str(pki.account_server.key), "--grace", "1"]
+    bank.account_credentials = pki.client_credentials()
+    bank.start()
+    try:
+        ada = _funded(bank, tokens.client, 100)
+        bob = _funded(bank, tokens.client, 0, owner="Bob")
+        request = tpb.CreateTransferRequest(
+            transfer_id=_account_id(),
+            from_account_id=ada.account_id,
+            to_account_id=bob.account_id,
+            amount=10,
+        )
+        first = bank.transfers.CreateTransfer(request, metadata=bearer(tokens.client), timeout=30)
+        assert first.state == tpb.TRANSFER_STATE_COMPLETED
+        assert bank.account.stop() == 0
+        request.transfer_id = _account_id()
+        code, reason, _ = refusal(
+            lambda: bank.transfers.CreateTransfer(
+                request, metadata=bearer(tokens.client), timeout=2
+            )
+        )
+        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "TRANSFER_PENDING")
+        bank.account.start()
+        done = bank.transfers.CreateTransfer(request, metadata=bearer(tokens.client), timeout=30)
+        assert done.state == tpb.TRANSFER_STATE_COMPLETED
+        assert _get(bank, tokens.client, bob.account_id).balance == 20
+    finally:
+        _stop(bank)
+    assert_no_secrets(bank, tokens, pki)
+
+
+def _unavailable(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_trusting_another_ca_cannot_connect(mtls_bank, pki):
+    """The handshake fails on the client: the server's certificate is not from its CA."""
+    for service, client in ((mtls_bank.transfer, None), (mtls_bank.account, pki.teller_client)):
+        credentials = pki.client_credentials(client, ca=pki.rogue_ca)
+        _unavailable(mtls_bank.channel(service.address, credentials))
+
+
+def test_the_account_service_refuses_clients_without_a_certificate_from_its_ca(mtls_bank, pki):
+    address = mtls_bank.account.address
+    _unavailable(mtls_bank.channel(address, pki.client_credentials()))
+    _unavailable(mtls_bank.channel(address, pki.client_credentials(pki.rogue_client)))
+    _unavailable(mtls_bank.channel(address))  # plaintext
+
+
+def test_no_secret_in_the_logs(mtls_bank, token_bank, tokens, pki):
+    """Refused calls of every kind, then the logs: no token, hash or key in them."""
+    for bank in (token_bank, mtls_bank):
+        for metadata in (bearer(tokens.client), bearer(tokens.transfer[::-1]), ()):
+            with pytest.raises(grpc.RpcError):
+                RESERVATION_RPCS["Reserve"](
+                    bank.channel(bank.account.address, bank.account_credentials), metadata
+                )
+        assert_no_secrets(bank, tokens, pki)
