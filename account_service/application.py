@@ -146,6 +146,7 @@ class Accounts:
         self._mailboxes: OrderedDict[str, _Mailbox] = OrderedDict()
         self._changed: dict[str, asyncio.Event] = {}
         self._workers: set[asyncio.Task[None]] = set()
+        self._draining = asyncio.Event()
 
     # -- commands ---------------------------------------------------------------------
 
@@ -367,9 +368,17 @@ class Accounts:
             for entry in page:
                 yield entry
                 last = entry.version
+            if self._draining.is_set():
+                return
             if len(page) < 500:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), poll_interval)
+
+    async def drain(self) -> None:
+        """Ends every watch after what it has already read, so a stop is not held up."""
+        self._draining.set()
+        for changed in self._changed.values():
+            changed.set()
 
     def _notify(self, account_id: str) -> None:
         changed = self._changed.pop(account_id, None)

@@ -35,13 +35,13 @@ def build(
         ),
         Service(
             _SERVICES["ReservationService"].full_name,
-            ReservationServicer(accounts),
+            reservations := ReservationServicer(accounts),
             account_pb2_grpc.add_ReservationServiceServicer_to_server,
         ),
     ]
     if naive_transfers:
         services.append(naive_service(accounts, naive_lock_timeout))
-    return Assembly(services=services)
+    return Assembly(services=services, on_drain=[reservations.drain, accounts.drain])
 
 
 async def run(

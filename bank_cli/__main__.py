@@ -8,14 +8,24 @@ import sys
 
 # Modules that define ``register(subparsers)``; each adds one or more commands whose
 # parser sets ``func`` to a callable taking the parsed arguments and returning an exit code.
-COMMAND_MODULES: list[str] = ["audit", "bench"]
+# A module may also define ``EPILOG``, text shown at the end of ``bank --help``.
+COMMAND_MODULES: list[str] = ["commands", "audit", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bank", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bank",
+        description="Bank accounts and transfers from the command line, and tools to check them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    epilogs = []
     for name in COMMAND_MODULES:
-        importlib.import_module(f"bank_cli.{name}").register(commands)
+        module = importlib.import_module(f"bank_cli.{name}")
+        module.register(commands)
+        if getattr(module, "EPILOG", None):
+            epilogs.append(module.EPILOG)
+    parser.epilog = "\n\n".join(epilogs) or None
     return parser
 
 

@@ -55,6 +55,8 @@ class ServerConfig:
     grace: float = 10.0
     probe_interval: float = 2.0
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run when the drain starts: ends long-lived streams so they do not hold the grace period.
+    on_drain: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # None: the process's configured security (grpc_common.tls.configured), else plaintext.
     security: tls.ServerSecurity | None = None
 
@@ -184,6 +186,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         log.info("stopping: draining calls for up to %.1f s", config.grace)
         watcher.cancel()
         await health.drain()
+        for hook in config.on_drain:
+            await hook()
         await server.stop(config.grace)
         for hook in config.on_stop:
             await hook()
@@ -197,6 +201,8 @@ class Assembly:
     services: Sequence[Service]
     on_start: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run when the drain starts: ends long-lived streams so they do not hold the grace period.
+    on_drain: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 async def migrate_when_ready(store: AsyncEventStore, max_delay: float = 5.0) -> None:
@@ -238,6 +244,7 @@ async def run_service(
         probe=store.ping,
         grace=grace,
         on_stop=[*assembly.on_stop, store.close],
+        on_drain=assembly.on_drain,
         security=security,
     )
     await serve(config, stop)

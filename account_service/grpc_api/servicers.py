@@ -136,6 +136,12 @@ def _step_error(exc: BaseException) -> pb.StepError:
 class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
+        self._readers: set[asyncio.Task[None]] = set()
+
+    async def drain(self) -> None:
+        """Stops taking steps on open streams; they end once their steps are answered."""
+        for reader in list(self._readers):
+            reader.cancel()
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.Account:
         return messages.account(await self._accounts.execute(*_reserve(request)))
@@ -156,6 +162,8 @@ class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
         finish, batched into as few messages as the pace allows."""
         stream = _StepStream(self._accounts)
         reader = asyncio.create_task(stream.read(requests))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
         try:
             async for response in stream.responses(reader):
                 yield response
