@@ -8,9 +8,11 @@ repeated ``CreateTransfer`` joins the task already running.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from event_store import StoreUnavailable
@@ -47,6 +49,27 @@ class TransferPending(DomainError):
 
 
 @dataclass(frozen=True, slots=True)
+class Retry:
+    step: str
+    attempts: int
+    last_error: str
+    last_attempt_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    transfer: Transfer
+    step: str
+    retry: Retry | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnfinishedPage:
+    entries: list[Unfinished]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TransferPage:
     transfers: list[Transfer]
     next_cursor: int | None
@@ -68,6 +91,10 @@ class Transfers:
         self._store_backoff = store_backoff
         self._resume_concurrency = resume_concurrency
         self._drivers: dict[str, asyncio.Task[Transfer]] = {}
+        # Visibility for operators: when each driver started, and its current retries.
+        self._started: dict[str, int] = {}
+        self._sequence = itertools.count(1)
+        self._retries: dict[str, Retry] = {}
 
     async def create(
         self,
@@ -135,8 +162,36 @@ class Transfers:
             drive = self._drive(transfer_id, transfer)
             task = asyncio.create_task(drive if gate is None else _gated(gate, drive))
             self._drivers[transfer_id] = task
-            task.add_done_callback(lambda _: self._drivers.pop(transfer_id, None))
+            self._started[transfer_id] = next(self._sequence)
+            task.add_done_callback(lambda _: self._forget(transfer_id))
         return task
+
+    def _forget(self, transfer_id: str) -> None:
+        self._drivers.pop(transfer_id, None)
+        self._started.pop(transfer_id, None)
+        self._retries.pop(transfer_id, None)
+
+    def note_retry(self, transfer_id: str, step: str, exc: Exception) -> None:
+        """Records a failed attempt, for operators (``on_retry`` hook of the process)."""
+        previous = self._retries.get(transfer_id)
+        attempts = previous.attempts + 1 if previous and previous.step == step else 1
+        self._retries[transfer_id] = Retry(step, attempts, str(exc), datetime.now(UTC))
+
+    async def unfinished(self, after: int, page_size: int) -> UnfinishedPage:
+        """Transfers being driven here, oldest first, from driver number ``after`` on."""
+        started = sorted((seq, tid) for tid, seq in self._started.items() if seq > after)
+        entries = []
+        for _, transfer_id in started[:page_size]:
+            transfer = await self._repository.load(transfer_id)
+            if transfer is None or transfer.is_terminal:
+                continue
+            step = transfer.next_step
+            retry = self._retries.get(transfer_id)
+            if retry is not None and step is not None and retry.step != step.value:
+                retry = None  # the step that failed has since gone through
+            entries.append(Unfinished(transfer, step.value if step else "", retry))
+        more = len(started) > page_size
+        return UnfinishedPage(entries, started[page_size - 1][0] if more else None)
 
     async def _drive(self, transfer_id: str, transfer: Transfer | None) -> Transfer:
         """Drive to a terminal state, outlasting outages of this service's own database."""

@@ -33,6 +33,7 @@ def builder(accounts_target: str, deadline: float, transport: str = "stream"):
             accounts,
             repository,
             crash_point=crash_point_from_env(POINTS),
+            on_retry=lambda *retry: transfers.note_retry(*retry),
         )
         transfers = Transfers(repository, process)
 

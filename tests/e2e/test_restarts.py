@@ -87,3 +87,35 @@ def test_account_state_survives_a_kill(own_bank):
 def test_sigterm_stops_both_services_with_exit_code_zero(own_bank):
     assert own_bank.transfer.stop() == 0
     assert own_bank.account.stop() == 0
+
+
+def test_a_transfer_stuck_on_a_peer_that_is_down_is_listed_with_its_retries(own_bank):
+    bank = own_bank
+    alice, bob = new_account(bank, 100), new_account(bank)
+    assert bank.account.stop() == 0
+    request = tpb.CreateTransferRequest(
+        transfer_id=str(uuid.uuid4()),
+        from_account_id=alice.account_id,
+        to_account_id=bob.account_id,
+        amount=25,
+    )
+    code, _, _ = refusal(lambda: bank.transfers.CreateTransfer(request, timeout=1.5))
+    assert code == StatusCode.UNAVAILABLE
+    deadline = time.monotonic() + 10
+    while True:
+        listed = bank.transfers.ListUnfinishedTransfers(tpb.ListUnfinishedTransfersRequest())
+        stuck = [u for u in listed.transfers if u.transfer.transfer_id == request.transfer_id]
+        if (stuck and stuck[0].attempts >= 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(stuck) == 1
+    assert stuck[0].step == "reserve"
+    assert stuck[0].transfer.state == tpb.TRANSFER_STATE_REQUESTED
+    assert stuck[0].attempts >= 2 and "UNAVAILABLE" in stuck[0].last_error.upper()
+    assert stuck[0].last_attempt_at.seconds > 0
+
+    bank.account.start()
+    done = _wait_for_state(bank, request.transfer_id, tpb.TRANSFER_STATE_COMPLETED)
+    assert done.state == tpb.TRANSFER_STATE_COMPLETED
+    listed = bank.transfers.ListUnfinishedTransfers(tpb.ListUnfinishedTransfersRequest())
+    assert request.transfer_id not in {u.transfer.transfer_id for u in listed.transfers}

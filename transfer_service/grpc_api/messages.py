@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from account_service.grpc_api.messages import timestamp
 from bank.v1 import transfer_pb2 as pb
+from transfer_service.application import Unfinished
 from transfer_service.domain import Transfer, TransferState
 
 _STATE = {
@@ -27,4 +28,15 @@ def transfer(t: Transfer) -> pb.Transfer:
         failure_reason=t.failure_reason,
         created_at=timestamp(t.created_at),
         updated_at=timestamp(t.updated_at),
+    )
+
+
+def unfinished(entry: Unfinished) -> pb.UnfinishedTransfer:
+    retry = entry.retry
+    return pb.UnfinishedTransfer(
+        transfer=transfer(entry.transfer),
+        step=entry.step,
+        attempts=retry.attempts if retry else 0,
+        last_error=retry.last_error if retry else "",
+        last_attempt_at=timestamp(retry.last_attempt_at) if retry else None,
     )

@@ -62,3 +62,17 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 page_tokens.encode(listing, page.next_cursor) if page.next_cursor else ""
             ),
         )
+
+    async def ListUnfinishedTransfers(
+        self, request: pb.ListUnfinishedTransfersRequest, context: Context
+    ) -> pb.ListUnfinishedTransfersResponse:
+        page_size = parse_page_size(request.page_size)
+        listing = "unfinished-transfers"
+        after = page_tokens.decode(request.page_token, listing) if request.page_token else 0
+        page = await self._transfers.unfinished(after, page_size)
+        return pb.ListUnfinishedTransfersResponse(
+            transfers=[messages.unfinished(entry) for entry in page.entries],
+            next_page_token=(
+                page_tokens.encode(listing, page.next_cursor) if page.next_cursor else ""
+            ),
+        )

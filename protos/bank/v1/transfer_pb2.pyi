@@ -82,3 +82,33 @@ class ListTransfersResponse(_message.Message):
     transfers: _containers.RepeatedCompositeFieldContainer[Transfer]
     next_page_token: str
     def __init__(self, transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListUnfinishedTransfersRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class UnfinishedTransfer(_message.Message):
+    __slots__ = ("transfer", "step", "attempts", "last_error", "last_attempt_at")
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    transfer: Transfer
+    step: str
+    attempts: int
+    last_error: str
+    last_attempt_at: _timestamp_pb2.Timestamp
+    def __init__(self, transfer: _Optional[_Union[Transfer, _Mapping]] = ..., step: _Optional[str] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., last_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListUnfinishedTransfersResponse(_message.Message):
+    __slots__ = ("transfers", "next_page_token")
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[UnfinishedTransfer]
+    next_page_token: str
+    def __init__(self, transfers: _Optional[_Iterable[_Union[UnfinishedTransfer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

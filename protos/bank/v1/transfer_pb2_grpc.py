@@ -50,6 +50,11 @@ class TransferServiceStub:
                 request_serializer=bank_dot_v1_dot_transfer__pb2.ListTransfersRequest.SerializeToString,
                 response_deserializer=bank_dot_v1_dot_transfer__pb2.ListTransfersResponse.FromString,
                 _registered_method=True)
+        self.ListUnfinishedTransfers = channel.unary_unary(
+                '/bank.v1.TransferService/ListUnfinishedTransfers',
+                request_serializer=bank_dot_v1_dot_transfer__pb2.ListUnfinishedTransfersRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_transfer__pb2.ListUnfinishedTransfersResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServiceServicer:
@@ -79,6 +84,14 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnfinishedTransfers(self, request, context):
+        """For operators: transfers this process is still driving (not COMPLETED or FAILED yet),
+        oldest first, with the retries of the step each is waiting on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
                     servicer.ListTransfers,
                     request_deserializer=bank_dot_v1_dot_transfer__pb2.ListTransfersRequest.FromString,
                     response_serializer=bank_dot_v1_dot_transfer__pb2.ListTransfersResponse.SerializeToString,
+            ),
+            'ListUnfinishedTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnfinishedTransfers,
+                    request_deserializer=bank_dot_v1_dot_transfer__pb2.ListUnfinishedTransfersRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_transfer__pb2.ListUnfinishedTransfersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class TransferService:
             '/bank.v1.TransferService/ListTransfers',
             bank_dot_v1_dot_transfer__pb2.ListTransfersRequest.SerializeToString,
             bank_dot_v1_dot_transfer__pb2.ListTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnfinishedTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.TransferService/ListUnfinishedTransfers',
+            bank_dot_v1_dot_transfer__pb2.ListUnfinishedTransfersRequest.SerializeToString,
+            bank_dot_v1_dot_transfer__pb2.ListUnfinishedTransfersResponse.FromString,
             options,
             channel_credentials,
             insecure,
