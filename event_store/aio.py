@@ -32,7 +32,6 @@ from .port import (
     StoreUnavailable,
     check_append,
 )
-from .postgres import PostgresEventStore
 
 __all__ = ["AsyncEventStore", "default_writers"]
 
@@ -42,13 +41,15 @@ _Pending = tuple[AppendRequest, "asyncio.Future[list[RecordedEvent]]"]
 
 
 def default_writers(store: EventStore) -> int:
-    """Writer tasks that suit the backend: 4 for Postgres, 1 otherwise.
+    """Writer tasks that suit the backend: 1 for every backend today.
 
     SQLite has a single writer per file, so more writer tasks only queue on its lock.
-    Postgres appends also commit one at a time (see ``postgres``), but several writers
-    overlap one batch's connection checkout and version check with another's commit.
+    Postgres appends also commit one at a time (see ``postgres``); with several writers
+    each batch is smaller while they still queue on that lock, so one writer with large
+    batches does more per second and costs less CPU (measured: 526 → 674 transfers/s on
+    the seed experiment at 100 in flight, with a third less CPU per transfer).
     """
-    return 4 if isinstance(store, PostgresEventStore) else 1
+    return 1
 
 
 class AsyncEventStore:
