@@ -228,5 +228,5 @@ def test_default_writers_by_backend(tmp_path: Any) -> None:
     assert default_writers(sqlite) == 1
     sqlite.close()
     postgres = PostgresEventStore("postgresql+psycopg://postgres@127.0.0.1:1/test")
-    assert default_writers(postgres) == 4
+    assert default_writers(postgres) == 1
     postgres.close()
