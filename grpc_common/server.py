@@ -4,7 +4,9 @@ Health answers NOT_SERVING until the service's probe (its database) answers, SER
 and NOT_SERVING again while the probe fails or once SIGTERM starts the drain.
 
 Security (``grpc_common.tls.ServerSecurity``) is optional: with none, the server listens in
-plaintext and installs no interceptor beyond the decode guard.
+plaintext and installs no interceptor beyond the decode guard. So are metrics and tracing
+(``grpc_common.metrics``, ``grpc_common.tracing``): their interceptors are installed, and
+the ``/metrics`` endpoint started, only when the process configured them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from event_store import AsyncEventStore, StoreUnavailable, default_writers, open_store
-from grpc_common import tls
+from grpc_common import metrics, tls, tracing
 from grpc_common.interceptors import DecodeGuard
 
 log = logging.getLogger(__name__)
@@ -145,10 +148,22 @@ class _Health:
         await self.servicer.enter_graceful_shutdown()
 
 
+def observability_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    """The metrics and tracing interceptors the process configured; none when both are off."""
+    found: list[grpc.aio.ServerInterceptor] = []
+    measured = metrics.configured()
+    if measured is not None:
+        found.append(metrics.ServerMetrics(measured))
+    if tracing.enabled():
+        found.append(tracing.ServerTracing())
+    return found
+
+
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then drain within the grace period."""
     security = config.security or tls.configured().server or tls.ServerSecurity()
-    interceptors = [DecodeGuard(), *security.interceptors]
+    # Outermost first: metrics see every call, refusals by the guard and by auth included.
+    interceptors = [*observability_interceptors(), DecodeGuard(), *security.interceptors]
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     names = [service.name for service in config.services]
     for service in config.services:
@@ -170,6 +185,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     else:
         port = server.add_secure_port(config.listen, security.credentials)
     host = config.listen.rsplit(":", 1)[0]
+    try:
+        metrics_http = metrics.start_http_server()
+    except metrics.MetricsConfigError as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from None
     await server.start()
     log.info("listening on %s:%d (%s)", host, port, ", ".join(names))
     log.info("security: %s", security.description)
@@ -191,6 +211,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         await server.stop(config.grace)
         for hook in config.on_stop:
             await hook()
+        if metrics_http is not None:
+            metrics_http.close()
+        tracing.shutdown()
         log.info("stopped")
 
 
@@ -232,8 +255,13 @@ async def run_service(
     ``security``: None means the process's configured security (plaintext if none).
     """
     sync_store = open_store(db)
-    store = AsyncEventStore(sync_store, writers=default_writers(sync_store))
+    # BANK_STORE_WRITERS overrides the number of group-committing writers (for measurement).
+    writers = int(os.environ.get("BANK_STORE_WRITERS", 0)) or default_writers(sync_store)
+    store = AsyncEventStore(sync_store, writers=writers)
     await store.start()
+    measured = metrics.configured()
+    if measured is not None:
+        measured.instrument_store(store)
     await migrate_when_ready(store)
     assembly = build(store)
     for hook in assembly.on_start:

@@ -1,0 +1,130 @@
+"""``bank bench-variants``: what each performance change buys, measured in one run.
+
+The seed's hot-pair run (transfers alternating between two accounts) is repeated with the
+services started under each variant's settings, from the baseline (one unary call per
+protocol step, the standard asyncio loop) to the defaults, on fresh databases each time.
+Every variant's money is checked like any benchmark run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bank_cli.bench import (
+    DEFAULT_POSTGRES_URL,
+    RESERVATION,
+    Bank,
+    Databases,
+    Plan,
+    open_accounts,
+    run_plan,
+    warm_up,
+)
+
+# (name, environment of both services); each adds one change to the one before.
+VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("unary steps, asyncio", {"BANK_ACCOUNTS_TRANSPORT": "unary", "BANK_EVENT_LOOP": "asyncio"}),
+    ("+ uvloop", {"BANK_ACCOUNTS_TRANSPORT": "unary"}),
+    ("+ ExecuteSteps stream", {}),
+]
+POSTGRES_VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("4 store writers", {"BANK_STORE_WRITERS": "4"}),
+    ("1 store writer", {}),
+]
+
+
+@contextlib.contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+async def _measure(
+    args: argparse.Namespace, name: str, env: dict[str, str], log_dir: Path
+) -> dict[str, Any]:
+    databases = Databases(args.db, args.postgres_url)
+    try:
+        with _environment(env):
+            bank = Bank(
+                databases.new("accounts"),
+                databases.new("transfers"),
+                log_dir,
+                name.replace(" ", "_"),
+                5.0,
+            )
+            async with bank:
+                await warm_up(bank)
+                before = await open_accounts(bank, 2, "variant")
+                plan = Plan("variants", name, RESERVATION, args.total, args.in_flight)
+                result = await run_plan(bank, plan, before)
+        result["variant_env"] = env
+        return result
+    finally:
+        databases.close()
+
+
+async def _run(args: argparse.Namespace, out: Path, log_dir: Path) -> int:
+    variants = VARIANTS + (POSTGRES_VARIANTS if args.db == "postgres" else [])
+    print(f"bank bench-variants: {args.db}, {args.total} transfers, {args.in_flight} in flight")
+    print(
+        f"{'variant':<24} {'transfers/s':>11} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'acct ms/t':>9} {'xfer ms/t':>9} {'money':>6}"
+    )
+    results = []
+    for name, env in variants:
+        result = await _measure(args, name, env, log_dir)
+        results.append(result)
+        per = result["seconds"] / result["requested"] * 1000
+        cpu = result["cpu"]
+        acct = (cpu.get("account_service") or 0) * per
+        xfer = (cpu.get("transfer_service") or 0) * per
+        print(
+            f"{name:<24} {result['succeeded_per_second']:>11.0f}"
+            f" {result['latency_ms']['p50']:>8.1f} {result['latency_ms']['p99']:>8.1f}"
+            f" {acct:>9.2f} {xfer:>9.2f} {result['status']:>6}",
+            flush=True,
+        )
+    path = out / f"bench-variants-{args.db}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {path}")
+    return 0 if all(r["status"] == "OK" for r in results) else 1
+
+
+def command(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_dir = out / f"logs-variants-{args.db}"
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir()
+    return asyncio.run(_run(args, out, log_dir))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "bench-variants",
+        help="measure what each performance change buys, in one run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument("--total", type=int, default=2000, help="transfers per variant")
+    parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--out", default="bench-results")
+    parser.set_defaults(func=command)
