@@ -110,10 +110,14 @@ class Transfers:
         within ``wait`` seconds (it carries on), ``TransferAlreadyExists`` for an id reused
         with other fields.
         """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         transfer = await self._process.request(transfer_id, from_account_id, to_account_id, amount)
         if not transfer.is_terminal:
             driver = self._driver(transfer_id, transfer)
             limit = self._answer_within if wait is None else min(wait, self._answer_within)
+            # ``wait`` counts from the call's start: recording the request took some of it.
+            limit = max(limit - (loop.time() - started), 0.0)
             try:
                 transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=limit)
             except TimeoutError:
