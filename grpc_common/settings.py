@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from grpc_common import auth, tls
+from grpc_common import auth, logs, metrics, tls, tracing
 
 
 def env_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, help: str) -> None:
@@ -25,15 +25,51 @@ def common_parser(prog: str, description: str, listen: str, db: str) -> argparse
     env_flag(parser, "--db", "BANK_DB", db, "SQLAlchemy URL of this service's database")
     env_flag(parser, "--grace", "BANK_GRACE", "10", "seconds to finish calls in flight on SIGTERM")
     env_flag(parser, "--log-level", "BANK_LOG_LEVEL", "INFO", "log level")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=os.environ.get("BANK_LOG_FORMAT", "text"),
+        help="log lines for people, or one JSON object per line ($BANK_LOG_FORMAT; default text)",
+    )
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """The process's log on stderr: ``text`` lines, or ``json`` (``grpc_common.logs``)."""
+    if log_format not in logs.FORMATS:
+        sys.exit(f"--log-format {log_format!r}: expected one of {', '.join(logs.FORMATS)}")
+    logs.configure(level, log_format)
+
+
+def add_observability_flags(parser: argparse.ArgumentParser) -> None:
+    """Prometheus metrics and OpenTelemetry tracing; both off unless given."""
+    group = parser.add_argument_group("observability (off unless given)")
+    _optional_flag(
+        group,
+        "--metrics-port",
+        "BANK_METRICS_PORT",
+        "serve Prometheus metrics at http://[HOST:]PORT/metrics (a bare port: --listen's host)",
+        metavar="[HOST:]PORT",
     )
+    group.add_argument(
+        "--otel-exporter",
+        choices=tracing.EXPORTERS,
+        default=os.environ.get("BANK_OTEL_EXPORTER", "none"),
+        help="OpenTelemetry tracing: spans to stdout (console) or over OTLP/gRPC (otlp,"
+        " configured by the OTEL_EXPORTER_OTLP_* variables) ($BANK_OTEL_EXPORTER; default none)",
+    )
+
+
+def configure_observability(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, service_name: str
+) -> None:
+    """Turns on what the observability flags ask for; a setting that cannot be used ends
+    the program."""
+    try:
+        metrics.configure(args.metrics_port, args.listen)
+        tracing.configure(args.otel_exporter, service_name)
+    except (metrics.MetricsConfigError, tracing.TracingConfigError) as exc:
+        parser.error(str(exc))
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:

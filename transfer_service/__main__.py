@@ -6,9 +6,11 @@ import os
 import sys
 
 from grpc_common.settings import (
+    add_observability_flags,
     add_security_flags,
     common_parser,
     configure_logging,
+    configure_observability,
     configure_security,
     env_flag,
     run_async,
@@ -30,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         " ($BANK_ACCOUNTS_TRANSPORT; default stream)",
     )
     add_security_flags(parser, accounts_client=True)
+    add_observability_flags(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     configure_security(parser, args)
+    configure_observability(parser, args, "transfer-service")
     grace, deadline = float(args.grace), float(args.call_deadline)
     transport = args.accounts_transport
     run_async(run(args.listen, args.db, args.accounts, grace, deadline, transport=transport))
