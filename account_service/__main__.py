@@ -7,9 +7,11 @@ import sys
 
 from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, run
 from grpc_common.settings import (
+    add_observability_flags,
     add_security_flags,
     common_parser,
     configure_logging,
+    configure_observability,
     configure_security,
     env_flag,
     run_async,
@@ -38,12 +40,27 @@ def main(argv: list[str] | None = None) -> int:
         "5",
         "seconds the naive strategy waits for each account's lock",
     )
+    env_flag(
+        parser,
+        "--snapshot-every",
+        "BANK_SNAPSHOT_EVERY",
+        "1000",
+        "events an account grows by between two snapshots of its state; 0: none",
+    )
     add_security_flags(parser, reservation=True)
+    add_observability_flags(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     configure_security(parser, args)
+    configure_observability(parser, args, "account-service")
     naive = args.experimental_naive_transfers
     lock_timeout = float(args.experimental_naive_lock_timeout)
+    try:
+        snapshot_every = int(args.snapshot_every)
+        if snapshot_every < 0:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--snapshot-every: expected a whole number >= 0, not {args.snapshot_every!r}")
     run_async(
         run(
             args.listen,
@@ -51,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             float(args.grace),
             naive_transfers=naive,
             naive_lock_timeout=lock_timeout,
+            snapshot_every=snapshot_every,
         )
     )
     return 0

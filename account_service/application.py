@@ -7,6 +7,11 @@ command waiting, decides them in order against the in-memory aggregate, appends 
 events in one append and only then answers each caller: one commit per burst instead of one
 per command. Across processes, the expected-version check of the append keeps the stream
 consistent; on a conflict the aggregate is reloaded and the burst decided again.
+
+Loading starts from the account's snapshot when it has a usable one, and folds only the
+events after it. Snapshots are written in the background, every ``snapshot_every`` events:
+a snapshot is a cache of the fold, never the truth, so one that is missing, of an unknown
+format, malformed or ahead of the stream only means folding the whole stream.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from account_service.domain import (
     AccountStatus,
     Hold,
     Reserved,
+    SnapshotUnusable,
 )
 from event_store import AsyncEventStore, ConcurrencyConflict, NewEvent, RecordedEvent
 from shared_kernel.crash import ACCOUNT_AFTER_APPEND
@@ -42,6 +48,7 @@ CrashPoint = Callable[[str], None]
 _RUNNING_FIELDS = ("balance_after", "reserved_after")
 _LOAD_PAGE = 5000
 _MAX_ATTEMPTS = 8
+DEFAULT_SNAPSHOT_EVERY = 1000
 
 
 def stream_id(account_id: str) -> str:
@@ -118,7 +125,7 @@ class LockTimeout(DomainError):
 
 
 class _Mailbox:
-    __slots__ = ("account", "lock", "queue", "running")
+    __slots__ = ("account", "lock", "queue", "running", "snapshot_version", "snapshotting")
 
     def __init__(self) -> None:
         self.account: Account | None = None
@@ -126,6 +133,9 @@ class _Mailbox:
         self.running = False
         # Held while a burst is decided and stored, or by an exclusive() caller.
         self.lock = asyncio.Lock()
+        # The version of the account's newest snapshot, stored or last attempted.
+        self.snapshot_version = 0
+        self.snapshotting = False
 
 
 class Accounts:
@@ -138,7 +148,12 @@ class Accounts:
         max_batch: int = 512,
         cache_size: int = 100_000,
         crash_point: CrashPoint = _no_crash,
+        snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     ) -> None:
+        """``snapshot_every``: events an account grows by before its state is snapshotted
+        again; 0 never writes snapshots (those already stored are still read)."""
+        if snapshot_every < 0:
+            raise ValueError("snapshot_every must be >= 0")
         self._store = store
         self._max_batch = max_batch
         self._cache_size = cache_size
@@ -147,6 +162,9 @@ class Accounts:
         self._changed: dict[str, asyncio.Event] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._draining = asyncio.Event()
+        self._snapshot_every = snapshot_every
+        self._snapshots: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     # -- commands ---------------------------------------------------------------------
 
@@ -243,7 +261,7 @@ class Accounts:
             try:
                 loaded = mailbox.account is None
                 if loaded:
-                    mailbox.account = await self._load(account_id)
+                    mailbox.account = await self._load(account_id, mailbox)
                 account = mailbox.account
                 expected = account.version
                 outcomes: list[AccountView | BaseException] = []
@@ -281,6 +299,7 @@ class Accounts:
                             )
                     self._crash_point(ACCOUNT_AFTER_APPEND)
                     self._notify(account_id)
+                    self._maybe_snapshot(account_id, mailbox, account)
             except ConcurrencyConflict:
                 mailbox.account = None
                 continue
@@ -309,16 +328,111 @@ class Accounts:
     async def _is_stale(self, account_id: str, version: int) -> bool:
         return await self._store.stream_version(stream_id(account_id)) != version
 
-    async def _load(self, account_id: str) -> Account:
-        account = Account.empty(account_id)
+    async def _load(self, account_id: str, mailbox: _Mailbox | None = None) -> Account:
+        """The account as stored: its snapshot, if usable, and the events after it."""
+        account = await self._snapshot(account_id)
+        base = account.version
+        await self._fold(account)
+        if base and account.version == base:
+            # No event after the snapshot: make sure the stream has reached it at all.
+            stored = await self._store.stream_version(stream_id(account_id))
+            if stored < base:
+                log.warning(
+                    "snapshot of account %s at version %d is ahead of its stream (%d);"
+                    " replaying the events",
+                    account_id,
+                    base,
+                    stored,
+                )
+                account, base = Account.empty(account_id), 0
+                await self._fold(account)
+        if mailbox is not None:
+            mailbox.snapshot_version = base
+            self._maybe_snapshot(account_id, mailbox, account)
+        return account
+
+    async def _fold(self, account: Account) -> None:
+        """Applies every stored event after the account's version."""
         while True:
             page = await self._store.read_stream(
-                stream_id(account_id), after_version=account.version, limit=_LOAD_PAGE
+                stream_id(account.account_id), after_version=account.version, limit=_LOAD_PAGE
             )
             for recorded in page:
                 account.apply(_decode(recorded), recorded.recorded_at)
             if len(page) < _LOAD_PAGE:
-                return account
+                return
+
+    async def _snapshot(self, account_id: str) -> Account:
+        """The account as of its stored snapshot; empty when it has none that can be used."""
+        try:
+            snapshot = await self._store.load_snapshot(stream_id(account_id))
+            if snapshot is None:
+                return Account.empty(account_id)
+            account = Account.from_snapshot(account_id, snapshot.data)
+            if account.version != snapshot.version:
+                raise SnapshotUnusable(
+                    f"it holds version {account.version}, stored as {snapshot.version}"
+                )
+        except ValueError as exc:  # SnapshotUnusable, or stored text that is not JSON
+            log.warning(
+                "snapshot of account %s not used (%s); replaying the events", account_id, exc
+            )
+            return Account.empty(account_id)
+        return account
+
+    def _maybe_snapshot(self, account_id: str, mailbox: _Mailbox, account: Account) -> None:
+        """Starts saving a snapshot of ``account`` (stored state only) if it is due.
+
+        The state is copied now, while it is exactly what the store holds at its version;
+        turning it into JSON and writing it happen in threads, off the caller's path.
+        """
+        every = self._snapshot_every
+        if (
+            not every
+            or self._closed
+            or mailbox.snapshotting
+            or account.version - mailbox.snapshot_version < every
+        ):
+            return
+        mailbox.snapshotting = True
+        task = asyncio.create_task(self._save_snapshot(account_id, mailbox, account.copy()))
+        self._snapshots.add(task)
+        task.add_done_callback(self._snapshots.discard)
+
+    async def _save_snapshot(self, account_id: str, mailbox: _Mailbox, state: Account) -> None:
+        saved = False
+        try:
+            data = await asyncio.to_thread(state.to_snapshot)
+            await self._store.save_snapshot(stream_id(account_id), state.version, data)
+            saved = True
+        except Exception:
+            log.warning(
+                "snapshot of account %s at version %d not saved; the account loads from"
+                " its events as before",
+                account_id,
+                state.version,
+                exc_info=True,
+            )
+        finally:
+            # After a failure too: the next attempt waits for another snapshot_every events.
+            mailbox.snapshot_version = max(mailbox.snapshot_version, state.version)
+            mailbox.snapshotting = False
+        # The appends made meanwhile may have made the next one due. Unlocked, the cached
+        # account is exactly what is stored (a burst applies its events under the lock);
+        # locked, the burst checks after its own append.
+        account = mailbox.account
+        if saved and account is not None and not mailbox.lock.locked():
+            self._maybe_snapshot(account_id, mailbox, account)
+
+    async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - bounded wait
+        """Takes no more snapshots and waits (at most ``timeout``) for those being saved."""
+        self._closed = True
+        pending = set(self._snapshots)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     # -- queries ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from .port import (
     EventStoreError,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     StoreUnavailable,
 )
 from .postgres import PostgresEventStore
@@ -32,6 +33,7 @@ __all__ = [
     "NewEvent",
     "PostgresEventStore",
     "RecordedEvent",
+    "Snapshot",
     "SqliteEventStore",
     "StoreUnavailable",
     "default_writers",

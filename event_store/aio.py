@@ -9,7 +9,10 @@ one fsync, for every caller that arrived while the previous batch was committing
 load batches grow by themselves; when idle a lone append is written immediately, so
 there is no added latency to trade for it.
 
-Reads go straight to a thread pool; only appends are batched.
+Reads go straight to a thread pool; only appends are batched. Snapshots are saved by a
+thread of their own, one at a time: off the group commit (a large snapshot never delays
+the appends queued behind it in a batch) and off the read pool (a slow save never holds
+up the reads that load accounts).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import copy
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -29,6 +32,7 @@ from .port import (
     EventStoreError,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     StoreUnavailable,
     check_append,
 )
@@ -79,6 +83,9 @@ class AsyncEventStore:
         self._readers = ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="event-store-reader"
         )
+        self._snapshots = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="event-store-snapshots"
+        )
         self._pending: deque[_Pending] = deque()
         # Streams in a batch being written: their next requests wait for the next batch,
         # so requests of one stream are written in arrival order and never race each other.
@@ -125,6 +132,7 @@ class AsyncEventStore:
         for executor in self._writers:
             executor.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._snapshots.shutdown(wait=True)
         self.store.close()
 
     # --- appends -------------------------------------------------------------------------
@@ -251,6 +259,18 @@ class AsyncEventStore:
         self, tag: str, before_position: int | None = None, limit: int = 50
     ) -> list[RecordedEvent]:
         return await self._run(self.store.read_tag, tag, before_position, limit)
+
+    async def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        return await self._run(self.store.load_snapshot, stream_id)
+
+    async def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
+        """Saved (and encoded) in the snapshot thread; saves queue there one at a time."""
+        if self._closing:
+            raise EventStoreError("AsyncEventStore is closed")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._snapshots, functools.partial(self.store.save_snapshot, stream_id, version, data)
+        )
 
 
 def _shared_error(exc: Exception, count: int) -> list[BaseException]:

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from .port import (
     AppendRequest,
     ConcurrencyConflict,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     check_append,
     check_batch,
+    check_snapshot,
     decode_data,
     encode_data,
     micros_to_datetime,
@@ -55,6 +57,7 @@ class InMemoryEventStore:
         self._log: list[_Stored] = []  # position p is at index p - 1
         self._streams: dict[str, list[_Stored]] = {}
         self._tags: dict[str, list[int]] = {}  # positions, ascending
+        self._snapshots: dict[str, tuple[int, str]] = {}  # stream -> (version, JSON)
 
     def migrate(self) -> None:
         pass
@@ -142,6 +145,21 @@ class InMemoryEventStore:
             chosen = positions[max(end - limit, 0) : end]
             selected = [self._log[p - 1] for p in reversed(chosen)]
         return [s.to_event() for s in selected]
+
+    def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
+        check_snapshot(stream_id, version)
+        encoded = encode_data(data, "snapshot data")
+        with self._lock:
+            stored = self._snapshots.get(stream_id)
+            if stored is None or version > stored[0]:
+                self._snapshots[stream_id] = (version, encoded)
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        with self._lock:
+            stored = self._snapshots.get(stream_id)
+        if stored is None:
+            return None
+        return Snapshot(stream_id, stored[0], decode_data(stored[1]))
 
 
 def _check_limit(limit: int | None) -> None:

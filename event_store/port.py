@@ -23,6 +23,7 @@ __all__ = [
     "EventStoreError",
     "NewEvent",
     "RecordedEvent",
+    "Snapshot",
     "StoreUnavailable",
 ]
 
@@ -66,6 +67,18 @@ class AppendRequest:
     stream_id: str
     expected_version: int
     events: Sequence[NewEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A cache of the state of one stream as of ``version``, in whatever form its owner chose.
+
+    Events stay the truth: a snapshot only saves folding events ``1..version`` again.
+    """
+
+    stream_id: str
+    version: int
+    data: dict[str, Any]
 
 
 class EventStoreError(Exception):
@@ -134,12 +147,23 @@ class EventStore(Protocol):
         """Events carrying ``tag``, newest first, position < ``before_position`` if given."""
         ...
 
+    def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
+        """Keep ``data`` as the stream's snapshot at ``version``, unless the stored one is at
+        the same or a later version: then this one is ignored (never an error). One
+        snapshot per stream. Not checked against the stream: the caller vouches for it."""
+        ...
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        """The stream's snapshot, or None if it has none."""
+        ...
+
     def close(self) -> None: ...
 
 
 # --- shared by the adapters -------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_VERSION = 2**63 - 1
 
 
 def now_micros() -> int:
@@ -156,15 +180,15 @@ def micros_to_datetime(micros: int) -> datetime:
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def encode_data(data: Mapping[str, Any]) -> str:
+def encode_data(data: Mapping[str, Any], what: str = "event data") -> str:
     """Compact JSON; ``ValueError`` if the data is not a JSON object of JSON values."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"event data must be a mapping, not {type(data).__name__}")
+        raise ValueError(f"{what} must be a mapping, not {type(data).__name__}")
     try:
         text = _encode_json(data)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"event data is not JSON-serialisable: {exc}") from exc
-    _check_encodable(text, "event data")
+        raise ValueError(f"{what} is not JSON-serialisable: {exc}") from exc
+    _check_encodable(text, what)
     return text
 
 
@@ -203,6 +227,14 @@ def check_append(stream_id: str, expected_version: int, events: Sequence[NewEven
             raise ValueError("event tags must be a tuple of strings, not a string")
         for tag in event.tags:
             _check_name(tag, "event tag", MAX_TAG_LENGTH)
+
+
+def check_snapshot(stream_id: str, version: int) -> None:
+    _check_name(stream_id, "stream_id", MAX_STREAM_ID_LENGTH)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError("snapshot version must be an int")
+    if not 0 < version <= _MAX_VERSION:
+        raise ValueError(f"snapshot version must be 1..{_MAX_VERSION}")
 
 
 def check_batch(requests: Sequence[AppendRequest]) -> None:

@@ -1,8 +1,12 @@
 """The SQLAlchemy Core implementation of the event store shared by the SQL backends.
 
-Owns the schema (``events``, ``event_tags``, ``schema_version``), its migration steps,
-the prebuilt statements, and the append/read logic. Backends subclass ``SqlEventStore``
-to configure the engine and the locking that keeps positions in commit order.
+Owns the schema (``events``, ``event_tags``, ``snapshots``, ``schema_version``), its
+migration steps, the prebuilt statements, and the append/read logic. Backends subclass
+``SqlEventStore`` to configure the engine and the locking that keeps positions in commit
+order.
+
+Snapshots live in a table of their own, one row per stream, written in short
+transactions of their own: an upsert that keeps whichever version is higher.
 
 Optimistic concurrency: versions of one append are ``expected_version + 1 ..``, and the
 UNIQUE key on ``(stream_id, version)`` refuses any second writer of the same version. A
@@ -12,7 +16,7 @@ ahead of the stream, which the key alone would accept (it would leave a gap).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -36,6 +40,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .port import (
     MAX_STREAM_ID_LENGTH,
@@ -46,16 +51,27 @@ from .port import (
     EventStoreError,
     NewEvent,
     RecordedEvent,
+    Snapshot,
     StoreUnavailable,
     check_append,
     check_batch,
+    check_snapshot,
     decode_data,
     encode_data,
     micros_to_datetime,
     now_micros,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqlEventStore", "event_tags", "events", "metadata", "schema_version"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SqlEventStore",
+    "event_tags",
+    "events",
+    "metadata",
+    "schema_version",
+    "snapshots",
+]
 
 metadata = MetaData()
 
@@ -87,6 +103,16 @@ event_tags = Table(
     sqlite_with_rowid=False,
 )
 
+# One row per stream: the newest snapshot only. Not referenced by the events, so it can be
+# emptied at any time without losing anything but the time it saves.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("stream_id", String(MAX_STREAM_ID_LENGTH), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -98,9 +124,16 @@ def _create_events_and_tags(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, event_tags], checkfirst=True)
 
 
+def _create_snapshots(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[snapshots], checkfirst=True)
+
+
 # Step i upgrades the schema from version i to i + 1. Append only; never edit a step
 # that has shipped.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_events_and_tags,)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
+    _create_events_and_tags,
+    _create_snapshots,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MAX_POSITION = 2**63 - 1
@@ -145,6 +178,26 @@ _READ_TAG = (
     .order_by(event_tags.c.position.desc())
     .limit(bindparam("limit", type_=BigInteger))
 )
+_LOAD_SNAPSHOT = select(snapshots.c.version, snapshots.c.data).where(
+    snapshots.c.stream_id == bindparam("stream_id")
+)
+
+
+def _upsert_snapshot(dialect: str) -> Any:
+    """INSERT .. ON CONFLICT DO UPDATE that only ever moves a snapshot forward."""
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(snapshots)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(snapshots)
+    else:  # pragma: no cover - only the two backends exist
+        raise NotImplementedError(f"no snapshot upsert for {dialect}")
+    return statement.on_conflict_do_update(
+        index_elements=[snapshots.c.stream_id],
+        set_={"version": statement.excluded.version, "data": statement.excluded.data},
+        where=statement.excluded.version > snapshots.c.version,
+    )
+
+
 _CURRENT_SCHEMA_VERSION = select(func.max(schema_version.c.version))
 _PING = text("SELECT 1")
 
@@ -198,6 +251,7 @@ class SqlEventStore:
             events.c.version,
             sort_by_parameter_order=self.ordered_returning,
         )
+        self._upsert_snapshot = _upsert_snapshot(engine.dialect.name)
 
     # --- backend hooks -----------------------------------------------------------------
 
@@ -285,6 +339,30 @@ class SqlEventStore:
         _check_limit(limit)
         before = _MAX_POSITION if before_position is None else before_position
         return self._read(_READ_TAG, {"tag": tag, "before": before, "limit": limit})
+
+    def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
+        check_snapshot(stream_id, version)
+        params = {
+            "stream_id": stream_id,
+            "version": version,
+            "data": encode_data(data, "snapshot data"),
+        }
+        try:
+            # Its own short transaction: never part of an append's.
+            with self.engine.begin() as conn:
+                conn.execute(self._upsert_snapshot, params)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        try:
+            with self.read_engine.connect() as conn:
+                row = conn.execute(_LOAD_SNAPSHOT, {"stream_id": stream_id}).first()
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        if row is None:
+            return None
+        return Snapshot(stream_id, int(row[0]), decode_data(row[1]))
 
     def close(self) -> None:
         self.engine.dispose()

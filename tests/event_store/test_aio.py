@@ -19,6 +19,7 @@ from event_store import (
     NewEvent,
     PostgresEventStore,
     RecordedEvent,
+    Snapshot,
     SqliteEventStore,
     StoreUnavailable,
     default_writers,
@@ -208,6 +209,37 @@ async def test_reads_pass_through(aio: AsyncEventStore) -> None:
     assert await aio.stream_version("a") == 1
     assert await aio.read_all() == recorded
     assert await aio.read_tag("t") == recorded
+
+
+async def test_snapshots_pass_through(aio: AsyncEventStore, recording: Recording) -> None:
+    assert await aio.load_snapshot("a") is None
+    await aio.save_snapshot("a", 3, {"n": 3})
+    await aio.save_snapshot("a", 2, {"n": 2})  # older: ignored
+    assert await aio.load_snapshot("a") == Snapshot("a", 3, {"n": 3})
+    with pytest.raises(ValueError):
+        await aio.save_snapshot("a", 0, {})
+    assert recording.batches == []  # not written through the group commit
+
+
+async def test_snapshots_are_saved_off_the_group_commit(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    recording.gate = threading.Event()
+    blocked = asyncio.create_task(aio.append("a", 0, ev()))
+    assert await asyncio.to_thread(recording.entered.wait, 10)  # the writer is busy
+    # Saved while the group commit is stuck: snapshots do not wait for it.
+    await asyncio.gather(*(aio.save_snapshot(f"s{n}", 1, {"n": n}) for n in range(5)))
+    assert [await aio.load_snapshot(f"s{n}") for n in range(5)] == [
+        Snapshot(f"s{n}", 1, {"n": n}) for n in range(5)
+    ]
+    recording.gate.set()
+    assert [e.version for e in await blocked] == [1]
+
+
+async def test_save_snapshot_after_close_is_refused(aio: AsyncEventStore) -> None:
+    await aio.close()
+    with pytest.raises(EventStoreError):
+        await aio.save_snapshot("a", 1, {})
 
 
 async def test_several_writers_keep_each_stream_in_order(recording: Recording) -> None:
