@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import signal
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -360,6 +361,8 @@ def history(cli: Cli) -> int:
 
 def watch(cli: Cli) -> int:
     args = cli.args
+    # Ctrl-C ends a watch even when the shell started this process with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     account = _get_account(cli)
     call = cli.client.watch(
         apb.WatchAccountRequest(account_id=args.account, from_version=args.from_version),

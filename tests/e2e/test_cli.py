@@ -411,11 +411,6 @@ def test_the_installed_command(bank):
     assert json.loads(done.stdout)["owner"] == "Sub"
 
 
-def _restore_sigint() -> None:
-    # A test runner started in the background may ignore SIGINT; Ctrl-C must reach watch.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_watch_prints_history_then_live_events_until_ctrl_c(bank, bank_cli):
     ada = _open(bank_cli, balance=100)
     bank.accounts.Deposit(apb.DepositRequest(account_id=ada, amount=200, request_id="second"))
@@ -424,13 +419,16 @@ def test_watch_prints_history_then_live_events_until_ctrl_c(bank, bank_cli):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_restore_sigint,
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in watcher.stdout])
     reader.start()
     try:
-        events = [json.loads(lines.get(timeout=30)) for _ in range(3)]
+        try:
+            events = [json.loads(lines.get(timeout=30)) for _ in range(3)]
+        except queue.Empty:
+            watcher.kill()
+            pytest.fail(f"watch printed nothing; exit {watcher.wait()}: {watcher.stderr.read()}")
         assert [e["version"] for e in events] == ["1", "2", "3"]
         assert events[2]["reference"] == "second"
         bank.accounts.Deposit(apb.DepositRequest(account_id=ada, amount=300, request_id="live"))
