@@ -13,6 +13,7 @@ import argparse
 import functools
 import re
 import signal
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -362,7 +363,8 @@ def history(cli: Cli) -> int:
 def watch(cli: Cli) -> int:
     args = cli.args
     # Ctrl-C ends a watch even when the shell started this process with SIGINT ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     account = _get_account(cli)
     call = cli.client.watch(
         apb.WatchAccountRequest(account_id=args.account, from_version=args.from_version),
