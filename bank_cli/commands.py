@@ -15,7 +15,7 @@ import re
 import signal
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -318,32 +318,46 @@ def show(cli: Cli) -> int:
     return EXIT_OK
 
 
+def _read_pages(
+    fetch: Callable[[int, str], Any],
+    items_of: Callable[[Any], Sequence[Any]],
+    limit: int | None,
+    page_size: int,
+    progress: Progress,
+) -> tuple[list[Any], str]:
+    """Pages through a listing until its end or ``limit`` items; the items and the token
+    of the next page (empty at the end)."""
+    items: list[Any] = []
+    token = ""
+    try:
+        while True:
+            wanted = page_size if limit is None else min(page_size, limit - len(items))
+            page = fetch(wanted, token)
+            items.extend(items_of(page))
+            progress.update(len(items))
+            token = page.next_page_token
+            if not token or (limit is not None and len(items) >= limit):
+                break
+    finally:
+        progress.done()
+    return (items if limit is None else items[:limit]), token
+
+
 def history(cli: Cli) -> int:
     args = cli.args
     account = _get_account(cli)
     limit = args.limit
     total = min(limit, account.version) if limit else account.version
-    events: list[apb.AccountEvent] = []
-    progress = Progress("reading events", total)
-    token = ""
-    try:
-        while True:
-            wanted = args.page_size if limit is None else min(args.page_size, limit - len(events))
-            page = cli.client.account(
-                "ListAccountEvents",
-                apb.ListAccountEventsRequest(
-                    account_id=args.account, page_size=wanted, page_token=token
-                ),
-            )
-            events.extend(page.events)
-            progress.update(len(events))
-            token = page.next_page_token
-            if not token or (limit is not None and len(events) >= limit):
-                break
-    finally:
-        progress.done()
-    if limit is not None:
-        events = events[:limit]
+    events, token = _read_pages(
+        lambda size, token: cli.client.account(
+            "ListAccountEvents",
+            apb.ListAccountEventsRequest(account_id=args.account, page_size=size, page_token=token),
+        ),
+        lambda page: page.events,
+        limit,
+        args.page_size,
+        Progress("reading events", total),
+    )
     if cli.json:
         cli.emit(
             {
@@ -401,27 +415,16 @@ def transfers(cli: Cli) -> int:
             raise
         account = None
     limit = args.limit
-    found: list[tpb.Transfer] = []
-    progress = Progress("reading transfers")
-    token = ""
-    try:
-        while True:
-            wanted = args.page_size if limit is None else min(args.page_size, limit - len(found))
-            page = cli.client.transfer(
-                "ListTransfers",
-                tpb.ListTransfersRequest(
-                    account_id=args.account, page_size=wanted, page_token=token
-                ),
-            )
-            found.extend(page.transfers)
-            progress.update(len(found))
-            token = page.next_page_token
-            if not token or (limit is not None and len(found) >= limit):
-                break
-    finally:
-        progress.done()
-    if limit is not None:
-        found = found[:limit]
+    found, token = _read_pages(
+        lambda size, token: cli.client.transfer(
+            "ListTransfers",
+            tpb.ListTransfersRequest(account_id=args.account, page_size=size, page_token=token),
+        ),
+        lambda page: page.transfers,
+        limit,
+        args.page_size,
+        Progress("reading transfers"),
+    )
     if cli.json:
         cli.emit({"account_id": args.account, "transfers": [to_dict(t) for t in found]})
         return EXIT_OK
