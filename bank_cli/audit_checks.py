@@ -13,7 +13,10 @@ and then checks that the two sides tell the same story:
 * per transfer: the reservation, credit, capture and release carrying its id are exactly
   those its state allows, on the right accounts, for its amount. Transfers that have not
   ended are listed as in flight; their effects must still fit their state (a step may have
-  been answered without its outcome being recorded yet, so one step ahead is allowed).
+  been answered without its outcome being recorded yet, so one step ahead is allowed, and
+  on the forward path two: the credit or the capture goes out while the previous step's
+  record is being written), and effects must follow the protocol's order (no credit
+  without the reservation, no capture without the credit).
 * for the bank: the sum of balances equals deposits - withdrawals + credits - captures, and
   credits - captures (money that reached a target but has not left its source yet) equals
   what the in-flight transfers account for.
@@ -358,16 +361,21 @@ def _state_label(transfer: Transfer) -> str:
 
 
 # Per state: for each effect, the counts that state allows. A non-terminal state allows the
-# effect of its next step as well, because that step may be answered and not yet recorded.
+# effect of its next step as well, because that step may be answered and not yet recorded;
+# REQUESTED and RESERVED also the one after it, because RESERVED and CREDITED are written
+# while the credit and the capture are already on their way (``transfer_service.process``).
 _ALLOWED: dict[str, dict[str, tuple[int, ...]]] = {
-    "REQUESTED": {_RESERVE: (0, 1), _CREDIT: (0,), _CAPTURE: (0,), _RELEASE: (0,)},
-    "RESERVED": {_RESERVE: (1,), _CREDIT: (0, 1), _CAPTURE: (0,), _RELEASE: (0,)},
+    "REQUESTED": {_RESERVE: (0, 1), _CREDIT: (0, 1), _CAPTURE: (0,), _RELEASE: (0,)},
+    "RESERVED": {_RESERVE: (1,), _CREDIT: (0, 1), _CAPTURE: (0, 1), _RELEASE: (0,)},
     "RESERVED (releasing)": {_RESERVE: (1,), _CREDIT: (0,), _CAPTURE: (0,), _RELEASE: (0, 1)},
     "CREDITED": {_RESERVE: (1,), _CREDIT: (1,), _CAPTURE: (0, 1), _RELEASE: (0,)},
     "COMPLETED": {_RESERVE: (1,), _CREDIT: (1,), _CAPTURE: (1,), _RELEASE: (0,)},
     "FAILED (reserved)": {_RESERVE: (1,), _CREDIT: (0,), _CAPTURE: (0,), _RELEASE: (1,)},
     "FAILED": {_RESERVE: (0,), _CREDIT: (0,), _CAPTURE: (0,), _RELEASE: (0,)},
 }
+
+# The effect each effect presupposes, in the protocol's order.
+_REQUIRES = {_CREDIT: _RESERVE, _CAPTURE: _CREDIT, _RELEASE: _RESERVE}
 
 
 def _check_transfers(
@@ -423,6 +431,15 @@ def _check_transfers(
                     f" (expected {' or '.join(map(str, allowed))})",
                 )
             )
+        for effect_type, before in _REQUIRES.items():
+            if counts[effect_type] and not counts[before]:
+                report.violations.append(
+                    Violation(
+                        OUT_OF_ORDER,
+                        subject,
+                        f"{label} with {effect_type} but no {before}",
+                    )
+                )
         _check_currency(t, accounts, counts, subject, report)
         if not t.is_terminal:
             report.totals.in_transit += applied[_CREDIT] - applied[_CAPTURE]

@@ -755,9 +755,26 @@ def draw_chart(results: Sequence[dict[str, Any]], path: Path, title: str) -> str
     return None
 
 
+def cpu_reference_ms() -> float:
+    """Milliseconds one core takes for a fixed piece of pure Python (best of five).
+
+    Machines of one kind differ, and so does one machine from day to day: this puts a
+    number on the core the figures were measured on, so runs on different days compare.
+    """
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 def _machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
+        "cpu_reference_ms": cpu_reference_ms(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -776,7 +793,8 @@ async def bench(args: argparse.Namespace, out: Path, log_dir: Path) -> int:
     print(
         f"bank bench: {args.db}, {'quick' if args.quick else 'full'} scale,"
         f" runs {', '.join(args.runs)}; {os.cpu_count()} CPUs;"
-        f" naive lock timeout {scale.naive_lock_timeout:g} s",
+        f" naive lock timeout {scale.naive_lock_timeout:g} s;"
+        f" CPU reference {machine['cpu_reference_ms']:g} ms",
         flush=True,
     )
     print(_HEADER, flush=True)

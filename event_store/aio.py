@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,10 +78,7 @@ class AsyncEventStore:
             raise ValueError("writers, readers and max_batch must be >= 1")
         self.store = store
         self.max_batch = max_batch
-        self._writers = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"event-store-writer-{i}")
-            for i in range(writers)
-        ]
+        self._writers = [_Thread(f"event-store-writer-{i}") for i in range(writers)]
         self._readers = ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="event-store-reader"
         )
@@ -108,8 +107,8 @@ class AsyncEventStore:
             raise RuntimeError("AsyncEventStore already started" if self._tasks else "closed")
         self._wakeup = asyncio.Event()
         self._tasks = [
-            asyncio.create_task(self._writer(executor), name=f"event-store-writer-{i}")
-            for i, executor in enumerate(self._writers)
+            asyncio.create_task(self._writer(thread), name=f"event-store-writer-{i}")
+            for i, thread in enumerate(self._writers)
         ]
 
     async def close(self) -> None:
@@ -129,8 +128,8 @@ class AsyncEventStore:
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
-        for executor in self._writers:
-            executor.shutdown(wait=True)
+        for thread in self._writers:
+            thread.shutdown()
         self._readers.shutdown(wait=True)
         self._snapshots.shutdown(wait=True)
         self.store.close()
@@ -172,10 +171,9 @@ class AsyncEventStore:
         self._busy_streams |= streams
         return batch
 
-    async def _writer(self, executor: ThreadPoolExecutor) -> None:
+    async def _writer(self, thread: _Thread) -> None:
         assert self._wakeup is not None
         wakeup = self._wakeup
-        loop = asyncio.get_running_loop()
         while True:
             batch = self._take_batch()
             if not batch:
@@ -187,7 +185,7 @@ class AsyncEventStore:
                 continue
             requests = [request for request, _ in batch]
             try:
-                outcomes = await loop.run_in_executor(executor, self._write, requests)
+                outcomes = await thread.call(self._write, requests)
             except asyncio.CancelledError:
                 for _, future in batch:
                     if not future.done():
@@ -271,6 +269,56 @@ class AsyncEventStore:
         await loop.run_in_executor(
             self._snapshots, functools.partial(self.store.save_snapshot, stream_id, version, data)
         )
+
+
+class _Thread:
+    """One thread that runs the calls handed to it in order, each answered on its loop.
+
+    A writer's batches go through this rather than ``loop.run_in_executor``: with one
+    append in flight at a time (the latency that every protocol step waits for), the
+    executor's futures and callbacks cost about 0.1 ms per append on top of the call
+    itself (measured on the benchmark machine: 114 µs against 34 µs for a bare hop).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[..., T], /, *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        """Finishes the calls already handed over, then ends the thread."""
+        self._calls.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            loop, future, fn, args = item
+            try:
+                outcome, failed = fn(*args), False
+            except BaseException as exc:  # handed to the caller, whatever it is
+                outcome, failed = exc, True
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome, failed)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.done():  # the awaiting writer was cancelled
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _shared_error(exc: Exception, count: int) -> list[BaseException]:

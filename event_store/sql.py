@@ -230,6 +230,35 @@ def is_unique_violation(exc: sa_exc.IntegrityError) -> bool:
     return "unique" in str(orig).lower()
 
 
+def check_versions(requests: Sequence[AppendRequest], found: set[tuple[str, int]]) -> None:
+    """Raises ``ConcurrencyConflict`` for the first request whose stream is not at its
+    expected version, given which of its (stream_id, version) keys exist."""
+    for request in requests:
+        expected = request.expected_version
+        if (request.stream_id, expected + 1) in found or (
+            expected and (request.stream_id, expected) not in found
+        ):
+            raise ConcurrencyConflict(request.stream_id, expected)
+
+
+def tag_rows_for(
+    requests: Sequence[AppendRequest], positions: Mapping[tuple[str, int], int]
+) -> list[dict[str, Any]]:
+    """The ``event_tags`` rows of an append, once its events have positions."""
+    tag_rows = []
+    for request in requests:
+        version = request.expected_version
+        for event in request.events:
+            version += 1
+            if event.tags:
+                position = positions[(request.stream_id, version)]
+                # dict.fromkeys: a tag repeated on one event is indexed once.
+                tag_rows.extend(
+                    {"tag": tag, "position": position} for tag in dict.fromkeys(event.tags)
+                )
+    return tag_rows
+
+
 class SqlEventStore:
     """An ``EventStore`` over a SQLAlchemy engine.
 
@@ -392,39 +421,7 @@ class SqlEventStore:
                         "recorded_at": recorded_at,
                     }
                 )
-        try:
-            with self.engine.begin() as conn:
-                found = self._existing_versions(conn, keys)
-                for request in requests:
-                    expected = request.expected_version
-                    if (request.stream_id, expected + 1) in found or (
-                        expected and (request.stream_id, expected) not in found
-                    ):
-                        raise ConcurrencyConflict(request.stream_id, expected)
-                # After the check: events are never deleted, so a version seen to exist
-                # still does, and one that appears meanwhile trips the unique key.
-                self._lock_appends(conn)
-                positions = {(s, v): p for p, s, v in conn.execute(self._insert_events, rows)}
-                tag_rows = []
-                for request in requests:
-                    version = request.expected_version
-                    for event in request.events:
-                        version += 1
-                        if event.tags:
-                            position = positions[(request.stream_id, version)]
-                            # dict.fromkeys: a tag repeated on one event is indexed once.
-                            tag_rows.extend(
-                                {"tag": tag, "position": position}
-                                for tag in dict.fromkeys(event.tags)
-                            )
-                if tag_rows:
-                    conn.execute(_INSERT_TAGS, tag_rows)
-        except sa_exc.IntegrityError as exc:
-            if is_unique_violation(exc):
-                raise self._conflict_after_race(requests) from exc
-            raise translate_error(exc) from exc
-        except sa_exc.SQLAlchemyError as exc:
-            raise translate_error(exc) from exc
+        positions = self._write(requests, keys, rows)
 
         when = micros_to_datetime(recorded_at)
         results: list[list[RecordedEvent]] = []
@@ -448,6 +445,35 @@ class SqlEventStore:
                 )
             results.append(recorded)
         return results
+
+    def _write(
+        self,
+        requests: Sequence[AppendRequest],
+        keys: list[tuple[str, int]],
+        rows: list[dict[str, Any]],
+    ) -> dict[tuple[str, int], int]:
+        """One transaction: check the versions, insert the rows and their tags.
+
+        Returns each row's position by (stream_id, version). Backends may override it
+        with a cheaper path to the same statements."""
+        try:
+            with self.engine.begin() as conn:
+                found = self._existing_versions(conn, keys)
+                check_versions(requests, found)
+                # After the check: events are never deleted, so a version seen to exist
+                # still does, and one that appears meanwhile trips the unique key.
+                self._lock_appends(conn)
+                positions = {(s, v): p for p, s, v in conn.execute(self._insert_events, rows)}
+                tag_rows = tag_rows_for(requests, positions)
+                if tag_rows:
+                    conn.execute(_INSERT_TAGS, tag_rows)
+        except sa_exc.IntegrityError as exc:
+            if is_unique_violation(exc):
+                raise self._conflict_after_race(requests) from exc
+            raise translate_error(exc) from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        return positions
 
     def _conflict_after_race(self, requests: Sequence[AppendRequest]) -> ConcurrencyConflict:
         """Name the request that lost a race the existence check could not see."""

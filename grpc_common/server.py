@@ -18,6 +18,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -254,7 +255,10 @@ async def run_service(
 
     ``security``: None means the process's configured security (plaintext if none).
     """
-    sync_store = open_store(db)
+    options: dict[str, Any] = {}
+    if os.environ.get("BANK_SQLITE_APPENDS") == "core" and db.startswith("sqlite"):
+        options["driver_appends"] = False  # for measurement: see bank bench-variants
+    sync_store = open_store(db, **options)
     # BANK_STORE_WRITERS overrides the number of group-committing writers (for measurement).
     writers = int(os.environ.get("BANK_STORE_WRITERS", 0)) or default_writers(sync_store)
     store = AsyncEventStore(sync_store, writers=writers)

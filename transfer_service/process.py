@@ -10,15 +10,25 @@ The whole protocol, in order, with the transfer id as the ``reference`` of every
 4. ``capture`` the hold on the source                 -> record COMPLETED; done
 5. ``release`` the hold on the source                 -> record FAILED (the credit's reason); done
 
-Every call is idempotent on the account side, and each decision is recorded before the
-next call is made, so the process can stop anywhere and be driven on from what is stored:
-a call is at worst repeated, never applied twice. A transient fault (``StepUnavailable``)
-is never a refusal: the same step is retried, with backoff, until it is decided.
+Every call is idempotent on the account side, so the process can stop anywhere and be
+driven on from what is stored: a call is at worst repeated, never applied twice. A
+transient fault (``StepUnavailable``) is never a refusal: the same step is retried, with
+backoff, until it is decided.
+
+Records and calls overlap where that cannot change what happens. RESERVED and CREDITED
+are written while the next call (credit, capture) is already on its way: from the state
+before either record, a restarted process makes the very same calls again (a repeat of
+an applied step answers as the first did), so whether the record landed first changes
+nothing. A refusal is different: CreditRefused must be stored before the release, or a
+restart could try the credit again, see it accepted (the target opened meanwhile) and
+then find the hold released. Every record is stored before the next one is written, and
+the terminal record before the outcome is returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random as _random
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +42,7 @@ from transfer_service.domain import (
     Transfer,
     TransferEvent,
     TransferNotFound,
+    TransferState,
 )
 
 log = logging.getLogger(__name__)
@@ -153,7 +164,11 @@ class TransferProcess:
         backoff: Backoff = DEFAULT_BACKOFF,
         crash_point: CrashPoint = no_op,
         on_retry: RetryHook | None = None,
+        overlap_records: bool = True,
     ) -> None:
+        """``overlap_records=False`` stores every record before the next call (slower;
+        the protocol as first written, kept to measure the difference)."""
+        self._overlap = overlap_records
         self._accounts = accounts
         self._repository = repository
         self._backoff = backoff
@@ -187,45 +202,67 @@ class TransferProcess:
 
     async def drive(self, transfer: Transfer) -> Transfer:
         """Run the protocol from the transfer's current state to a terminal state; return it."""
-        failures = 0
-        while not transfer.is_terminal:
-            step = transfer.next_step
-            if step is None:
-                raise InvalidTransition(f"transfer {transfer.transfer_id} was never requested")
-            try:
-                events, point = await self._take(step, transfer)
-            except StepUnavailable as exc:
-                failures += 1
-                delay = self._backoff.delay(failures)
-                log.warning(
-                    "transfer %s: %s not decided (%s); retry %d in %.2fs",
-                    transfer.transfer_id,
-                    step.value,
-                    exc,
-                    failures,
-                    delay,
-                )
-                self._notify_retry(transfer, step, exc)
-                await self._backoff.sleep(delay)
-                continue
-            except StepRefused as exc:
-                # Only capture and release get here. Their hold exists because this process
-                # made it, so a refusal means the two services disagree. Failing the transfer
-                # would be wrong (after a credit the money has already arrived), so it stays
-                # non-terminal and visible until someone repairs the account side.
-                failures += 1
-                log.error(
-                    "transfer %s: %s refused (%s), which the protocol rules out; retrying",
-                    transfer.transfer_id,
-                    step.value,
-                    exc,
-                )
-                self._notify_retry(transfer, step, exc)
-                await self._backoff.sleep(self._backoff.maximum)
-                continue
+        # A forward record still being written while the next call is made.
+        recording: asyncio.Task[Transfer] | None = None
+        try:
             failures = 0
-            transfer = await self._record(transfer, events, point)
-        return transfer
+            while not transfer.is_terminal:
+                step = transfer.next_step
+                if step is None:
+                    raise InvalidTransition(f"transfer {transfer.transfer_id} was never requested")
+                try:
+                    events, point = await self._take(step, transfer)
+                except StepUnavailable as exc:
+                    failures += 1
+                    delay = self._backoff.delay(failures)
+                    log.warning(
+                        "transfer %s: %s not decided (%s); retry %d in %.2fs",
+                        transfer.transfer_id,
+                        step.value,
+                        exc,
+                        failures,
+                        delay,
+                    )
+                    self._notify_retry(transfer, step, exc)
+                    await self._backoff.sleep(delay)
+                    continue
+                except StepRefused as exc:
+                    # Only capture and release get here. Their hold exists because this
+                    # process made it, so a refusal means the two services disagree. Failing
+                    # the transfer would be wrong (after a credit the money has already
+                    # arrived), so it stays non-terminal and visible until someone repairs
+                    # the account side.
+                    failures += 1
+                    log.error(
+                        "transfer %s: %s refused (%s), which the protocol rules out; retrying",
+                        transfer.transfer_id,
+                        step.value,
+                        exc,
+                    )
+                    self._notify_retry(transfer, step, exc)
+                    await self._backoff.sleep(self._backoff.maximum)
+                    continue
+                failures = 0
+                if recording is not None:
+                    stored, recording = await recording, None
+                    if _progress(stored) != _progress(transfer):
+                        # Another driver recorded something else first: its record stands,
+                        # and this call (idempotent) is decided again from it.
+                        transfer = stored
+                        continue
+                    transfer = stored
+                decided = _decided(transfer, events)
+                if self._overlap and _overlaps_next_call(decided):
+                    recording = asyncio.create_task(self._record(transfer, events, point))
+                    transfer = decided
+                else:
+                    transfer = await self._record(transfer, events, point)
+            return transfer
+        finally:
+            if recording is not None and not recording.done():
+                # Only on the way out with an error or a cancellation: the write may or may
+                # not land, as with any interrupted record; both are states to resume from.
+                recording.cancel()
 
     async def _take(self, step: Step, transfer: Transfer) -> tuple[list[TransferEvent], str | None]:
         """Make the step's call; return the decision to record and the point after recording it."""
@@ -288,3 +325,21 @@ class TransferProcess:
     def _notify_retry(self, transfer: Transfer, step: Step, exc: Exception) -> None:
         if self._on_retry is not None:
             self._on_retry(transfer.transfer_id, step.value, exc)
+
+
+def _decided(transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
+    """The transfer as it will be once ``events`` are recorded (the argument is kept)."""
+    decided = dataclasses.replace(transfer)
+    for event in events:
+        decided.apply(event)
+    return decided
+
+
+def _overlaps_next_call(decided: Transfer) -> bool:
+    """Whether the next call may go out before this record is stored: only when, from
+    the state before the record, a restart would make that same call (see the module)."""
+    return decided.next_step in (Step.CREDIT, Step.CAPTURE)
+
+
+def _progress(transfer: Transfer) -> tuple[int, TransferState | None, bool]:
+    return transfer.version, transfer.state, transfer.credit_was_refused

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -143,6 +144,9 @@ def builder(accounts_target: str, deadline: float, transport: str = "stream"):
             repository if measured is None else _CountedTransfers(repository, measured.transfers()),
             crash_point=crash_point_from_env(POINTS),
             on_retry=hooks[0] if len(hooks) == 1 else _retry_hooks(*hooks),
+            # BANK_OVERLAP_RECORDS=0 waits for every record before the next call (for
+            # measurement: see bank bench-variants).
+            overlap_records=os.environ.get("BANK_OVERLAP_RECORDS", "1") != "0",
         )
         driver: Any = _TracedProcess(process) if traced else process
         transfers = Transfers(repository, driver)

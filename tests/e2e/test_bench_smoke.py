@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bank.experimental.v1 import naive_pb2, naive_pb2_grpc
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
+from bank_cli.bench_variants import VARIANTS
 from grpc_common.errors import error_info
 from tests.e2e.conftest import new_account
 from tests.e2e.harness import ServiceProcess
@@ -36,6 +37,25 @@ def _naive_request(source: str, target: str, amount: int) -> naive_pb2.NaiveTran
     return naive_pb2.NaiveTransferRequest(
         transfer_id=str(uuid.uuid4()), from_account_id=source, to_account_id=target, amount=amount
     )
+
+
+def test_bench_variants_runs_every_variant_and_conserves_money(tmp_path):
+    out = tmp_path / "results"
+    command = ["bench-variants", "--total", "30", "--in-flight", "1,8", "--out", str(out)]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bank_cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((out / "bench-variants-sqlite.json").read_text())
+    assert [(r["name"], r["in_flight"]) for r in results] == [
+        (name, n) for name, _ in VARIANTS for n in (1, 8)
+    ]
+    for result in results:
+        assert result["status"] == "OK", result
+        assert (result["succeeded"], result["money"]["ok"]) == (30, True), result
 
 
 def test_bench_quick_runs_and_conserves_money(tmp_path):

@@ -35,6 +35,22 @@ class TestSqliteEventStore(EventStoreConformance):
             store.close()
 
 
+class TestSqliteEventStoreCoreAppends(EventStoreConformance):
+    """The same suite with appends through SQLAlchemy Core instead of the driver."""
+
+    @pytest.fixture
+    def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
+        opened: list[SqliteEventStore] = []
+
+        def open_handle() -> EventStore:
+            opened.append(SqliteEventStore(sqlite_url, driver_appends=False))
+            return opened[-1]
+
+        yield open_handle
+        for store in opened:
+            store.close()
+
+
 @pytest.fixture
 def store(sqlite_url: str) -> Iterator[SqliteEventStore]:
     store = SqliteEventStore(sqlite_url)

@@ -313,3 +313,36 @@ def test_an_event_that_cannot_be_read():
     unreadable = [v for v in report.violations if v.kind == checks.UNREADABLE]
     assert len(unreadable) == 3, report.render()
     assert any("TransferTeleported" in v.detail for v in unreadable)
+
+
+def test_in_flight_a_forward_record_may_trail_the_next_call():
+    # RESERVED is being written while the credit is already applied.
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(30, T1)).account(BOB, Credited(30, T1))
+    report = h.audit()
+    assert report.ok, report.render()
+    assert [(f.state, f.applied) for f in report.in_flight] == [
+        ("REQUESTED", ("Reserved", "Credited"))
+    ]
+    # CREDITED is being written while the capture is already applied.
+    h.transfer(T1, TransferReserved("EUR")).account(ADA, ReservationCaptured(30, T1))
+    report = h.audit()
+    assert report.ok, report.render()
+    assert [f.state for f in report.in_flight] == ["RESERVED"]
+
+
+def test_in_flight_effects_out_of_protocol_order():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(BOB, Credited(30, T1))  # a credit with no reservation before it
+    report = h.audit()
+    assert checks.OUT_OF_ORDER in kinds_of(report)
+    assert any("with Credited but no Reserved" in v.detail for v in report.violations)
+
+
+def test_in_flight_a_capture_is_never_two_records_ahead():
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(30, T1)).account(BOB, Credited(30, T1))
+    h.account(ADA, ReservationCaptured(30, T1))
+    report = h.audit()
+    assert checks.UNEXPECTED_EFFECT in kinds_of(report)
+    assert any("REQUESTED but 1 ReservationCaptured" in v.detail for v in report.violations)
