@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,9 @@ from google.protobuf.message import Message
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank_cli.display import money
+from grpc_common import auth, tls
 from grpc_common.errors import error_info
+from grpc_common.tls import SecurityConfigError
 
 DEFAULT_ACCOUNTS = "127.0.0.1:50051"
 DEFAULT_TRANSFERS = "127.0.0.1:50052"
@@ -102,6 +104,30 @@ def common_options() -> argparse.ArgumentParser:
         help="the transfer service (env BANK_TRANSFERS; default %(default)s)",
     )
     group.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=os.environ.get("BANK_CA") or None,
+        help="call both services over TLS, trusting this CA (env BANK_CA; default plaintext)",
+    )
+    group.add_argument(
+        "--client-cert",
+        metavar="FILE",
+        default=os.environ.get("BANK_CLIENT_CERT") or None,
+        help="with --ca: present this certificate (mutual TLS; env BANK_CLIENT_CERT)",
+    )
+    group.add_argument(
+        "--client-key",
+        metavar="FILE",
+        default=os.environ.get("BANK_CLIENT_KEY") or None,
+        help="the key of --client-cert (env BANK_CLIENT_KEY)",
+    )
+    group.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("BANK_TOKEN_FILE") or None,
+        help="send the bearer token this file holds on every call (env BANK_TOKEN_FILE)",
+    )
+    group.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object (JSON lines for watch), fields named as in the protos",
@@ -155,8 +181,10 @@ class Client:
         accounts_address: str = DEFAULT_ACCOUNTS,
         transfers_address: str = DEFAULT_TRANSFERS,
         timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.account_service = Service("account service", accounts_address)
+        self._metadata = tuple(metadata)
         self.transfer_service = Service("transfer service", transfers_address)
         self.timeout = timeout
         self._channels = [accounts_channel, transfers_channel]
@@ -164,13 +192,48 @@ class Client:
         self._transfers = transfer_pb2_grpc.TransferServiceStub(transfers_channel)
 
     @classmethod
-    def connect(cls, accounts: str, transfers: str, timeout: float | None) -> Client:
+    def connect(
+        cls,
+        accounts: str,
+        transfers: str,
+        timeout: float | None,
+        *,
+        ca: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        token_file: str | None = None,
+    ) -> Client:
+        """Channels to both services: TLS when ``ca`` is given (mutual with a client
+        certificate), a bearer token on every call when ``token_file`` is given.
+
+        Raises ``SecurityConfigError`` for files that cannot be used, naming the file
+        and never the token."""
+        if (client_cert or client_key) and not ca:
+            raise SecurityConfigError("a client certificate is for TLS: give --ca as well")
+        metadata = auth.bearer_metadata(auth.read_token(token_file)) if token_file else ()
+        if ca:
+            credentials = tls.channel_credentials(ca, client_cert, client_key)
+            channels = [grpc.secure_channel(a, credentials) for a in (accounts, transfers)]
+        else:
+            channels = [grpc.insecure_channel(a) for a in (accounts, transfers)]
         return cls(
-            grpc.insecure_channel(accounts),
-            grpc.insecure_channel(transfers),
+            *channels,
             accounts_address=accounts,
             transfers_address=transfers,
             timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
+            metadata=metadata,
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Client:
+        return cls.connect(
+            args.accounts,
+            args.transfers,
+            args.timeout,
+            ca=getattr(args, "ca", None),
+            client_cert=getattr(args, "client_cert", None),
+            client_key=getattr(args, "client_key", None),
+            token_file=getattr(args, "token_file", None),
         )
 
     def account(self, method: str, request: Message) -> Any:
@@ -183,11 +246,11 @@ class Client:
 
     def watch(self, request: apb.WatchAccountRequest, timeout: float | None) -> Any:
         """The WatchAccount stream: iterate it, ``cancel()`` it; errors come as RpcError."""
-        return self._accounts.WatchAccount(request, timeout=timeout)
+        return self._accounts.WatchAccount(request, timeout=timeout, metadata=self._metadata)
 
     def _unary(self, stub: Any, method: str, request: Message, service: Service) -> Any:
         try:
-            return getattr(stub, method)(request, timeout=self.timeout)
+            return getattr(stub, method)(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise CallFailed(error, service) from None
 
@@ -196,7 +259,9 @@ class Client:
         timeout = min(self.timeout or LOOKUP_TIMEOUT, LOOKUP_TIMEOUT)
         try:
             return self._accounts.GetAccount(
-                apb.GetAccountRequest(account_id=account_id), timeout=timeout
+                apb.GetAccountRequest(account_id=account_id),
+                timeout=timeout,
+                metadata=self._metadata,
             )
         except grpc.RpcError as error:
             return MISSING if _code(error) == grpc.StatusCode.NOT_FOUND else None
@@ -607,7 +672,11 @@ def execute(handler: Handler, args: argparse.Namespace, client: Client | None = 
     """Runs ``handler`` with a client (a new one over ``args``' addresses unless given)."""
     own = client is None
     if client is None:
-        client = Client.connect(args.accounts, args.transfers, args.timeout)
+        try:
+            client = Client.from_args(args)
+        except SecurityConfigError as exc:
+            print(f"bank {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     cli = Cli(args, client)
     try:
         return handler(cli)

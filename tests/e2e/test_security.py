@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import secrets
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
+from bank_cli.__main__ import main as cli_main
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank, ServiceProcess
 
@@ -602,6 +604,73 @@ def test_tokens_are_still_needed_over_tls(mtls_bank, tokens):
         lambda: mtls_bank.accounts.GetAccount(apb.GetAccountRequest(account_id=_account_id()))
     )
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+def _bank_cli(capsys, bank: Bank, *args: str) -> tuple[int, str, str]:
+    """``bank <args>`` in this process, against ``bank``; exit status, stdout, stderr."""
+    capsys.readouterr()
+    status = cli_main(
+        [*args, "--accounts", bank.account.address, "--transfers", bank.transfer.address]
+    )
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_cli_over_mutual_tls_with_a_token(mtls_bank, tokens, pki, capsys):
+    security = [
+        "--ca", str(pki.ca.path),
+        "--client-cert", str(pki.teller_client.cert),
+        "--client-key", str(pki.teller_client.key),
+        "--token-file", str(tokens.client_file),
+    ]  # fmt: skip
+    ids = []
+    for owner in ("Ada", "Bob"):
+        status, out, err = _bank_cli(
+            capsys, mtls_bank, "open", "--owner", owner, "--currency", "EUR", "--json", *security
+        )
+        assert status == 0, err
+        ids.append(json.loads(out)["account_id"])
+    ada, bob = ids
+    assert _bank_cli(capsys, mtls_bank, "deposit", ada, "100", *security)[0] == 0
+    status, out, err = _bank_cli(capsys, mtls_bank, "transfer", ada, bob, "30", "--json", *security)
+    assert status == 0, err
+    transfer = json.loads(out)
+    assert transfer["state"] == "TRANSFER_STATE_COMPLETED"
+    assert _get(mtls_bank, tokens.client, bob).balance == int(transfer["amount"]) > 0
+    assert tokens.client not in out + err
+
+
+def test_the_cli_without_its_token_is_denied(mtls_bank, pki, capsys):
+    security = [
+        "--ca", str(pki.ca.path),
+        "--client-cert", str(pki.teller_client.cert),
+        "--client-key", str(pki.teller_client.key),
+    ]  # fmt: skip
+    status, _, err = _bank_cli(capsys, mtls_bank, "show", _account_id(), *security)
+    assert status == 5, err
+    assert "denied" in err
+    assert "UNAUTHENTICATED" in err
+
+
+def test_the_cli_refuses_security_files_it_cannot_use(tmp_path, capsys):
+    unusable = tmp_path / "token"
+    unusable.write_text("not a token, with spaces\n")
+    cases = [
+        (["--token-file", str(tmp_path / "missing")], "missing"),
+        (["--token-file", str(unusable)], str(unusable)),
+        (
+            ["--client-cert", str(tmp_path / "c.pem"), "--client-key", str(tmp_path / "k.pem")],
+            "--ca",
+        ),
+        (["--ca", str(tmp_path / "no-ca.pem")], "no-ca.pem"),
+    ]
+    for args, named in cases:
+        capsys.readouterr()
+        status = cli_main(["show", _account_id(), *args, "--accounts", "127.0.0.1:9"])
+        err = capsys.readouterr().err
+        assert status == 2, (args, err)
+        assert named in err, (args, err)
+        assert "with spaces" not in err  # a token file's content is never shown
 
 
 @pytest.mark.parametrize("rpc", list(RESERVATION_RPCS))
