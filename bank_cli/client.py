@@ -87,6 +87,15 @@ def positive_float(text: str) -> float:
     return value
 
 
+# (option, environment variable, help) of the files that reach secured services.
+_SECURITY_OPTIONS = (
+    ("--ca", "BANK_CA", "call both services over TLS, trusting this CA (default plaintext)"),
+    ("--client-cert", "BANK_CLIENT_CERT", "with --ca: present this certificate (mutual TLS)"),
+    ("--client-key", "BANK_CLIENT_KEY", "the key of --client-cert"),
+    ("--token-file", "BANK_TOKEN_FILE", "send the bearer token this file holds on every call"),
+)
+
+
 def common_options() -> argparse.ArgumentParser:
     """The options every account and transfer command takes (a parent parser)."""
     options = argparse.ArgumentParser(add_help=False)
@@ -103,30 +112,13 @@ def common_options() -> argparse.ArgumentParser:
         default=os.environ.get("BANK_TRANSFERS", DEFAULT_TRANSFERS),
         help="the transfer service (env BANK_TRANSFERS; default %(default)s)",
     )
-    group.add_argument(
-        "--ca",
-        metavar="FILE",
-        default=os.environ.get("BANK_CA") or None,
-        help="call both services over TLS, trusting this CA (env BANK_CA; default plaintext)",
-    )
-    group.add_argument(
-        "--client-cert",
-        metavar="FILE",
-        default=os.environ.get("BANK_CLIENT_CERT") or None,
-        help="with --ca: present this certificate (mutual TLS; env BANK_CLIENT_CERT)",
-    )
-    group.add_argument(
-        "--client-key",
-        metavar="FILE",
-        default=os.environ.get("BANK_CLIENT_KEY") or None,
-        help="the key of --client-cert (env BANK_CLIENT_KEY)",
-    )
-    group.add_argument(
-        "--token-file",
-        metavar="FILE",
-        default=os.environ.get("BANK_TOKEN_FILE") or None,
-        help="send the bearer token this file holds on every call (env BANK_TOKEN_FILE)",
-    )
+    for flag, env, help_text in _SECURITY_OPTIONS:
+        group.add_argument(
+            flag,
+            metavar="FILE",
+            default=os.environ.get(env) or None,
+            help=f"{help_text} (env {env})",
+        )
     group.add_argument(
         "--json",
         action="store_true",

@@ -14,7 +14,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -33,7 +33,14 @@ from sqlalchemy import (
 from sqlalchemy.pool import QueuePool
 
 from .port import AppendRequest, ConcurrencyConflict, EventStoreError, StoreUnavailable
-from .sql import SqlEventStore, check_versions, event_tags, events, tag_rows_for
+from .sql import (
+    _INSERT_TAGS,
+    _STREAM_VERSION,
+    SqlEventStore,
+    check_versions,
+    events,
+    tag_rows_for,
+)
 
 __all__ = ["SqliteEventStore"]
 
@@ -62,10 +69,6 @@ _EVENT_ROW = ("stream_id", "version", "type", "data", "recorded_at")
 _INSERT_EVENTS_HEAD = f"INSERT INTO {events.name} ({', '.join(_EVENT_ROW)}) VALUES "
 _INSERT_EVENTS_TAIL = " RETURNING position, stream_id, version"
 _INSERT_ROWS_PER_STATEMENT = 256
-_INSERT_TAG = f"INSERT INTO {event_tags.name} (tag, position) VALUES (?, ?)"
-_LAST_VERSION = (
-    f"SELECT version FROM {events.name} WHERE stream_id = ? ORDER BY version DESC LIMIT 1"
-)
 
 
 def sqlite_url(url_or_path: str) -> URL:
@@ -120,7 +123,10 @@ class SqliteEventStore(SqlEventStore):
         event.listen(engine, "connect", self._on_connect)
         event.listen(engine, "begin", _on_begin)
         super().__init__(engine, engine.execution_options(**{_READ_ONLY: True}))
-        self._existing_versions_sql = str(_EXISTING_VERSIONS.compile(dialect=engine.dialect))
+        # The shared statements, compiled once for the driver (see ``_write``).
+        self._existing_versions_sql = _for_driver(_EXISTING_VERSIONS, engine.dialect)
+        self._stream_version_sql = _for_driver(_STREAM_VERSION, engine.dialect)
+        self._insert_tag_sql = _for_driver(_INSERT_TAGS, engine.dialect)
 
     def _existing_versions(
         self, conn: Connection, keys: list[tuple[str, int]]
@@ -153,13 +159,13 @@ class SqliteEventStore(SqlEventStore):
             try:
                 if len(requests) == 1:
                     request = requests[0]
-                    last = driver.execute(_LAST_VERSION, (request.stream_id,)).fetchone()
+                    sql, params = self._stream_version_sql
+                    last = driver.execute(sql, params(stream_id=request.stream_id)).fetchone()
                     if (0 if last is None else last[0]) != request.expected_version:
                         raise ConcurrencyConflict(request.stream_id, request.expected_version)
                 else:
-                    found = driver.execute(
-                        self._existing_versions_sql, (json.dumps(keys, ensure_ascii=False),)
-                    )
+                    sql, params = self._existing_versions_sql
+                    found = driver.execute(sql, params(keys=json.dumps(keys, ensure_ascii=False)))
                     check_versions(requests, {(s, v) for s, v in found})
                 positions: dict[tuple[str, int], int] = {}
                 for start in range(0, len(rows), _INSERT_ROWS_PER_STATEMENT):
@@ -171,9 +177,8 @@ class SqliteEventStore(SqlEventStore):
                         positions[(stream_id, version)] = position
                 tag_rows = tag_rows_for(requests, positions)
                 if tag_rows:
-                    driver.executemany(
-                        _INSERT_TAG, [(row["tag"], row["position"]) for row in tag_rows]
-                    )
+                    sql, params = self._insert_tag_sql
+                    driver.executemany(sql, [params(**row) for row in tag_rows])
                 driver.execute("COMMIT")
             except BaseException:
                 if driver.in_transaction:
@@ -218,6 +223,18 @@ class SqliteEventStore(SqlEventStore):
                 if exc.sqlite_errorname != "SQLITE_BUSY" or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+
+def _for_driver(statement: Any, dialect: Any) -> tuple[str, Callable[..., tuple[Any, ...]]]:
+    """``statement`` as SQL text for the driver, and a function that turns named values
+    (defaults as compiled, e.g. a LIMIT) into its positional parameters."""
+    compiled = statement.compile(dialect=dialect)
+    names, defaults = compiled.positiontup or [], compiled.params
+
+    def parameters(**values: Any) -> tuple[Any, ...]:
+        return tuple(values[name] if name in values else defaults[name] for name in names)
+
+    return str(compiled), parameters
 
 
 @functools.lru_cache(maxsize=32)

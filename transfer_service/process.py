@@ -40,8 +40,10 @@ from transfer_service.domain import (
     InvalidTransition,
     Step,
     Transfer,
+    TransferCredited,
     TransferEvent,
     TransferNotFound,
+    TransferReserved,
     TransferState,
 )
 
@@ -251,8 +253,8 @@ class TransferProcess:
                         transfer = stored
                         continue
                     transfer = stored
-                decided = _decided(transfer, events)
-                if self._overlap and _overlaps_next_call(decided):
+                if self._overlap and _overlaps_next_call(events):
+                    decided = _decided(transfer, events)
                     recording = asyncio.create_task(self._record(transfer, events, point))
                     transfer = decided
                 else:
@@ -335,10 +337,11 @@ def _decided(transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
     return decided
 
 
-def _overlaps_next_call(decided: Transfer) -> bool:
-    """Whether the next call may go out before this record is stored: only when, from
-    the state before the record, a restart would make that same call (see the module)."""
-    return decided.next_step in (Step.CREDIT, Step.CAPTURE)
+def _overlaps_next_call(events: Sequence[TransferEvent]) -> bool:
+    """Whether the next call may go out before these events are stored: only after a
+    reservation or a credit, where a restart from the state before them would make that
+    same call (see the module)."""
+    return len(events) == 1 and isinstance(events[0], TransferReserved | TransferCredited)
 
 
 def _progress(transfer: Transfer) -> tuple[int, TransferState | None, bool]:

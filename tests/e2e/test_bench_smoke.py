@@ -39,16 +39,18 @@ def _naive_request(source: str, target: str, amount: int) -> naive_pb2.NaiveTran
     )
 
 
-def test_bench_variants_runs_every_variant_and_conserves_money(tmp_path):
-    out = tmp_path / "results"
-    command = ["bench-variants", "--total", "30", "--in-flight", "1,8", "--out", str(out)]
+def _bank(*args: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``bank <args>`` as a subprocess; it must exit 0."""
     completed = subprocess.run(
-        [sys.executable, "-m", "bank_cli", *command],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, "-m", "bank_cli", *args], capture_output=True, text=True, timeout=600
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed
+
+
+def test_bench_variants_runs_every_variant_and_conserves_money(tmp_path):
+    out = tmp_path / "results"
+    _bank("bench-variants", "--total", "30", "--in-flight", "1,8", "--out", str(out))
     results = json.loads((out / "bench-variants-sqlite.json").read_text())
     assert [(r["name"], r["in_flight"]) for r in results] == [
         (name, n) for name, _ in VARIANTS for n in (1, 8)
@@ -60,14 +62,7 @@ def test_bench_variants_runs_every_variant_and_conserves_money(tmp_path):
 
 def test_bench_quick_runs_and_conserves_money(tmp_path):
     out = tmp_path / "results"
-    command = ["bench", "--quick", "--runs", "seed,sweep", "--out", str(out)]
-    completed = subprocess.run(
-        [sys.executable, "-m", "bank_cli", *command],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    completed = _bank("bench", "--quick", "--runs", "seed,sweep", "--out", str(out))
 
     report = json.loads((out / "bench-sqlite.json").read_text())
     assert report["ok"] is True
