@@ -361,11 +361,12 @@ def _state_label(transfer: Transfer) -> str:
 
 
 # Per state: for each effect, the counts that state allows. A non-terminal state allows the
-# effect of its next step as well, because that step may be answered and not yet recorded;
-# REQUESTED and RESERVED also the one after it, because RESERVED and CREDITED are written
-# while the credit and the capture are already on their way (``transfer_service.process``).
+# effect of its next step as well, because that step may be answered and not yet recorded.
+# REQUESTED allows all three forward effects (reserve, credit, capture are made back to back
+# and recorded together), RESERVED the capture as well (CREDITED is written while the
+# capture is on its way); see ``transfer_service.process``.
 _ALLOWED: dict[str, dict[str, tuple[int, ...]]] = {
-    "REQUESTED": {_RESERVE: (0, 1), _CREDIT: (0, 1), _CAPTURE: (0,), _RELEASE: (0,)},
+    "REQUESTED": {_RESERVE: (0, 1), _CREDIT: (0, 1), _CAPTURE: (0, 1), _RELEASE: (0,)},
     "RESERVED": {_RESERVE: (1,), _CREDIT: (0, 1), _CAPTURE: (0, 1), _RELEASE: (0,)},
     "RESERVED (releasing)": {_RESERVE: (1,), _CREDIT: (0,), _CAPTURE: (0,), _RELEASE: (0, 1)},
     "CREDITED": {_RESERVE: (1,), _CREDIT: (1,), _CAPTURE: (0, 1), _RELEASE: (0,)},

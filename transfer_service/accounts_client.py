@@ -25,7 +25,7 @@ from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from grpc_common import tls
 from grpc_common.errors import error_info
-from transfer_service.process import StepRefused, StepUnavailable
+from transfer_service.process import Decided, StepRefused, StepUnavailable, one_by_one
 
 Response = TypeVar("Response")
 log = logging.getLogger(__name__)
@@ -198,6 +198,8 @@ class StreamingAccounts:
         self._wakeup = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._generation = 0
+        # Whether the open stream's server runs a step after another (Step.after_step_id).
+        self._ordered = False
 
     async def reserve(self, account_id: str, reference: str, amount: int) -> str:
         request = pb.ReserveRequest(account_id=account_id, reference=reference, amount=amount)
@@ -218,6 +220,43 @@ class StreamingAccounts:
         request = pb.ReleaseRequest(account_id=account_id, reference=reference)
         await self._step(pb.Step(release=request))
 
+    async def forward(
+        self, from_account_id: str, to_account_id: str, reference: str, amount: int
+    ) -> list[Decided]:
+        """Reserve, credit and capture in one message, each to run once the one before
+        succeeded; one at a time (``one_by_one``) until the server has said it can."""
+        if not self._ordered:
+            return await one_by_one(self, from_account_id, to_account_id, reference, amount)
+        steps = (
+            pb.Step(
+                reserve=pb.ReserveRequest(
+                    account_id=from_account_id, reference=reference, amount=amount
+                )
+            ),
+            # No currency: it is the one the reserve answers with.
+            pb.Step(
+                credit=pb.CreditRequest(
+                    account_id=to_account_id, reference=reference, amount=amount
+                )
+            ),
+            pb.Step(capture=pb.CaptureRequest(account_id=from_account_id, reference=reference)),
+        )
+        sent = self._send(steps, ordered=True)
+        results: list[Decided] = []
+        try:
+            for n, (step_id, future, timer) in enumerate(sent):
+                try:
+                    account = await self._outcome(step_id, future, timer)
+                except (StepRefused, StepUnavailable) as exc:
+                    results.append(exc)
+                    break
+                results.append(account.currency if n == 0 else None)
+        finally:
+            for step_id, _, timer in sent[len(results) :]:
+                timer.cancel()
+                self._waiting.pop(step_id, None)
+        return results
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
@@ -225,15 +264,37 @@ class StreamingAccounts:
                 await self._pump
 
     async def _step(self, step: pb.Step) -> pb.Account:
+        ((step_id, future, timer),) = self._send((step,))
+        return await self._outcome(step_id, future, timer)
+
+    def _send(
+        self, steps: tuple[pb.Step, ...], ordered: bool = False
+    ) -> list[tuple[int, asyncio.Future[pb.Account | pb.StepError], asyncio.TimerHandle]]:
+        """Queues the steps for the next message (together); ``ordered``: each one runs
+        only once the one before it succeeded."""
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
         loop = asyncio.get_running_loop()
-        step.step_id = step_id = next(self._ids)
-        future: asyncio.Future[pb.Account | pb.StepError] = loop.create_future()
-        self._waiting[step_id] = future
-        self._outbox.append(step)
+        sent = []
+        previous = 0
+        for step in steps:
+            step.step_id = step_id = next(self._ids)
+            if ordered:
+                step.after_step_id = previous
+                previous = step_id
+            future: asyncio.Future[pb.Account | pb.StepError] = loop.create_future()
+            self._waiting[step_id] = future
+            self._outbox.append(step)
+            sent.append((step_id, future, loop.call_later(self._deadline, self._expire, step_id)))
         self._wakeup.set()
-        timer = loop.call_later(self._deadline, self._expire, step_id)
+        return sent
+
+    async def _outcome(
+        self,
+        step_id: int,
+        future: asyncio.Future[pb.Account | pb.StepError],
+        timer: asyncio.TimerHandle,
+    ) -> pb.Account:
         try:
             outcome = await future
         finally:
@@ -269,7 +330,10 @@ class StreamingAccounts:
             self._generation += 1
             self._wakeup.set()  # lets the previous stream's generator see it is over
             call = self._stub.ExecuteSteps(self._requests(self._generation))
+            self._ordered = False
             try:
+                metadata = await call.initial_metadata()
+                self._ordered = ORDERED_STEPS in tuple(metadata or ())
                 async for response in call:
                     failures = 0
                     for outcome in response.outcomes:
@@ -304,3 +368,5 @@ class StreamingAccounts:
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+# What an account service that runs steps in order (Step.after_step_id) says when a stream opens.
+ORDERED_STEPS = ("bank-step-order", "after")

@@ -15,7 +15,18 @@ driven on from what is stored: a call is at worst repeated, never applied twice.
 transient fault (``StepUnavailable``) is never a refusal: the same step is retried, with
 backoff, until it is decided.
 
-Records and calls overlap where that cannot change what happens. RESERVED and CREDITED
+From REQUESTED the three forward calls (reserve, credit, capture) are made back to back,
+each only once the one before succeeded, and everything they decided is recorded in one
+append: two durable records for a whole transfer instead of four. The port may carry the
+three in one message (``forward``); the account side still applies them one account at a
+time, in order. Nothing new is at stake: from REQUESTED a restart makes the same calls
+again, and a repeat answers as the first did (a reservation already captured included).
+What the records do not yet show is what a restart would redo. A refusal or an undecided
+call ends the sequence there; what was decided before it is recorded, and the protocol
+goes on step by step from that record.
+
+Records and calls overlap where that cannot change what happens. On the step-by-step
+path (after a partial sequence, or with ``forward_calls=False``) RESERVED and CREDITED
 are written while the next call (credit, capture) is already on its way: from the state
 before either record, a restarted process makes the very same calls again (a repeat of
 an applied step answers as the first did), so whether the record landed first changes
@@ -33,7 +44,7 @@ import logging
 import random as _random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from event_store import ConcurrencyConflict
 from transfer_service.domain import (
@@ -84,6 +95,48 @@ class AccountsPort(Protocol):
     async def capture(self, account_id: str, reference: str) -> None: ...
 
     async def release(self, account_id: str, reference: str) -> None: ...
+
+
+Decided: TypeAlias = str | StepRefused | StepUnavailable | None
+"""One forward call's result: the currency (reserve) or None (credit, capture) if it was
+applied, else why not."""
+
+
+class ForwardingAccounts(AccountsPort, Protocol):
+    """A port that can send reserve, credit and capture as one sequence (see ``forward``)."""
+
+    async def forward(
+        self, from_account_id: str, to_account_id: str, reference: str, amount: int
+    ) -> list[Decided]: ...
+
+
+async def forward(
+    accounts: AccountsPort, from_account_id: str, to_account_id: str, reference: str, amount: int
+) -> list[Decided]:
+    """Reserve, credit (in the reserved currency), capture: each only once the one before
+    succeeded. Returns the results in that order, up to and including the first that did
+    not succeed. Uses the port's own ``forward`` where it has one."""
+    own = getattr(accounts, "forward", None)
+    if own is not None:
+        return await own(from_account_id, to_account_id, reference, amount)
+    return await one_by_one(accounts, from_account_id, to_account_id, reference, amount)
+
+
+async def one_by_one(
+    accounts: AccountsPort, from_account_id: str, to_account_id: str, reference: str, amount: int
+) -> list[Decided]:
+    """``forward`` as three calls, each awaited before the next is made."""
+    results: list[Decided] = []
+    try:
+        currency = await accounts.reserve(from_account_id, reference, amount)
+        results.append(currency)
+        await accounts.credit(to_account_id, reference, amount, currency)
+        results.append(None)
+        await accounts.capture(from_account_id, reference)
+        results.append(None)
+    except (StepRefused, StepUnavailable) as exc:
+        results.append(exc)
+    return results
 
 
 class TransferRepository(Protocol):
@@ -167,10 +220,13 @@ class TransferProcess:
         crash_point: CrashPoint = no_op,
         on_retry: RetryHook | None = None,
         overlap_records: bool = True,
+        forward_calls: bool = True,
     ) -> None:
-        """``overlap_records=False`` stores every record before the next call (slower;
-        the protocol as first written, kept to measure the difference)."""
+        """``overlap_records=False`` stores every record before the next call, and
+        ``forward_calls=False`` makes and records the calls from REQUESTED one at a time
+        (both slower; the protocol as first written, kept to measure the difference)."""
         self._overlap = overlap_records
+        self._forward = forward_calls
         self._accounts = accounts
         self._repository = repository
         self._backoff = backoff
@@ -214,35 +270,15 @@ class TransferProcess:
                     raise InvalidTransition(f"transfer {transfer.transfer_id} was never requested")
                 try:
                     events, point = await self._take(step, transfer)
-                except StepUnavailable as exc:
-                    failures += 1
-                    delay = self._backoff.delay(failures)
-                    log.warning(
-                        "transfer %s: %s not decided (%s); retry %d in %.2fs",
-                        transfer.transfer_id,
-                        step.value,
-                        exc,
-                        failures,
-                        delay,
-                    )
-                    self._notify_retry(transfer, step, exc)
-                    await self._backoff.sleep(delay)
+                except (StepUnavailable, StepRefused) as exc:
+                    failures = await self._held_up(transfer, step, exc, failures)
                     continue
-                except StepRefused as exc:
-                    # Only capture and release get here. Their hold exists because this
-                    # process made it, so a refusal means the two services disagree. Failing
-                    # the transfer would be wrong (after a credit the money has already
-                    # arrived), so it stays non-terminal and visible until someone repairs
-                    # the account side.
-                    failures += 1
-                    log.error(
-                        "transfer %s: %s refused (%s), which the protocol rules out; retrying",
-                        transfer.transfer_id,
-                        step.value,
-                        exc,
-                    )
-                    self._notify_retry(transfer, step, exc)
-                    await self._backoff.sleep(self._backoff.maximum)
+                except _Partly as partly:
+                    # From REQUESTED, where no record is outstanding: store what the
+                    # forward calls decided, then wait as for the call that held them up.
+                    transfer = await self._record(transfer, partly.events, partly.points)
+                    # A call succeeded before this one: the backoff starts afresh.
+                    failures = await self._held_up(transfer, partly.step, partly.cause, 0)
                     continue
                 failures = 0
                 if recording is not None:
@@ -266,9 +302,44 @@ class TransferProcess:
                 # not land, as with any interrupted record; both are states to resume from.
                 recording.cancel()
 
-    async def _take(self, step: Step, transfer: Transfer) -> tuple[list[TransferEvent], str | None]:
-        """Make the step's call; return the decision to record and the point after recording it."""
+    async def _held_up(
+        self, transfer: Transfer, step: Step, exc: StepUnavailable | StepRefused, failures: int
+    ) -> int:
+        """Waits before the step is tried again; returns the count of failures in a row."""
+        failures += 1
+        self._notify_retry(transfer, step, exc)
+        if isinstance(exc, StepUnavailable):
+            delay = self._backoff.delay(failures)
+            log.warning(
+                "transfer %s: %s not decided (%s); retry %d in %.2fs",
+                transfer.transfer_id,
+                step.value,
+                exc,
+                failures,
+                delay,
+            )
+            await self._backoff.sleep(delay)
+        else:
+            # Only capture and release get here. Their hold exists because this process
+            # made it, so a refusal means the two services disagree. Failing the transfer
+            # would be wrong (after a credit the money has already arrived), so it stays
+            # non-terminal and visible until someone repairs the account side.
+            log.error(
+                "transfer %s: %s refused (%s), which the protocol rules out; retrying",
+                transfer.transfer_id,
+                step.value,
+                exc,
+            )
+            await self._backoff.sleep(self._backoff.maximum)
+        return failures
+
+    async def _take(
+        self, step: Step, transfer: Transfer
+    ) -> tuple[list[TransferEvent], str | tuple[str, ...] | None]:
+        """Make the step's call; return the decision to record and the points after recording it."""
         match step:
+            case Step.RESERVE if self._forward:
+                return await self._forward_calls(transfer)
             case Step.RESERVE:
                 return await self._reserve(transfer)
             case Step.CREDIT:
@@ -277,6 +348,39 @@ class TransferProcess:
                 return await self._capture(transfer)
             case Step.RELEASE:
                 return await self._release(transfer)
+
+    async def _forward_calls(self, t: Transfer) -> tuple[list[TransferEvent], tuple[str, ...]]:
+        results = await forward(
+            self._accounts, t.from_account_id, t.to_account_id, t.transfer_id, t.amount
+        )
+        reserved = results[0]
+        if isinstance(reserved, StepUnavailable):
+            raise reserved  # nothing decided: the whole sequence is tried again
+        self._crash_point(AFTER_RESERVE_ANSWERED)
+        if isinstance(reserved, StepRefused):
+            return t.failed(reserved.reason), ()
+        assert isinstance(reserved, str)
+        events = t.reserved(reserved)
+        points = [AFTER_RECORD_RESERVED]
+        decided = _decided(t, events)
+        credited = results[1] if len(results) > 1 else StepUnavailable("not sent")
+        if isinstance(credited, StepUnavailable):
+            raise _Partly(events, tuple(points), Step.CREDIT, credited)
+        self._crash_point(AFTER_CREDIT_ANSWERED)
+        if isinstance(credited, StepRefused):
+            # Compensation: the next step (release) is decided by this record.
+            return [*events, *decided.credit_refused(credited.reason)], (
+                *points,
+                AFTER_RECORD_CREDIT_REFUSED,
+            )
+        more = decided.credited()
+        events, decided = [*events, *more], _decided(decided, more)
+        points.append(AFTER_RECORD_CREDITED)
+        captured = results[2] if len(results) > 2 else StepUnavailable("not sent")
+        if isinstance(captured, StepRefused | StepUnavailable):
+            raise _Partly(events, tuple(points), Step.CAPTURE, captured)
+        self._crash_point(AFTER_CAPTURE_ANSWERED)
+        return [*events, *decided.completed()], tuple(points)
 
     async def _reserve(self, t: Transfer) -> tuple[list[TransferEvent], str | None]:
         try:
@@ -308,7 +412,10 @@ class TransferProcess:
         return t.failed(t.failure_reason), None
 
     async def _record(
-        self, transfer: Transfer, events: list[TransferEvent], point: str | None
+        self,
+        transfer: Transfer,
+        events: list[TransferEvent],
+        point: str | tuple[str, ...] | None,
     ) -> Transfer:
         try:
             recorded = await self._repository.record(transfer, events)
@@ -320,13 +427,28 @@ class TransferProcess:
             if stored is None:
                 raise TransferNotFound(transfer.transfer_id) from None
             return stored
-        if point is not None:
-            self._crash_point(point)
+        for each in (point,) if isinstance(point, str) else point or ():
+            self._crash_point(each)
         return recorded
 
     def _notify_retry(self, transfer: Transfer, step: Step, exc: Exception) -> None:
         if self._on_retry is not None:
             self._on_retry(transfer.transfer_id, step.value, exc)
+
+
+class _Partly(Exception):
+    """The forward calls stopped undecided (or refused, where that is ruled out) after
+    deciding ``events``: record those, then retry ``step`` after the usual wait."""
+
+    def __init__(
+        self,
+        events: list[TransferEvent],
+        points: tuple[str, ...],
+        step: Step,
+        cause: StepUnavailable | StepRefused,
+    ) -> None:
+        super().__init__(f"{step.value}: {cause}")
+        self.events, self.points, self.step, self.cause = events, points, step, cause
 
 
 def _decided(transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:

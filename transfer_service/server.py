@@ -23,7 +23,14 @@ from transfer_service.domain import (
     TransferRequested,
 )
 from transfer_service.grpc_api.servicers import TransferServicer
-from transfer_service.process import POINTS, RetryHook, TransferProcess, TransferRepository
+from transfer_service.process import (
+    POINTS,
+    Decided,
+    RetryHook,
+    TransferProcess,
+    TransferRepository,
+    one_by_one,
+)
 from transfer_service.repository import StoredTransfers
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
@@ -105,6 +112,13 @@ class _SampledSteps:
     def release(self, account_id: str, reference: str) -> Awaitable[None]:
         return self._port().release(account_id, reference)
 
+    def forward(
+        self, from_account_id: str, to_account_id: str, reference: str, amount: int
+    ) -> Awaitable[list[Decided]]:
+        if tracing.sampled():
+            return one_by_one(self._traced, from_account_id, to_account_id, reference, amount)
+        return self._stream.forward(from_account_id, to_account_id, reference, amount)
+
     async def close(self) -> None:
         await self._stream.close()
 
@@ -147,6 +161,8 @@ def builder(accounts_target: str, deadline: float, transport: str = "stream"):
             # BANK_OVERLAP_RECORDS=0 waits for every record before the next call (for
             # measurement: see bank bench-variants).
             overlap_records=os.environ.get("BANK_OVERLAP_RECORDS", "1") != "0",
+            # BANK_FORWARD_CALLS=0 makes and records the calls from REQUESTED one at a time.
+            forward_calls=os.environ.get("BANK_FORWARD_CALLS", "1") != "0",
         )
         driver: Any = _TracedProcess(process) if traced else process
         transfers = Transfers(repository, driver)

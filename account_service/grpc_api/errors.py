@@ -8,7 +8,17 @@ from account_service import domain
 from account_service.application import ContentionTooHigh
 from event_store import StoreUnavailable
 from grpc_common.errors import ErrorTable, Refusal
-from shared_kernel.errors import InvalidArgument
+from shared_kernel.errors import DomainError, InvalidArgument
+
+
+class StepNotRun(DomainError):
+    """An ExecuteSteps step sent to run after another one that did not succeed."""
+
+    def __init__(self, after_step_id: int) -> None:
+        super().__init__(
+            f"not run: step {after_step_id} did not succeed", after_step_id=str(after_step_id)
+        )
+
 
 ERRORS = ErrorTable(
     {
@@ -27,5 +37,6 @@ ERRORS = ErrorTable(
         domain.BalanceOutOfRange: Refusal(StatusCode.OUT_OF_RANGE, "BALANCE_OUT_OF_RANGE"),
         StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
         ContentionTooHigh: Refusal(StatusCode.UNAVAILABLE, "CONTENTION"),
+        StepNotRun: Refusal(StatusCode.ABORTED, "STEP_NOT_RUN"),
     }
 )

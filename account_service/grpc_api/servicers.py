@@ -16,7 +16,7 @@ from grpc import StatusCode
 
 from account_service.application import Accounts, AccountView, Decision
 from account_service.grpc_api import messages
-from account_service.grpc_api.errors import ERRORS
+from account_service.grpc_api.errors import ERRORS, StepNotRun
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from shared_kernel import page_tokens
@@ -160,6 +160,7 @@ class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
     ) -> AsyncIterator[pb.ExecuteStepsResponse]:
         """Steps go to their accounts' mailboxes as they arrive; outcomes go back as they
         finish, batched into as few messages as the pace allows."""
+        await context.send_initial_metadata(STEP_ORDER_METADATA)
         stream = _StepStream(self._accounts)
         reader = asyncio.create_task(stream.read(requests))
         self._readers.add(reader)
@@ -171,32 +172,62 @@ class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
             reader.cancel()
 
 
+STEP_ORDER_METADATA = (("bank-step-order", "after"),)
+
+
 class _StepStream:
-    """The state of one ExecuteSteps call: steps in flight and outcomes not yet sent."""
+    """The state of one ExecuteSteps call: steps in flight and outcomes not yet sent.
+
+    A step with ``after_step_id`` waits, unparsed, until the step it follows has an
+    outcome: then it starts (credit taking that step's currency if it has none of its
+    own), or, if that step did not succeed, is answered STEP_NOT_RUN with its own
+    followers.
+    """
 
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
         self._outcomes: list[pb.StepOutcome] = []
         self._ready = asyncio.Event()
-        self._in_flight = 0
+        self._in_flight = 0  # started or waiting for the step they follow
+        self._followers: dict[int, list[pb.Step]] = {}
 
     async def read(self, requests: AsyncIterator[pb.ExecuteStepsRequest]) -> None:
         try:
             async for request in requests:
+                # Followers are placed before any step starts, so that a step refused at
+                # once still finds (and answers) the steps that follow it.
+                earlier: set[int] = set()
+                first: list[pb.Step] = []
                 for step in request.steps:
+                    after = step.after_step_id
+                    if not after:
+                        first.append(step)
+                    elif after in earlier:
+                        self._in_flight += 1
+                        self._followers.setdefault(after, []).append(step)
+                    else:
+                        error = InvalidArgument(
+                            "after_step_id", "must name an earlier step of the same request"
+                        )
+                        self._send(pb.StepOutcome(step_id=step.step_id, error=_step_error(error)))
+                        continue
+                    earlier.add(step.step_id)
+                for step in first:
                     self._start(step)
         finally:
             self._ready.set()
 
-    def _start(self, step: pb.Step) -> None:
+    def _start(self, step: pb.Step, currency: str = "") -> None:
         kind = step.WhichOneof("action")
         try:
             if kind is None:
                 raise InvalidArgument("action", "a step needs reserve, credit, capture or release")
+            if kind == "credit" and currency and not step.credit.currency:
+                step.credit.currency = currency
             account_id, decision = _STEPS[kind](getattr(step, kind))
             future = self._accounts.submit(account_id, decision)
         except Exception as exc:
-            self._send(pb.StepOutcome(step_id=step.step_id, error=_step_error(exc)))
+            self._finish(step.step_id, None, exc)
             return
         self._in_flight += 1
         future.add_done_callback(functools.partial(self._finished, step.step_id))
@@ -204,11 +235,20 @@ class _StepStream:
     def _finished(self, step_id: int, future: asyncio.Future[AccountView]) -> None:
         self._in_flight -= 1
         exc = future.exception()
-        if exc is None:
-            outcome = pb.StepOutcome(step_id=step_id, account=messages.account(future.result()))
+        self._finish(step_id, None if exc is not None else future.result(), exc)
+
+    def _finish(self, step_id: int, view: AccountView | None, exc: BaseException | None) -> None:
+        if exc is None and view is not None:
+            outcome = pb.StepOutcome(step_id=step_id, account=messages.account(view))
         else:
             outcome = pb.StepOutcome(step_id=step_id, error=_step_error(exc))
         self._send(outcome)
+        for follower in self._followers.pop(step_id, ()):
+            self._in_flight -= 1
+            if view is not None:
+                self._start(follower, view.currency)
+            else:
+                self._finish(follower.step_id, None, StepNotRun(step_id))
 
     def _send(self, outcome: pb.StepOutcome) -> None:
         self._outcomes.append(outcome)

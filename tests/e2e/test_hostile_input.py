@@ -89,6 +89,7 @@ REASONS = {
     "STORE_UNAVAILABLE",
     "TRANSFER_PENDING",
     "CONTENTION",
+    "STEP_NOT_RUN",
 }
 # Fields whose validity does not depend on the rest of the request or on stored state.
 RULES: dict[str, Callable[[object], object]] = {
@@ -702,12 +703,20 @@ def check_outcomes(requests: list[Message], responses: list[Message]) -> None:
         error, candidates = outcome.error, steps[outcome.step_id]
         code = _CODES.get(error.code, StatusCode.UNKNOWN)
         what = f"step {outcome.step_id} answered {code.name} ({error.message!r}): {candidates}"
-        assert code not in FORBIDDEN and code in CLEAR_CODES - {StatusCode.OK}, what
+        # ABORTED/STEP_NOT_RUN: a step sent to run after one that did not succeed.
+        clear = CLEAR_CODES - {StatusCode.OK} | {StatusCode.ABORTED}
+        assert code not in FORBIDDEN and code in clear, what
         assert error.reason in REASONS, what
+        if code == StatusCode.ABORTED:
+            assert error.reason == "STEP_NOT_RUN", what
+            assert any(step.after_step_id for step in candidates), what
         if code == StatusCode.INVALID_ARGUMENT:
             name = error.metadata["field"]
             assert any(
                 (name == "action" and step.WhichOneof("action") is None)
+                # after_step_id naming no earlier step of its request (or a step that was
+                # itself refused so).
+                or (name == "after_step_id" and step.after_step_id != 0)
                 or (
                     step.WhichOneof("action") is not None
                     and _may_refuse(

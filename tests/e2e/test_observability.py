@@ -140,7 +140,10 @@ def test_metrics_and_json_logs(observed_bank, tmp_path):
     assert value(accounts, steps, step="reserve", code="FAILED_PRECONDITION") == 1
     assert value(accounts, steps, step="credit", code="OK") == 1
     assert value(accounts, steps, step="capture", code="OK") == 1
-    assert value(accounts, "bank_reservation_step_seconds_count", step="capture") == 1
+    # The refused transfer's credit and capture were sent to follow its reserve: not run.
+    assert value(accounts, steps, step="credit", code="ABORTED") == 1
+    assert value(accounts, steps, step="capture", code="ABORTED") == 1
+    assert value(accounts, "bank_reservation_step_seconds_count", step="capture") == 2
     assert value(accounts, "bank_event_store_append_seconds_count") > 0
     assert value(accounts, "bank_event_store_commit_appends_count") > 0
 

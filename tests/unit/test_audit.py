@@ -339,10 +339,22 @@ def test_in_flight_effects_out_of_protocol_order():
     assert any("with Credited but no Reserved" in v.detail for v in report.violations)
 
 
-def test_in_flight_a_capture_is_never_two_records_ahead():
+def test_in_flight_requested_may_carry_the_whole_forward_sequence():
+    # Reserve, credit and capture answered; their one record not written yet.
     h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
     h.account(ADA, Reserved(30, T1)).account(BOB, Credited(30, T1))
     h.account(ADA, ReservationCaptured(30, T1))
     report = h.audit()
+    assert report.ok, report.render()
+    assert [(f.state, f.applied) for f in report.in_flight] == [
+        ("REQUESTED", ("Reserved", "Credited", "ReservationCaptured"))
+    ]
+
+
+def test_in_flight_requested_never_carries_a_release():
+    # A release follows a stored CreditRefused, so REQUESTED cannot have one.
+    h = opened().transfer(T1, TransferRequested(T1, ADA, BOB, 30))
+    h.account(ADA, Reserved(30, T1)).account(ADA, ReservationReleased(30, T1))
+    report = h.audit()
     assert checks.UNEXPECTED_EFFECT in kinds_of(report)
-    assert any("REQUESTED but 1 ReservationCaptured" in v.detail for v in report.violations)
+    assert any("REQUESTED but 1 ReservationReleased" in v.detail for v in report.violations)

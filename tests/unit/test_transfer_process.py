@@ -39,6 +39,8 @@ from transfer_service.process import (
     StepRefused,
     StepUnavailable,
     TransferProcess,
+    forward,
+    one_by_one,
 )
 
 TID = "11111111-1111-4111-8111-111111111111"
@@ -75,7 +77,11 @@ class World:
         self.process = self.new_process()
 
     def new_process(
-        self, crash_at: str | None = None, *, overlap_records: bool = True
+        self,
+        crash_at: str | None = None,
+        *,
+        overlap_records: bool = True,
+        forward_calls: bool = True,
     ) -> TransferProcess:
         def crash_point(name: str) -> None:
             self.points.append(name)
@@ -89,6 +95,7 @@ class World:
             crash_point=crash_point,
             on_retry=lambda *args: self.retries.append(args),
             overlap_records=overlap_records,
+            forward_calls=forward_calls,
         )
 
     async def run(self) -> Transfer:
@@ -346,6 +353,7 @@ async def test_crash_at_any_point_then_resume_ends_as_without_the_crash(point):
 
 async def test_recording_conflict_reloads_and_continues_from_the_stored_state():
     w = World()
+    w.process = w.new_process(forward_calls=False)
     transfer = await w.process.request(TID, SRC, DST, AMOUNT)
     # Another driver reserves and credits before this one records its reservation.
     w.repo.before_next_record(
@@ -362,6 +370,26 @@ async def test_recording_conflict_reloads_and_continues_from_the_stored_state():
         TransferCredited(),
         TransferCompleted(),
     ]
+
+
+async def test_recording_conflict_after_the_forward_calls_goes_on_from_the_stored_state():
+    w = World()
+    transfer = await w.process.request(TID, SRC, DST, AMOUNT)
+    # Another driver records reserve and credit before this one records all three.
+    w.repo.before_next_record(
+        lambda repo: repo.append(TID, [TransferReserved("EUR"), TransferCredited()])
+    )
+    done = await w.process.drive(transfer)
+    assert done.state is TransferState.COMPLETED
+    # From the stored CREDITED the capture is made again: a repeat, applied once.
+    assert w.accounts.steps_called() == ["reserve", "credit", "capture", "capture"]
+    assert w.repo.events(TID) == [
+        TransferRequested(TID, SRC, DST, AMOUNT),
+        TransferReserved("EUR"),
+        TransferCredited(),
+        TransferCompleted(),
+    ]
+    assert_no_effect_twice(w.accounts)
 
 
 async def test_recording_conflict_never_repeats_the_other_writers_decision():
@@ -427,6 +455,36 @@ async def test_request_racing_an_identical_request_returns_the_stored_one():
 async def test_crash_points_on_the_happy_path_in_order():
     w = World()
     await w.run()
+    # The three forward calls are answered before their one record is stored.
+    assert w.points == [
+        AFTER_RECORD_REQUESTED,
+        AFTER_RESERVE_ANSWERED,
+        AFTER_CREDIT_ANSWERED,
+        AFTER_CAPTURE_ANSWERED,
+        AFTER_RECORD_RESERVED,
+        AFTER_RECORD_CREDITED,
+    ]
+
+
+async def test_crash_points_on_the_compensation_path_in_order():
+    w = World()
+    w.accounts.accounts[DST].closed = True
+    await w.run()
+    # The refusal is stored (with the reservation) before the release goes out.
+    assert w.points == [
+        AFTER_RECORD_REQUESTED,
+        AFTER_RESERVE_ANSWERED,
+        AFTER_CREDIT_ANSWERED,
+        AFTER_RECORD_RESERVED,
+        AFTER_RECORD_CREDIT_REFUSED,
+        AFTER_RELEASE_ANSWERED,
+    ]
+
+
+async def test_crash_points_step_by_step_on_the_happy_path_in_order():
+    w = World()
+    w.process = w.new_process(forward_calls=False)
+    await w.run()
     # Each forward record overlaps the next call, so those two pairs may come either way.
     assert w.points[:2] == [AFTER_RECORD_REQUESTED, AFTER_RESERVE_ANSWERED]
     assert set(w.points[2:4]) == {AFTER_RECORD_RESERVED, AFTER_CREDIT_ANSWERED}
@@ -434,8 +492,9 @@ async def test_crash_points_on_the_happy_path_in_order():
     assert len(w.points) == 6
 
 
-async def test_crash_points_on_the_compensation_path_in_order():
+async def test_crash_points_step_by_step_on_the_compensation_path_in_order():
     w = World()
+    w.process = w.new_process(forward_calls=False)
     w.accounts.accounts[DST].closed = True
     await w.run()
     assert w.points[:2] == [AFTER_RECORD_REQUESTED, AFTER_RESERVE_ANSWERED]
@@ -470,7 +529,8 @@ async def _drive_with_held_record(
 ) -> Transfer:
     repo = GatedRepository(w.accounts, held)
     w.repo = repo
-    process = w.new_process(overlap_records=overlap_records)
+    # Step by step: with the forward calls there is no record between them to overlap.
+    process = w.new_process(overlap_records=overlap_records, forward_calls=False)
     transfer = await process.request(TID, SRC, DST, AMOUNT)
     driving = asyncio.create_task(process.drive(transfer))
     for _ in range(100):
@@ -531,6 +591,134 @@ async def test_crash_points_when_reserve_is_refused():
     w = World(src_balance=0)
     await w.run()
     assert w.points == [AFTER_RECORD_REQUESTED, AFTER_RESERVE_ANSWERED]
+
+
+# --- the forward calls: reserve, credit, capture back to back, one record ---
+
+
+async def test_forward_calls_store_a_whole_transfer_in_two_records():
+    w = World()
+    done = await w.run()
+    assert done.state is TransferState.COMPLETED
+    assert w.repo.record_calls == 2  # REQUESTED, then everything the three calls decided
+    assert w.accounts.steps_called() == ["reserve", "credit", "capture"]
+    assert w.accounts.total_balance() == 1050
+    assert w.accounts.open_holds() == {}
+
+
+async def test_step_by_step_stores_four_records():
+    w = World()
+    w.process = w.new_process(forward_calls=False)
+    done = await w.run()
+    assert done.state is TransferState.COMPLETED
+    assert w.repo.record_calls == 4
+    assert w.repo.events(TID)[1:] == [
+        TransferReserved("EUR"),
+        TransferCredited(),
+        TransferCompleted(),
+    ]
+
+
+async def test_forward_credit_refused_stores_it_with_the_reservation_before_releasing():
+    w = World()
+    w.accounts.accounts[DST].closed = True
+    done = await w.run()
+    assert done.state is TransferState.FAILED
+    assert done.failure_reason == "ACCOUNT_CLOSED"
+    assert w.repo.record_calls == 3  # REQUESTED; Reserved + CreditRefused; Failed
+    assert w.repo.events(TID)[1:3] == [TransferReserved("EUR"), CreditRefused("ACCOUNT_CLOSED")]
+    assert w.accounts.steps_called() == ["reserve", "credit", "release"]
+    assert w.accounts.total_balance() == 1050
+    assert w.accounts.open_holds() == {}
+
+
+@pytest.mark.parametrize(
+    ("step", "recorded"),
+    [
+        ("reserve", []),
+        ("credit", [TransferReserved("EUR")]),
+        ("capture", [TransferReserved("EUR"), TransferCredited()]),
+    ],
+)
+async def test_forward_call_not_decided_records_what_was_decided_and_goes_on(step, recorded):
+    w = World()
+    w.accounts.fail_next(step)
+    done = await w.run()
+    assert done.state is TransferState.COMPLETED
+    events = w.repo.events(TID)
+    # What came before the undecided call is stored on its own, then the protocol goes on
+    # from there (retrying that call) to the end.
+    assert events[1 : 1 + len(recorded)] == recorded
+    assert events[-1] == TransferCompleted()
+    assert len(w.sleep.delays) == 1
+    calls = w.accounts.steps_called()
+    assert calls.count(step) == 2
+    assert sorted(set(calls)) == ["capture", "credit", "reserve"]
+    assert_no_effect_twice(w.accounts)
+    assert w.accounts.total_balance() == 1050
+    assert w.accounts.open_holds() == {}
+
+
+@pytest.mark.parametrize("step", ["reserve", "credit", "capture"])
+async def test_forward_lost_answer_is_repeated_without_applying_twice(step):
+    w = World()
+    w.accounts.fail_next(step, after_effect=True)
+    done = await w.run()
+    assert done.state is TransferState.COMPLETED
+    assert_no_effect_twice(w.accounts)
+    assert w.accounts.accounts[SRC].balance == 1000 - AMOUNT
+    assert w.accounts.accounts[DST].balance == 50 + AMOUNT
+
+
+async def test_restart_from_requested_after_the_whole_transfer_was_applied_changes_nothing():
+    # The process died after all three calls were answered, before recording them.
+    w = World()
+    w.process = w.new_process(crash_at=AFTER_CAPTURE_ANSWERED)
+    with pytest.raises(Crash):
+        await w.run()
+    assert (await w.stored()).state is TransferState.REQUESTED
+    balances = {a: w.accounts.accounts[a].balance for a in (SRC, DST)}
+    done = await w.new_process().drive(await w.stored())
+    assert done.state is TransferState.COMPLETED
+    # The repeats (a reservation already captured included) are answered as done.
+    assert w.accounts.steps_called() == ["reserve", "credit", "capture"] * 2
+    assert {a: w.accounts.accounts[a].balance for a in (SRC, DST)} == balances
+    assert_no_effect_twice(w.accounts)
+    assert w.accounts.open_holds() == {}
+
+
+class ForwardingFake(FakeAccounts):
+    """A port with its own ``forward`` (as the ExecuteSteps stream has)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwards: list[tuple[str, str, str, int]] = []
+
+    async def forward(self, from_account_id, to_account_id, reference, amount):  # type: ignore[no-untyped-def]
+        self.forwards.append((from_account_id, to_account_id, reference, amount))
+        return await one_by_one(self, from_account_id, to_account_id, reference, amount)
+
+
+async def test_the_ports_own_forward_is_used_when_it_has_one():
+    w = World()
+    fake = ForwardingFake()
+    fake.open(SRC, "EUR", 1000)
+    fake.open(DST, "EUR", 50)
+    w.accounts = fake
+    w.process = w.new_process()
+    done = await w.run()
+    assert done.state is TransferState.COMPLETED
+    assert fake.forwards == [(SRC, DST, TID, AMOUNT)]
+    assert fake.steps_called() == ["reserve", "credit", "capture"]
+
+
+async def test_forward_stops_at_the_first_refusal():
+    w = World(src_balance=0)
+    results = await forward(w.accounts, SRC, DST, TID, AMOUNT)
+    assert len(results) == 1
+    assert isinstance(results[0], StepRefused)
+    assert results[0].reason == "INSUFFICIENT_FUNDS"
+    assert w.accounts.steps_called() == ["reserve"]
 
 
 # --- refusals the protocol rules out ---

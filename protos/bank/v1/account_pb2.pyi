@@ -199,18 +199,20 @@ class ReleaseRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step_id", "reserve", "credit", "capture", "release")
+    __slots__ = ("step_id", "reserve", "credit", "capture", "release", "after_step_id")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_STEP_ID_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     reserve: ReserveRequest
     credit: CreditRequest
     capture: CaptureRequest
     release: ReleaseRequest
-    def __init__(self, step_id: _Optional[int] = ..., reserve: _Optional[_Union[ReserveRequest, _Mapping]] = ..., credit: _Optional[_Union[CreditRequest, _Mapping]] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ...) -> None: ...
+    after_step_id: int
+    def __init__(self, step_id: _Optional[int] = ..., reserve: _Optional[_Union[ReserveRequest, _Mapping]] = ..., credit: _Optional[_Union[CreditRequest, _Mapping]] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., after_step_id: _Optional[int] = ...) -> None: ...
 
 class ExecuteStepsRequest(_message.Message):
     __slots__ = ("steps",)

@@ -440,7 +440,10 @@ class ReservationServiceServicer:
         """The same four calls, many at a time, over one long-lived stream: each request
         carries a batch of steps, each response the outcomes of steps that have finished
         (in any order, matched by step id). Each step means exactly what its unary call
-        means, with the same idempotency and the same refusals.
+        means, with the same idempotency and the same refusals. A step may be sent to run
+        only after an earlier step of the same request succeeded (Step.after_step_id): one
+        request then carries a whole sequence, e.g. reserve, then credit, then capture, and
+        the account service runs it one step (one account) at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,145 @@
+"""ExecuteSteps with Step.after_step_id, against a real account service: a sequence of steps
+in one request runs one step at a time, each only after the one before succeeded."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+
+from bank.v1 import account_pb2 as apb
+from tests.e2e.conftest import new_account
+from transfer_service.accounts_client import StreamingAccounts
+from transfer_service.process import StepRefused, StepUnavailable
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(bank, *requests: apb.ExecuteStepsRequest) -> tuple[dict[int, apb.StepOutcome], tuple]:
+    """Sends the requests on one stream; every outcome by step id, and the initial metadata."""
+    call = bank.reservations.ExecuteSteps(iter(requests), timeout=30)
+    outcomes = {o.step_id: o for response in call for o in response.outcomes}
+    return outcomes, tuple(call.initial_metadata())
+
+
+def _sequence(source: str, target: str, reference: str, amount: int) -> list[apb.Step]:
+    return [
+        apb.Step(
+            step_id=1,
+            reserve=apb.ReserveRequest(account_id=source, reference=reference, amount=amount),
+        ),
+        apb.Step(
+            step_id=2,
+            after_step_id=1,
+            credit=apb.CreditRequest(account_id=target, reference=reference, amount=amount),
+        ),
+        apb.Step(
+            step_id=3,
+            after_step_id=2,
+            capture=apb.CaptureRequest(account_id=source, reference=reference),
+        ),
+    ]
+
+
+def _balances(bank, *ids: str) -> list[tuple[int, int]]:
+    accounts = [bank.accounts.GetAccount(apb.GetAccountRequest(account_id=i)) for i in ids]
+    return [(a.balance, a.reserved) for a in accounts]
+
+
+def test_the_stream_says_it_runs_steps_in_order(bank):
+    _, metadata = _run(bank, apb.ExecuteStepsRequest())
+    assert ("bank-step-order", "after") in metadata
+
+
+def test_a_whole_transfer_in_one_request_moves_the_money_once(bank):
+    ada, bob = new_account(bank, 100).account_id, new_account(bank).account_id
+    steps = _sequence(ada, bob, str(uuid.uuid4()), 30)
+    outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=steps))
+    assert [outcomes[i].WhichOneof("result") for i in (1, 2, 3)] == ["account"] * 3
+    # The credit took the reserve's currency.
+    assert outcomes[2].account.currency == "EUR"
+    assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
+    # The same request again repeats every step and changes nothing.
+    outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=steps))
+    assert [outcomes[i].WhichOneof("result") for i in (1, 2, 3)] == ["account"] * 3
+    assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
+
+
+def test_a_refused_step_stops_the_steps_after_it(bank):
+    ada, carol = new_account(bank, 100).account_id, new_account(bank).account_id
+    bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=carol))
+    outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=_sequence(ada, carol, "r-1", 30)))
+    assert outcomes[1].WhichOneof("result") == "account"
+    assert outcomes[2].error.reason == "ACCOUNT_CLOSED"
+    not_run = outcomes[3].error
+    assert (not_run.code, not_run.reason) == (grpc.StatusCode.ABORTED.value[0], "STEP_NOT_RUN")
+    assert not_run.metadata["after_step_id"] == "2"
+    # The hold stays until it is released; nothing was captured.
+    assert _balances(bank, ada) == [(100, 30)]
+    bank.reservations.Release(apb.ReleaseRequest(account_id=ada, reference="r-1"))
+    assert _balances(bank, ada) == [(100, 0)]
+
+
+def test_a_step_refused_at_once_still_answers_the_steps_after_it(bank):
+    bob = new_account(bank).account_id
+    steps = _sequence("not-an-id", bob, "r-2", 30)
+    outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=steps))
+    assert outcomes[1].error.reason == "INVALID_ARGUMENT"
+    assert [outcomes[i].error.reason for i in (2, 3)] == ["STEP_NOT_RUN"] * 2
+    assert _balances(bank, bob) == [(0, 0)]
+
+
+@pytest.mark.parametrize("after", [7, 2])
+def test_after_a_step_not_earlier_in_the_request_is_invalid(bank, after):
+    ada, bob = new_account(bank, 100).account_id, new_account(bank).account_id
+    steps = _sequence(ada, bob, str(uuid.uuid4()), 30)
+    steps[1].after_step_id = after  # unknown (7), or itself (2)
+    outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=steps))
+    assert outcomes[1].WhichOneof("result") == "account"
+    assert outcomes[2].error.reason == "INVALID_ARGUMENT"
+    assert outcomes[2].error.metadata["field"] == "after_step_id"
+    # Its follower follows a step that was never placed: invalid as well, never run.
+    assert outcomes[3].error.reason == "INVALID_ARGUMENT"
+    assert _balances(bank, ada, bob) == [(100, 30), (0, 0)]
+
+
+def test_steps_of_an_earlier_request_cannot_be_followed(bank):
+    ada, bob = new_account(bank, 100).account_id, new_account(bank).account_id
+    first, *rest = _sequence(ada, bob, str(uuid.uuid4()), 30)
+    outcomes, _ = _run(
+        bank, apb.ExecuteStepsRequest(steps=[first]), apb.ExecuteStepsRequest(steps=rest)
+    )
+    assert outcomes[1].WhichOneof("result") == "account"
+    assert outcomes[2].error.metadata["field"] == "after_step_id"
+    assert _balances(bank, ada, bob) == [(100, 30), (0, 0)]
+
+
+def test_the_transfer_services_client_sends_the_three_calls_as_one_sequence(bank):
+    ada, bob = new_account(bank, 100).account_id, new_account(bank).account_id
+    carol = new_account(bank).account_id
+    bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=carol))
+
+    async def scenario() -> tuple[list, list, list]:
+        async with grpc.aio.insecure_channel(bank.account.address) as channel:
+            accounts = StreamingAccounts(channel)
+            try:
+                # Until the stream has said it can, the calls go one at a time.
+                first = await accounts.forward(ada, bob, str(uuid.uuid4()), 10)
+                assert accounts._ordered
+                whole = await accounts.forward(ada, bob, str(uuid.uuid4()), 20)
+                refused = await accounts.forward(ada, carol, "to-carol", 5)
+                return first, whole, refused
+            finally:
+                await accounts.close()
+
+    first, whole, refused = asyncio.run(scenario())
+    assert first == ["EUR", None, None]
+    assert whole == ["EUR", None, None]
+    assert refused[0] == "EUR" and len(refused) == 2
+    assert isinstance(refused[1], StepRefused) and refused[1].reason == "ACCOUNT_CLOSED"
+    assert not isinstance(refused[1], StepUnavailable)
+    assert _balances(bank, ada, bob) == [(70, 5), (30, 0)]
+    bank.reservations.Release(apb.ReleaseRequest(account_id=ada, reference="to-carol"))
+    assert _balances(bank, ada) == [(70, 0)]
