@@ -38,7 +38,8 @@ def encode(event: TransferEvent) -> tuple[str, dict[str, Any]]:
     name = type(event).__name__
     if _EVENT_TYPES.get(name) is not type(event):
         raise ValueError(f"not a transfer event: {event!r}")
-    return name, dataclasses.asdict(event)
+    # Flat events of str and int fields: a plain copy (``asdict`` recurses and deep-copies).
+    return name, {field: getattr(event, field) for field in _FIELD_TYPES[name]}
 
 
 def decode(type_name: str, data: dict[str, Any]) -> TransferEvent:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -26,12 +26,17 @@ _EVENT_TYPE = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(at: datetime | None) -> Timestamp | None:
+    """As ``Timestamp.FromDatetime`` (naive means UTC), for a fraction of its cost."""
     if at is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    delta = at - _EPOCH  # normalised: only days may be negative
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
 
 
 def account(view: AccountView) -> pb.Account:

@@ -181,7 +181,8 @@ class _StepStream:
     A step with ``after_step_id`` waits, unparsed, until the step it follows has an
     outcome: then it starts (credit taking that step's currency if it has none of its
     own), or, if that step did not succeed, is answered STEP_NOT_RUN with its own
-    followers.
+    followers. The outcomes of a chain of steps (each followed by one other) are sent
+    together when it ends: its caller waits for the whole of it anyway.
     """
 
     def __init__(self, accounts: Accounts) -> None:
@@ -190,6 +191,7 @@ class _StepStream:
         self._ready = asyncio.Event()
         self._in_flight = 0  # started or waiting for the step they follow
         self._followers: dict[int, list[pb.Step]] = {}
+        self._held: dict[int, list[pb.StepOutcome]] = {}
 
     async def read(self, requests: AsyncIterator[pb.ExecuteStepsRequest]) -> None:
         try:
@@ -241,17 +243,28 @@ class _StepStream:
         if exc is None and view is not None:
             outcome = pb.StepOutcome(step_id=step_id, account=messages.account(view))
         else:
+            view = None
             outcome = pb.StepOutcome(step_id=step_id, error=_step_error(exc))
-        self._send(outcome)
-        for follower in self._followers.pop(step_id, ()):
+        # Outcomes of the steps before this one in its sequence, not sent yet.
+        outcomes = [*self._held.pop(step_id, ()), outcome]
+        followers = self._followers.pop(step_id, ())
+        if view is not None and len(followers) == 1:
+            # The sequence goes on: its outcomes travel together once it ends.
+            (follower,) = followers
+            self._held[follower.step_id] = outcomes
+            self._in_flight -= 1
+            self._start(follower, view.currency)
+            return
+        self._send(*outcomes)
+        for follower in followers:
             self._in_flight -= 1
             if view is not None:
                 self._start(follower, view.currency)
             else:
                 self._finish(follower.step_id, None, StepNotRun(step_id))
 
-    def _send(self, outcome: pb.StepOutcome) -> None:
-        self._outcomes.append(outcome)
+    def _send(self, *outcomes: pb.StepOutcome) -> None:
+        self._outcomes.extend(outcomes)
         self._ready.set()
 
     async def responses(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.ExecuteStepsResponse]:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import typing
+from datetime import datetime
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from account_service import codec
 from account_service.domain import (
@@ -19,6 +23,7 @@ from account_service.domain import (
     Reserved,
     Withdrawn,
 )
+from account_service.grpc_api.messages import timestamp
 from shared_kernel.values import INT64_MAX
 
 ACCOUNT_ID = "6f1c3a52-8d0e-4f57-9a35-1b2c3d4e5f60"
@@ -99,3 +104,16 @@ def test_unknown_keys_are_ignored():
 def test_encoding_something_else_is_a_type_error():
     with pytest.raises(TypeError):
         codec.encode(object())  # type: ignore[arg-type]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.none() | st.timezones(),
+    )
+)
+def test_timestamps_are_what_protobuf_makes_of_the_datetime(at):
+    expected = Timestamp()
+    expected.FromDatetime(at)
+    assert timestamp(at) == expected
