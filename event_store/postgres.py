@@ -10,8 +10,11 @@ commit is the costly part either way; callers batch appends (see ``aio``) to sha
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     URL,
     BigInteger,
@@ -25,9 +28,11 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from .sql import SqlEventStore, events
+from .port import AppendRequest, ConcurrencyConflict, EventStoreError, StoreUnavailable
+from .sql import SqlEventStore, check_versions, events, tag_rows_for, translate_error
 
 __all__ = ["PostgresEventStore", "postgres_url"]
 
@@ -59,6 +64,23 @@ _EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).select_from(
 )
 
 DEFAULT_CONNECT_TIMEOUT_S = 10
+
+# The driver path's statements: the same checks and inserts as the Core path, each one
+# statement text whatever the batch size (arrays, not VALUES lists), so psycopg prepares
+# each once per connection.
+_DRIVER_EXISTING_VERSIONS = (
+    "SELECT e.stream_id, e.version FROM unnest(%s::varchar[], %s::bigint[]) AS k(s, v)"
+    " JOIN events AS e ON e.stream_id = k.s AND e.version = k.v"
+)
+_DRIVER_APPEND_LOCK = str(_APPEND_LOCK)
+_DRIVER_INSERT_EVENTS = (
+    "INSERT INTO events (stream_id, version, type, data, recorded_at)"
+    " SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::varchar[], %s::text[],"
+    " %s::bigint[]) RETURNING position, stream_id, version"
+)
+_DRIVER_INSERT_TAGS = (
+    "INSERT INTO event_tags (tag, position) SELECT * FROM unnest(%s::varchar[], %s::bigint[])"
+)
 
 
 def postgres_url(url: str | URL) -> URL:
@@ -93,8 +115,16 @@ class PostgresEventStore(SqlEventStore):
         max_overflow: int = 10,
         pool_timeout: float = 30.0,
         connect_args: dict[str, Any] | None = None,
+        driver_appends: bool = True,
         **engine_options: Any,
     ) -> None:
+        """``driver_appends=False`` writes appends through SQLAlchemy Core, statement by
+        statement (slower; kept so that both paths stay tested)."""
+        self.driver_appends = driver_appends
+        # The writer's connection, kept between appends (see ``_write``).
+        self._append_lock = threading.Lock()
+        self._kept: Any = None
+        self._closed = False
         parsed = postgres_url(url)
         args = dict(connect_args or {})
         if "connect_timeout" not in parsed.query:
@@ -123,3 +153,147 @@ class PostgresEventStore(SqlEventStore):
 
     def _lock_migrations(self, conn: Connection) -> None:
         conn.execute(_MIGRATE_LOCK)
+
+    def _write(
+        self,
+        requests: Sequence[AppendRequest],
+        keys: list[tuple[str, int]],
+        rows: list[dict[str, Any]],
+    ) -> dict[tuple[str, int], int]:
+        """The append's transaction on a psycopg connection, in two round trips.
+
+        The version check, the lock and the insert go out together (psycopg's pipeline
+        mode); once their answers are back and the check passed, the tags and the commit
+        go together. Same statements and checks as the Core path, without a round trip
+        and SQLAlchemy's machinery per statement.
+
+        The connection is kept between appends (by the one thread that appends at a time,
+        the store's writer), which saves the pool's checkout and its liveness ping. If it
+        turns out dead before the commit was sent, nothing was written: the append is
+        made once more on a fresh connection, as the ping would have done.
+        """
+        if not self.driver_appends:
+            return super()._write(requests, keys, rows)
+        if not self._append_lock.acquire(blocking=False):
+            # Another thread is appending on the kept connection: use one of the pool's.
+            return self._attempt(self._checkout(), requests, keys, rows, keep=False)
+        try:
+            if self._kept is not None:
+                try:
+                    return self._write_on(self._kept, requests, keys, rows, keep=True)
+                except _DeadBeforeCommit:
+                    pass  # closed meanwhile (a restart, an idle timeout): once more, fresh
+            return self._attempt(self._checkout(), requests, keys, rows, keep=True)
+        finally:
+            self._append_lock.release()
+
+    def _attempt(
+        self,
+        pooled: Any,
+        requests: Sequence[AppendRequest],
+        keys: list[tuple[str, int]],
+        rows: list[dict[str, Any]],
+        keep: bool,
+    ) -> dict[tuple[str, int], int]:
+        try:
+            return self._write_on(pooled, requests, keys, rows, keep)
+        except _DeadBeforeCommit as dead:
+            raise _translate(dead.cause) from dead.cause
+
+    def _checkout(self) -> Any:
+        try:
+            return self.engine.raw_connection()
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        except psycopg.Error as exc:  # the pool lets the driver's connect errors through
+            raise _translate(exc) from exc
+
+    def _write_on(
+        self,
+        pooled: Any,
+        requests: Sequence[AppendRequest],
+        keys: list[tuple[str, int]],
+        rows: list[dict[str, Any]],
+        keep: bool,
+    ) -> dict[tuple[str, int], int]:
+        conn: psycopg.Connection[Any] = pooled.driver_connection
+        self._kept = None
+        committing = False
+        try:
+            try:
+                with conn.pipeline():
+                    found = conn.execute(
+                        _DRIVER_EXISTING_VERSIONS, ([k[0] for k in keys], [k[1] for k in keys])
+                    )
+                    conn.execute(_DRIVER_APPEND_LOCK)
+                    inserted = conn.execute(
+                        _DRIVER_INSERT_EVENTS,
+                        tuple([row[column] for row in rows] for column in _EVENT_COLUMNS),
+                    )
+                    # The check ran before the insert; if it fails, nothing is committed.
+                    check_versions(requests, {(s, v) for s, v in found.fetchall()})
+                    positions = {(s, v): p for p, s, v in inserted.fetchall()}
+                    tags: tuple[list[str], list[int]] = ([], [])
+                    for row in tag_rows_for(requests, positions):
+                        tags[0].append(row["tag"])
+                        tags[1].append(row["position"])
+                    if tags[0]:
+                        conn.execute(_DRIVER_INSERT_TAGS, tags)
+                    committing = True
+                    conn.commit()
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    conn.rollback()
+                raise
+        except psycopg.errors.UniqueViolation as exc:
+            self._release(pooled, keep)
+            raise self._conflict_after_race(requests) from exc
+        except ConcurrencyConflict:
+            self._release(pooled, keep)
+            raise
+        except psycopg.Error as exc:
+            pooled.invalidate()
+            pooled.close()
+            if not committing and isinstance(exc, psycopg.OperationalError):
+                raise _DeadBeforeCommit(exc) from exc
+            raise _translate(exc) from exc
+        except BaseException:
+            pooled.invalidate()
+            pooled.close()
+            raise
+        self._release(pooled, keep)
+        return positions
+
+    def _release(self, pooled: Any, keep: bool) -> None:
+        if keep and not self._closed:
+            self._kept = pooled
+        else:
+            pooled.close()
+
+    def close(self) -> None:
+        with self._append_lock:
+            self._closed = True
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
+        super().close()
+
+
+class _DeadBeforeCommit(Exception):
+    """The connection failed before the commit was sent: nothing of the append is stored."""
+
+    def __init__(self, cause: psycopg.OperationalError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+_EVENT_COLUMNS = ("stream_id", "version", "type", "data", "recorded_at")
+
+
+def _translate(exc: psycopg.Error) -> EventStoreError:
+    """The driver's errors as the port's, the way ``translate_error`` maps SQLAlchemy's."""
+    lines = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(detail)
+    return EventStoreError(detail)

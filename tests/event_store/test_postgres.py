@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from event_store import (
     AppendRequest,
+    ConcurrencyConflict,
     EventStore,
     EventStoreError,
     NewEvent,
@@ -30,6 +31,22 @@ class TestPostgresEventStore(EventStoreConformance):
 
         def open_handle() -> EventStore:
             opened.append(PostgresEventStore(postgres_url, pool_size=2))
+            return opened[-1]
+
+        yield open_handle
+        for store in opened:
+            store.close()
+
+
+class TestPostgresEventStoreCoreAppends(EventStoreConformance):
+    """The same suite with appends through SQLAlchemy Core, statement by statement."""
+
+    @pytest.fixture
+    def store_factory(self, postgres_url: str) -> Iterator[Callable[[], EventStore]]:
+        opened: list[PostgresEventStore] = []
+
+        def open_handle() -> EventStore:
+            opened.append(PostgresEventStore(postgres_url, pool_size=2, driver_appends=False))
             return opened[-1]
 
         yield open_handle
@@ -109,3 +126,33 @@ def test_open_store_treats_postgresql_as_psycopg(postgres_url: str) -> None:
 def test_other_postgres_drivers_are_refused() -> None:
     with pytest.raises(ValueError, match="psycopg"):
         open_store("postgresql+asyncpg://postgres@127.0.0.1/test")
+
+
+def test_an_append_on_a_connection_closed_meanwhile_is_made_on_a_fresh_one(
+    store: PostgresEventStore,
+) -> None:
+    store.append("s", 0, [NewEvent("Happened", {"n": 1})])
+    kept = store._kept
+    assert kept is not None  # the writer's connection, kept for the next append
+    with store.engine.connect() as conn:
+        conn.execute(
+            text("SELECT pg_terminate_backend(:pid)"),
+            {"pid": kept.driver_connection.info.backend_pid},
+        )
+        conn.commit()
+    # Closed under the store (a restart, an idle timeout): nothing was sent on it yet, so
+    # the append is made once, on a new connection, and no caller sees the failure.
+    recorded = store.append("s", 1, [NewEvent("Happened", {"n": 2})])
+    assert [e.version for e in recorded] == [2]
+    assert store._kept is not None and store._kept is not kept
+    assert [e.data["n"] for e in store.read_stream("s")] == [1, 2]
+
+
+def test_a_conflict_leaves_the_kept_connection_usable(store: PostgresEventStore) -> None:
+    store.append("s", 0, [NewEvent("Happened", {})])
+    with pytest.raises(ConcurrencyConflict):
+        store.append("s", 0, [NewEvent("Happened", {})])
+    with pytest.raises(ConcurrencyConflict):
+        store.append("s", 5, [NewEvent("Happened", {})])  # ahead of the stream
+    assert store.append("s", 1, [NewEvent("Happened", {})])[0].version == 2
+    assert store.stream_version("s") == 2
