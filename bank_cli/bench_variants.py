@@ -31,7 +31,7 @@ from bank_cli.bench import (
 )
 
 # (name, environment of both services); each adds one change to the one before.
-_BEFORE = {"BANK_SQLITE_APPENDS": "core", "BANK_OVERLAP_RECORDS": "0", "BANK_FORWARD_CALLS": "0"}
+_BEFORE = {"BANK_STORE_APPENDS": "core", "BANK_OVERLAP_RECORDS": "0", "BANK_FORWARD_CALLS": "0"}
 VARIANTS: list[tuple[str, dict[str, str]]] = [
     (
         "unary steps, asyncio",
@@ -39,10 +39,9 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
     ),
     ("+ uvloop", {"BANK_ACCOUNTS_TRANSPORT": "unary", **_BEFORE}),
     ("+ ExecuteSteps stream", dict(_BEFORE)),
-    # SQLite only; the same on Postgres.
     ("+ driver appends", {"BANK_OVERLAP_RECORDS": "0", "BANK_FORWARD_CALLS": "0"}),
     ("+ overlapped records", {"BANK_FORWARD_CALLS": "0"}),
-    ("+ forward calls in one message", {}),
+    ("+ forward sequence", {}),
 ]
 POSTGRES_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("4 store writers", {"BANK_STORE_WRITERS": "4"}),

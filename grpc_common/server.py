@@ -256,7 +256,7 @@ async def run_service(
     ``security``: None means the process's configured security (plaintext if none).
     """
     options: dict[str, Any] = {}
-    if os.environ.get("BANK_SQLITE_APPENDS") == "core" and db.startswith("sqlite"):
+    if os.environ.get("BANK_STORE_APPENDS") == "core" and not db.startswith("memory"):
         options["driver_appends"] = False  # for measurement: see bank bench-variants
     sync_store = open_store(db, **options)
     # BANK_STORE_WRITERS overrides the number of group-committing writers (for measurement).
