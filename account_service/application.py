@@ -9,7 +9,8 @@ per command. Across processes, the expected-version check of the append keeps th
 consistent; on a conflict the aggregate is reloaded and the burst decided again.
 
 Loading starts from the account's snapshot when it has a usable one, and folds only the
-events after it. Snapshots are written in the background, every ``snapshot_every`` events:
+events after it. Snapshots are written in the background, every ``snapshot_every`` events
+(or a tenth of the references the account remembers, if that is more):
 a snapshot is a cache of the fold, never the truth, so one that is missing, of an unknown
 format, malformed or ahead of the stream only means folding the whole stream.
 """
@@ -49,6 +50,8 @@ _RUNNING_FIELDS = ("balance_after", "reserved_after")
 _LOAD_PAGE = 5000
 _MAX_ATTEMPTS = 8
 DEFAULT_SNAPSHOT_EVERY = 1000
+# Snapshots are at least (references remembered / this) events apart (see _maybe_snapshot).
+SNAPSHOT_COST_RATIO = 10
 
 
 def stream_id(account_id: str) -> str:
@@ -387,12 +390,13 @@ class Accounts:
         turning it into JSON and writing it happen in threads, off the caller's path.
         """
         every = self._snapshot_every
-        if (
-            not every
-            or self._closed
-            or mailbox.snapshotting
-            or account.version - mailbox.snapshot_version < every
-        ):
+        if not every or self._closed or mailbox.snapshotting:
+            return
+        # A snapshot costs in proportion to what the account remembers (every reference it
+        # applied), which only grows: spacing snapshots by at least a tenth of that keeps
+        # their cost per event bounded, at the price of a longer fold on a cold load.
+        every = max(every, account.remembered // SNAPSHOT_COST_RATIO)
+        if account.version - mailbox.snapshot_version < every:
             return
         mailbox.snapshotting = True
         task = asyncio.create_task(self._save_snapshot(account_id, mailbox, account.copy()))

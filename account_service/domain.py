@@ -450,6 +450,17 @@ class Account:
         return self._reserved
 
     @property
+    def remembered(self) -> int:
+        """References kept for idempotency and open holds: what a snapshot's size grows with."""
+        return (
+            len(self.holds)
+            + len(self._deposits)
+            + len(self._withdrawals)
+            + len(self._credits)
+            + len(self._settled)
+        )
+
+    @property
     def available(self) -> int:
         return self.balance - self._reserved
 

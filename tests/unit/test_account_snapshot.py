@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -413,6 +414,23 @@ async def test_a_failed_save_is_logged_and_tried_again_later(watched, caplog) ->
     await _open_and_deposit(accounts, 10, first=14)  # versions 16..25: due again at 20
     await accounts.close()
     assert [version for _, version, _ in store.saved] == [20]
+    assert_every_snapshot_is_the_fold_of_its_events(store)
+
+
+async def test_snapshots_space_out_as_the_account_remembers_more(watched) -> None:
+    # A snapshot's size grows with every reference the account remembers; it is taken at
+    # least a tenth of that many events after the previous one, so its cost per event
+    # stays bounded on an account that lives long.
+    store, aio = watched
+    accounts = Accounts(aio, snapshot_every=2)
+    await _open_and_deposit(accounts, 80)
+    await accounts.close()
+    versions = [version for _, version, _ in store.saved]
+    assert versions[:3] == [2, 4, 6]
+    for before, after in itertools.pairwise(versions):
+        remembered = after - 1  # one deposit reference per event after the opening
+        assert after - before >= max(2, remembered // 10), versions
+    assert versions[-1] - versions[-2] > 2
     assert_every_snapshot_is_the_fold_of_its_events(store)
 
 
