@@ -176,29 +176,16 @@ class PostgresEventStore(SqlEventStore):
             return super()._write(requests, keys, rows)
         if not self._append_lock.acquire(blocking=False):
             # Another thread is appending on the kept connection: use one of the pool's.
-            return self._attempt(self._checkout(), requests, keys, rows, keep=False)
+            return self._write_on(self._checkout(), requests, keys, rows, keep=False)
         try:
             if self._kept is not None:
                 try:
-                    return self._write_on(self._kept, requests, keys, rows, keep=True)
+                    return self._write_on(self._kept, requests, keys, rows, keep=True, kept=True)
                 except _DeadBeforeCommit:
                     pass  # closed meanwhile (a restart, an idle timeout): once more, fresh
-            return self._attempt(self._checkout(), requests, keys, rows, keep=True)
+            return self._write_on(self._checkout(), requests, keys, rows, keep=True)
         finally:
             self._append_lock.release()
-
-    def _attempt(
-        self,
-        pooled: Any,
-        requests: Sequence[AppendRequest],
-        keys: list[tuple[str, int]],
-        rows: list[dict[str, Any]],
-        keep: bool,
-    ) -> dict[tuple[str, int], int]:
-        try:
-            return self._write_on(pooled, requests, keys, rows, keep)
-        except _DeadBeforeCommit as dead:
-            raise _translate(dead.cause) from dead.cause
 
     def _checkout(self) -> Any:
         try:
@@ -215,7 +202,11 @@ class PostgresEventStore(SqlEventStore):
         keys: list[tuple[str, int]],
         rows: list[dict[str, Any]],
         keep: bool,
+        kept: bool = False,
     ) -> dict[tuple[str, int], int]:
+        """``keep``: keep the connection for the next append; ``kept``: it was kept from
+        the last one, so if it is found dead before the commit, say so (``_DeadBeforeCommit``)
+        rather than fail the append."""
         conn: psycopg.Connection[Any] = pooled.driver_connection
         self._kept = None
         committing = False
@@ -254,7 +245,7 @@ class PostgresEventStore(SqlEventStore):
         except psycopg.Error as exc:
             pooled.invalidate()
             pooled.close()
-            if not committing and isinstance(exc, psycopg.OperationalError):
+            if kept and not committing and isinstance(exc, psycopg.OperationalError):
                 raise _DeadBeforeCommit(exc) from exc
             raise _translate(exc) from exc
         except BaseException:
@@ -280,11 +271,8 @@ class PostgresEventStore(SqlEventStore):
 
 
 class _DeadBeforeCommit(Exception):
-    """The connection failed before the commit was sent: nothing of the append is stored."""
-
-    def __init__(self, cause: psycopg.OperationalError) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+    """The kept connection failed before the commit was sent: nothing of the append is
+    stored, and it may be made again on another connection."""
 
 
 _EVENT_COLUMNS = ("stream_id", "version", "type", "data", "recorded_at")

@@ -102,14 +102,6 @@ Decided: TypeAlias = str | StepRefused | StepUnavailable | None
 applied, else why not."""
 
 
-class ForwardingAccounts(AccountsPort, Protocol):
-    """A port that can send reserve, credit and capture as one sequence (see ``forward``)."""
-
-    async def forward(
-        self, from_account_id: str, to_account_id: str, reference: str, amount: int
-    ) -> list[Decided]: ...
-
-
 async def forward(
     accounts: AccountsPort, from_account_id: str, to_account_id: str, reference: str, amount: int
 ) -> list[Decided]:
