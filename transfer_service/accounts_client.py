@@ -25,6 +25,7 @@ from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from grpc_common import tls
 from grpc_common.errors import error_info
+from grpc_common.step_order import STEP_ORDER_METADATA
 from transfer_service.process import Decided, StepRefused, StepUnavailable, one_by_one
 
 Response = TypeVar("Response")
@@ -333,7 +334,7 @@ class StreamingAccounts:
             self._ordered = False
             try:
                 metadata = await call.initial_metadata()
-                self._ordered = ORDERED_STEPS in tuple(metadata or ())
+                self._ordered = STEP_ORDER_METADATA in tuple(metadata or ())
                 async for response in call:
                     failures = 0
                     for outcome in response.outcomes:
@@ -368,5 +369,3 @@ class StreamingAccounts:
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-# What an account service that runs steps in order (Step.after_step_id) says when a stream opens.
-ORDERED_STEPS = ("bank-step-order", "after")

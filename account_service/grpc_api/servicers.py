@@ -19,6 +19,7 @@ from account_service.grpc_api import messages
 from account_service.grpc_api.errors import ERRORS, StepNotRun
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
+from grpc_common.step_order import STEP_ORDER_METADATA
 from shared_kernel import page_tokens
 from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import (
@@ -160,7 +161,7 @@ class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
     ) -> AsyncIterator[pb.ExecuteStepsResponse]:
         """Steps go to their accounts' mailboxes as they arrive; outcomes go back as they
         finish, batched into as few messages as the pace allows."""
-        await context.send_initial_metadata(STEP_ORDER_METADATA)
+        await context.send_initial_metadata((STEP_ORDER_METADATA,))
         stream = _StepStream(self._accounts)
         reader = asyncio.create_task(stream.read(requests))
         self._readers.add(reader)
@@ -170,9 +171,6 @@ class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
                 yield response
         finally:
             reader.cancel()
-
-
-STEP_ORDER_METADATA = (("bank-step-order", "after"),)
 
 
 class _StepStream:
