@@ -327,6 +327,45 @@ class EventStoreConformance:
         assert store.stream_version("other") == 0
         assert len(store.read_all()) == 1
 
+    def test_append_batch_with_a_stream_behind_names_it_and_stores_nothing(
+        self, store: EventStore
+    ) -> None:
+        store.append_batch([AppendRequest(s, 0, [ev(), ev()]) for s in ("a", "b", "c")])
+        with pytest.raises(ConcurrencyConflict) as caught:
+            store.append_batch(
+                [
+                    AppendRequest("a", 2, [ev()]),
+                    AppendRequest("b", 3, [ev()]),  # b is at 2
+                    AppendRequest("c", 2, [ev()]),
+                    AppendRequest("new", 0, [ev()]),
+                ]
+            )
+        assert (caught.value.stream_id, caught.value.expected_version) == ("b", 3)
+        assert [store.stream_version(s) for s in ("a", "b", "c", "new")] == [2, 2, 2, 0]
+        assert len(store.read_all()) == 6
+
+    def test_large_append_batch_positions_and_tags_match_what_is_read(
+        self, store: EventStore
+    ) -> None:
+        # More events and more tag rows than one insert statement of the SQL backends takes.
+        store.append("s0", 0, [ev()])
+        requests = [
+            AppendRequest(f"s{n}", 1 if n == 0 else 0, [ev(n=n, tags=(f"t{n % 7}", "all"))])
+            for n in range(150)
+        ] + [AppendRequest("long", 0, [ev(n=n) for n in range(200)])]
+        results = store.append_batch(requests)
+        recorded = [e for r in results for e in r]
+        assert [e.position for e in store.read_all(after_position=1, limit=1000)] == [
+            e.position for e in recorded
+        ]
+        assert store.read_all(after_position=1, limit=1000) == recorded
+        assert [e.position for e in recorded] == sorted({e.position for e in recorded})
+        everything = store.read_tag("all", limit=1000)
+        assert everything == list(reversed(recorded[:150]))
+        assert [e.data["n"] for e in store.read_tag("t3", limit=1000)] == list(
+            reversed(range(3, 150, 7))
+        )
+
     def test_append_batch_with_the_same_stream_twice_is_value_error(
         self, store: EventStore
     ) -> None:
