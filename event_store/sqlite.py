@@ -63,7 +63,8 @@ _EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).select_from(
 # How many of the keys exist, as one row: the driver path's version check (see ``_write``).
 _COUNT_EXISTING = select(func.count()).select_from(_EXISTING_VERSIONS.subquery())
 
-# INSERT .. RETURNING, which hands back the positions of one append in one statement.
+# INSERT .. RETURNING (the Core path), which hands back the positions of one append in one
+# statement.
 MIN_SQLITE_VERSION = (3, 35, 0)
 
 # The append's statements as the driver takes them (see ``SqliteEventStore._write``).
