@@ -11,7 +11,7 @@ there is no added latency to trade for it.
 
 A writer takes its next batch on the loop, after answering the callers of the last one.
 Writer threads that took their next batch themselves, straight after each commit, were
-tried: on Postgres the hot-pair rate at 100 in flight fell by 10–30 % (three alternating
+tried: on Postgres the hot-pair rate at 100 in flight fell by 10-30 % (three alternating
 pairs of runs on the benchmark machine) and SQLite gained nothing measurable, so this
 simpler arrangement stays.
 

@@ -200,7 +200,9 @@ class SqliteEventStore(SqlEventStore):
             pooled.close()
         return positions
 
-    def _check_versions(self, driver: sqlite3.Connection, requests: Sequence[AppendRequest]) -> None:
+    def _check_versions(
+        self, driver: sqlite3.Connection, requests: Sequence[AppendRequest]
+    ) -> None:
         """Raises ``ConcurrencyConflict`` for a stream behind its request's version.
 
         Only the keys that must exist are looked up, and only counted: a stream past its
