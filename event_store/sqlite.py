@@ -70,7 +70,8 @@ MIN_SQLITE_VERSION = (3, 35, 0)
 # The append's statements as the driver takes them (see ``SqliteEventStore._write``).
 _EVENT_ROW = ("stream_id", "version", "type", "data", "recorded_at")
 _INSERT_EVENTS_HEAD = f"INSERT INTO {events.name} ({', '.join(_EVENT_ROW)}) VALUES "
-_INSERT_TAGS_HEAD = f"INSERT INTO {event_tags.name} (tag, position) VALUES "
+_TAG_ROW = ("tag", "position")
+_INSERT_TAGS_HEAD = f"INSERT INTO {event_tags.name} ({', '.join(_TAG_ROW)}) VALUES "
 # Well below SQLite's default limit of 32,766 bound values per statement.
 _INSERT_ROWS_PER_STATEMENT = 256
 
@@ -172,18 +173,11 @@ class SqliteEventStore(SqlEventStore):
             try:
                 self._check_versions(driver, requests)
                 positions: dict[tuple[str, int], int] = {}
-                for start in range(0, len(rows), _INSERT_ROWS_PER_STATEMENT):
-                    chunk = rows[start : start + _INSERT_ROWS_PER_STATEMENT]
-                    params = [row[column] for row in chunk for column in _EVENT_ROW]
-                    last = driver.execute(_insert_events_sql(len(chunk)), params).lastrowid
-                    assert last is not None
+                for chunk, last in _insert_rows(driver, _INSERT_EVENTS_HEAD, _EVENT_ROW, rows):
                     for position, row in enumerate(chunk, last - len(chunk) + 1):
                         positions[(row["stream_id"], row["version"])] = position
                 tag_rows = tag_rows_for(requests, positions)
-                for start in range(0, len(tag_rows), _INSERT_ROWS_PER_STATEMENT):
-                    chunk = tag_rows[start : start + _INSERT_ROWS_PER_STATEMENT]
-                    params = [row[column] for row in chunk for column in ("tag", "position")]
-                    driver.execute(_insert_tags_sql(len(chunk)), params)
+                _insert_rows(driver, _INSERT_TAGS_HEAD, _TAG_ROW, tag_rows)
                 driver.execute("COMMIT")
             except BaseException:
                 if driver.in_transaction:
@@ -267,16 +261,26 @@ def _for_driver(statement: Any, dialect: Any) -> tuple[str, Callable[..., tuple[
     return str(compiled), parameters
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_events_sql(rows: int) -> str:
-    """INSERT .. VALUES (..), (..) .. for ``rows`` events."""
-    return _INSERT_EVENTS_HEAD + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+def _insert_rows(
+    driver: sqlite3.Connection, head: str, columns: Sequence[str], rows: list[dict[str, Any]]
+) -> list[tuple[list[dict[str, Any]], int]]:
+    """Inserts ``rows`` with one multi-row statement per 256; returns each chunk of rows
+    with the rowid of its last row."""
+    inserted = []
+    for start in range(0, len(rows), _INSERT_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _INSERT_ROWS_PER_STATEMENT]
+        params = [row[column] for row in chunk for column in columns]
+        last = driver.execute(_values_sql(head, len(columns), len(chunk)), params).lastrowid
+        assert last is not None
+        inserted.append((chunk, last))
+    return inserted
 
 
-@functools.lru_cache(maxsize=64)
-def _insert_tags_sql(rows: int) -> str:
-    """INSERT .. VALUES (..), (..) .. for ``rows`` tags."""
-    return _INSERT_TAGS_HEAD + ", ".join(["(?, ?)"] * rows)
+@functools.lru_cache(maxsize=128)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    """``head`` followed by ``rows`` placeholder tuples of ``width`` values."""
+    row = "(" + ", ".join(["?"] * width) + ")"
+    return head + ", ".join([row] * rows)
 
 
 def _translate(exc: sqlite3.Error) -> EventStoreError:
