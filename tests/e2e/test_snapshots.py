@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc import StatusCode
 
-from account_service.application import stream_id
+from account_service.application import SNAPSHOT_COST_RATIO, stream_id
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from event_store import SqliteEventStore
@@ -142,6 +142,15 @@ def _long_account(bank: Bank) -> apb.Account:
     return _get(bank, account.account_id)
 
 
+def _latest_due(version: int) -> int:
+    """The oldest version the newest snapshot of an account at ``version`` may have.
+
+    Snapshots are at least SNAPSHOT_EVERY apart, and at least a tenth of the references
+    the account remembers; it remembers at most one per event, so ``version`` bounds that.
+    """
+    return version - max(SNAPSHOT_EVERY, version // SNAPSHOT_COST_RATIO)
+
+
 def _wait_for_snapshot(bank: Bank, account_id: str, at_least: int) -> int:
     deadline = time.monotonic() + 30
     while (version := _snapshot_version(bank, account_id)) < at_least:
@@ -159,7 +168,7 @@ def test_a_restarted_service_has_every_account_as_it_was(snapshot_bank: Bank) ->
     assert before.balance == 1_000 + sum(1 + n % 7 for n in range(DEPOSITS)) - 10 - 5
     assert before.reserved == 12 + 13
     history = _history(bank, account_id)
-    snapshotted = _wait_for_snapshot(bank, account_id, total - SNAPSHOT_EVERY)
+    snapshotted = _wait_for_snapshot(bank, account_id, _latest_due(total))
     assert snapshotted <= total
 
     _restart_accounts(bank)
@@ -199,7 +208,7 @@ def test_a_restart_starts_from_the_snapshot(snapshot_bank: Bank) -> None:
     bank = snapshot_bank
     before = _long_account(bank)
     account_id = before.account_id
-    _wait_for_snapshot(bank, account_id, before.version - SNAPSHOT_EVERY)
+    _wait_for_snapshot(bank, account_id, _latest_due(before.version))
     assert bank.account is not None
     assert bank.account.stop() == 0
     version, data = _read_snapshot(bank, account_id)
