@@ -18,6 +18,13 @@ built before the clock starts, one channel per service). Runs, in the seed's ter
              loads the account into the service's memory, is reported on its own
              ("first touch ms").
 
+``uniform`` and ``long`` are each measured against a control on the same services: a
+hot-pair run of the same size on two fresh accounts, made before, between and after the
+measured runs (control, measured, control, ...). The machine's speed drifts from minute to
+minute, and other services would start from other databases; in one sitting, interleaved,
+the two rates compare. Each group reports the ratio: the mean rate of its measured runs
+over the mean rate of its controls.
+
 After every run the accounts are read back: the sum of their balances must be unchanged,
 nothing may stay reserved, and (when every call got a definite answer) each balance must
 be exactly what the acknowledged transfers imply. A run that moves money wrongly is
@@ -87,6 +94,9 @@ class Scale:
     uniform_accounts: int
     long_events: int
     long_run: tuple[int, int]
+    # Measured runs of the uniform and long groups, each between two controls.
+    uniform_rounds: int
+    long_rounds: int
     # How long the naive strategy waits for each lock: the seed's 5 s, or less to keep
     # the quick runs quick (the share of transfers that fail is much the same).
     naive_lock_timeout: float
@@ -110,6 +120,8 @@ FULL = Scale(
     uniform_accounts=10_000,
     long_events=100_000,
     long_run=(800, 100),
+    uniform_rounds=1,
+    long_rounds=2,
     naive_lock_timeout=5.0,
 )
 QUICK = Scale(
@@ -121,6 +133,8 @@ QUICK = Scale(
     uniform_accounts=500,
     long_events=2_000,
     long_run=(200, 50),
+    uniform_rounds=1,
+    long_rounds=1,
     naive_lock_timeout=0.5,
 )
 
@@ -134,6 +148,22 @@ class Plan:
     in_flight: int
     accounts: int = 2
     preloaded_events: int = 0
+    # A hot-pair run on fresh accounts that the group's measured runs are compared with.
+    control: bool = False
+
+
+def _with_controls(measured: Plan, rounds: int) -> list[Plan]:
+    """control, measured, control, ... , control: ``rounds`` measured runs, each between
+    two hot-pair runs of the same size on fresh accounts."""
+    control = Plan(
+        measured.group,
+        f"control {measured.total}/{measured.in_flight}",
+        RESERVATION,
+        measured.total,
+        measured.in_flight,
+        control=True,
+    )
+    return [control] + [measured, control] * rounds
 
 
 def plans_for(group: str, scale: Scale) -> list[Plan]:
@@ -151,11 +181,13 @@ def plans_for(group: str, scale: Scale) -> list[Plan]:
         ]
     if group == "uniform":
         total, accounts = scale.uniform_transfers, scale.uniform_accounts
-        return [Plan(group, f"uniform {total}/100", RESERVATION, total, 100, accounts)]
+        uniform = Plan(group, f"uniform {total}/100", RESERVATION, total, 100, accounts)
+        return _with_controls(uniform, scale.uniform_rounds)
     if group == "long":
         total, width = scale.long_run
         name = f"long {total}/{width}"
-        return [Plan(group, name, RESERVATION, total, width, 2, scale.long_events)]
+        long = Plan(group, name, RESERVATION, total, width, 2, scale.long_events)
+        return _with_controls(long, scale.long_rounds)
     raise ValueError(f"unknown run group {group!r}")
 
 
@@ -495,8 +527,9 @@ async def check_money(
     before: dict[str, int],
     pairs: Sequence[tuple[str, str, int]],
     failures: Sequence[str | None],
-) -> dict[str, Any]:
-    """Conservation after a run: sums, holds, and balances against acknowledged transfers."""
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Conservation after a run: sums, holds, and balances against acknowledged transfers;
+    and the balances read back."""
     ambiguous = sum(1 for failure in failures if failure in AMBIGUOUS)
     ids = list(before)
     # An unanswered transfer may still be running: give it time to end before judging.
@@ -522,7 +555,7 @@ async def check_money(
         problems.append(f"{reserved} still reserved")
     if wrong and not ambiguous:
         problems.append(f"{len(wrong)} balances differ from the acknowledged transfers")
-    return {
+    report = {
         "ok": not problems,
         "problems": problems,
         "sum_before": sum_before,
@@ -532,9 +565,14 @@ async def check_money(
         "balances_match_acknowledged": not wrong,
         "ambiguous_answers": ambiguous,
     }
+    return report, {account_id: after[account_id].balance for account_id in ids}
 
 
-async def run_plan(bank: Bank, plan: Plan, before: dict[str, int]) -> dict[str, Any]:
+async def run_plan(
+    bank: Bank, plan: Plan, before: dict[str, int]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """One run: its result, and the balances read back after it (where the next run on the
+    same accounts starts)."""
     ids = list(before)
     pairs = _pairs(plan, ids)
     if plan.strategy == RESERVATION:
@@ -574,7 +612,7 @@ async def run_plan(bank: Bank, plan: Plan, before: dict[str, int]) -> dict[str, 
     client_cpu = time.process_time() - cpu_before
     services_after = bank.cpu()
 
-    money = await check_money(bank, before, pairs, failures)
+    money, balances_after = await check_money(bank, before, pairs, failures)
     ordered = sorted(latencies)
     ok = sum(1 for failure in failures if failure is None)
     service_cpu = {
@@ -592,6 +630,7 @@ async def run_plan(bank: Bank, plan: Plan, before: dict[str, int]) -> dict[str, 
         "in_flight": plan.in_flight,
         "accounts": plan.accounts,
         "preloaded_events": plan.preloaded_events,
+        "control": plan.control,
         "requested": plan.total,
         "succeeded": ok,
         "failed": plan.total - ok,
@@ -609,7 +648,7 @@ async def run_plan(bank: Bank, plan: Plan, before: dict[str, int]) -> dict[str, 
         "cpu": {"load_generator": client_cpu / seconds, **service_cpu},
         "money": money,
         "status": "OK" if money["ok"] else "FAILED",
-    }
+    }, balances_after
 
 
 async def warm_up(bank: Bank) -> None:
@@ -657,18 +696,64 @@ async def run_group(
             await warm_up(bank)
             # Before the measured run, so that it starts with the accounts in memory.
             touched = await first_touch(bank, list(preloaded)) if preloaded else None
+            # Many accounts are opened once, before the first run (controls included), and
+            # shared by the runs over them: opening 10,000 takes longer than a run.
+            spread = {
+                plan.accounts: await open_accounts(bank, plan.accounts, "bench")
+                for plan in plans
+                if plan.accounts > 2
+            }
             for plan in plans:
-                before = preloaded or await open_accounts(bank, plan.accounts, "bench")
-                result = await run_plan(bank, plan, before)
-                if touched is not None:
+                if plan.preloaded_events:
+                    before = preloaded
+                elif plan.accounts > 2:
+                    before = spread[plan.accounts]
+                else:
+                    # Every hot-pair run on accounts of its own.
+                    before = await open_accounts(bank, plan.accounts, "bench")
+                result, after = await run_plan(bank, plan, before)
+                if plan.preloaded_events:
+                    preloaded = after
                     result["first_touch_ms"] = touched
+                elif plan.accounts > 2:
+                    spread[plan.accounts] = after
                 results.append(result)
                 print("  " + _row(result), flush=True)
-                if touched is not None:
+                if "first_touch_ms" in result:
                     print(f"  {'':<18} {_first_touch(result)}", flush=True)
         return results
     finally:
         databases.close()
+
+
+def compare(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """A group's measured runs against its controls (see the module), or None if it has
+    no controls."""
+    controls = [r for r in results if r.get("control")]
+    measured = [r for r in results if not r.get("control")]
+    if not controls or not measured:
+        return None
+    control_rate = sum(r["requests_per_second"] for r in controls) / len(controls)
+    measured_rate = sum(r["requests_per_second"] for r in measured) / len(measured)
+    return {
+        "group": measured[0]["group"],
+        "measured": measured[0]["name"],
+        "control": controls[0]["name"],
+        "measured_per_second": [r["requests_per_second"] for r in measured],
+        "control_per_second": [r["requests_per_second"] for r in controls],
+        "ratio": measured_rate / control_rate,
+    }
+
+
+def _comparison(comparison: dict[str, Any]) -> str:
+    def rates(values: Sequence[float]) -> str:
+        return ", ".join(f"{value:,.0f}" for value in values)
+
+    return (
+        f"{comparison['measured']} / {comparison['control']} on the same services:"
+        f" {comparison['ratio']:.2f} x (mean of {rates(comparison['measured_per_second'])}"
+        f" over mean of {rates(comparison['control_per_second'])} transfers/s)"
+    )
 
 
 # --------------------------------------------------------------------------- output
@@ -799,9 +884,15 @@ async def bench(args: argparse.Namespace, out: Path, log_dir: Path) -> int:
     )
     print(_HEADER, flush=True)
     results: list[dict[str, Any]] = []
+    comparisons: list[dict[str, Any]] = []
     for group in args.runs:
         print(f"[{group}]", flush=True)
-        results += await run_group(group, scale, args.db, args.postgres_url, log_dir)
+        ran = await run_group(group, scale, args.db, args.postgres_url, log_dir)
+        results += ran
+        comparison = compare(ran)
+        if comparison is not None:
+            comparisons.append(comparison)
+            print("  " + _comparison(comparison), flush=True)
 
     failed = [r for r in results if r["status"] != "OK"]
     report = {
@@ -813,11 +904,14 @@ async def bench(args: argparse.Namespace, out: Path, log_dir: Path) -> int:
         "machine": machine,
         "ok": not failed,
         "results": results,
+        "comparisons": comparisons,
     }
     json_path = out / f"bench-{args.db}.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print_table(results)
+    for comparison in comparisons:
+        print(_comparison(comparison))
     print()
     print(f"results: {json_path}")
     chart = out / f"bench-{args.db}.png"

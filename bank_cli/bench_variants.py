@@ -81,7 +81,7 @@ async def _measure(
                 before = await open_accounts(bank, 2, "variant")
                 total = args.total if in_flight > 1 else min(args.total, 400)
                 plan = Plan("variants", name, RESERVATION, total, in_flight)
-                result = await run_plan(bank, plan, before)
+                result, _ = await run_plan(bank, plan, before)
         result["variant_env"] = env
         return result
     finally:

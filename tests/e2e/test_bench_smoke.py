@@ -91,6 +91,28 @@ def test_bench_quick_runs_and_conserves_money(tmp_path):
         assert "no chart" in completed.stdout
 
 
+def test_bench_quick_long_run_is_compared_with_controls_on_the_same_services(tmp_path):
+    out = tmp_path / "results"
+    completed = _bank("bench", "--quick", "--runs", "long", "--out", str(out))
+
+    report = json.loads((out / "bench-sqlite.json").read_text())
+    assert report["ok"] is True
+    results = report["results"]
+    assert [r["control"] for r in results] == [True, False, True]
+    for result in results:
+        assert result["status"] == "OK", result
+        assert result["succeeded"] == result["requested"], result
+        assert result["money"]["reserved_after"] == 0, result
+    measured = results[1]
+    assert measured["preloaded_events"] > 0 and len(measured["first_touch_ms"]) == 2
+    (comparison,) = report["comparisons"]
+    rates = [r["requests_per_second"] for r in results]
+    assert comparison["measured_per_second"] == [rates[1]]
+    assert comparison["control_per_second"] == [rates[0], rates[2]]
+    assert comparison["ratio"] == rates[1] / ((rates[0] + rates[2]) / 2)
+    assert "on the same services" in completed.stdout
+
+
 def test_naive_transfers_are_off_by_default(bank):
     assert NAIVE_SERVICE not in _listed_services(bank.account.address)
     source = new_account(bank, balance=100)
