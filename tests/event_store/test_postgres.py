@@ -156,3 +156,47 @@ def test_a_conflict_leaves_the_kept_connection_usable(store: PostgresEventStore)
         store.append("s", 5, [NewEvent("Happened", {})])  # ahead of the stream
     assert store.append("s", 1, [NewEvent("Happened", {})])[0].version == 2
     assert store.stream_version("s") == 2
+
+
+def test_statements_keep_being_planned_for_their_values_as_the_table_grows(
+    store: PostgresEventStore,
+) -> None:
+    # Appends run often enough that psycopg prepares their statements on the writer's
+    # connection, while the table is nearly empty: a plan kept from now would be made for
+    # an empty table (a version check that reads the whole table).
+    for n in range(12):
+        store.append(f"s-{n % 3}", n // 3, [NewEvent("Happened", {"n": n})])
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO events (stream_id, version, type, data, recorded_at)"
+                " SELECT 'bulk-' || g, 1, 'Bulk', '{}', 0 FROM generate_series(1, 20000) g"
+            )
+        )
+    for n in range(12, 18):
+        store.append(f"s-{n % 3}", n // 3, [NewEvent("Happened", {"n": n})])
+
+    kept = store._kept
+    assert kept is not None
+    writer = kept.driver_connection
+    try:
+        plans = writer.execute(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+        ).fetchall()
+        version_check = writer.execute(
+            "EXPLAIN (FORMAT JSON) SELECT e.stream_id, e.version"
+            " FROM unnest(%s::varchar[], %s::bigint[]) AS k(s, v)"
+            " JOIN events AS e ON e.stream_id = k.s AND e.version = k.v",
+            (["s-0", "s-1"], [5, 5]),
+        ).fetchone()
+    finally:
+        writer.rollback()
+    with_values = [(generic, custom) for statement, generic, custom in plans if "$1" in statement]
+    assert len(with_values) >= 2, plans  # the version check and the insert, prepared
+    # Every execution planned for its values: none from a plan made once and kept. (A
+    # statement without values, the lock, has one plan only.)
+    assert all(generic == 0 and custom > 0 for generic, custom in with_values), plans
+    # ... which, for the version check on the grown table, looks each key up in the index.
+    assert "Seq Scan" not in str(version_check), version_check
+    with store.engine.connect() as conn:  # and the readers' connections alike
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
