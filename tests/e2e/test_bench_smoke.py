@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -60,12 +62,17 @@ def test_bench_variants_runs_every_variant_and_conserves_money(tmp_path):
         assert (result["succeeded"], result["money"]["ok"]) == (30, True), result
 
 
+def _quick_bench(out: Path, runs: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``bank bench --quick`` on SQLite: what it printed, and its report (which says OK)."""
+    completed = _bank("bench", "--quick", "--runs", runs, "--out", str(out))
+    report = json.loads((out / "bench-sqlite.json").read_text())
+    assert report["ok"] is True, completed.stdout
+    return completed, report
+
+
 def test_bench_quick_runs_and_conserves_money(tmp_path):
     out = tmp_path / "results"
-    completed = _bank("bench", "--quick", "--runs", "seed,sweep", "--out", str(out))
-
-    report = json.loads((out / "bench-sqlite.json").read_text())
-    assert report["ok"] is True
+    completed, report = _quick_bench(out, "seed,sweep")
     results = report["results"]
     assert {r["group"] for r in results} == {"seed", "sweep"}
     for group in ("seed", "sweep"):
@@ -92,11 +99,7 @@ def test_bench_quick_runs_and_conserves_money(tmp_path):
 
 
 def test_bench_quick_long_run_is_compared_with_controls_on_the_same_services(tmp_path):
-    out = tmp_path / "results"
-    completed = _bank("bench", "--quick", "--runs", "long", "--out", str(out))
-
-    report = json.loads((out / "bench-sqlite.json").read_text())
-    assert report["ok"] is True
+    completed, report = _quick_bench(tmp_path / "results", "long")
     results = report["results"]
     assert [r["control"] for r in results] == [True, False, True]
     for result in results:
