@@ -699,9 +699,8 @@ async def run_group(
             # Many accounts are opened once, before the first run (controls included), and
             # shared by the runs over them: opening 10,000 takes longer than a run.
             spread = {
-                plan.accounts: await open_accounts(bank, plan.accounts, "bench")
-                for plan in plans
-                if plan.accounts > 2
+                count: await open_accounts(bank, count, "bench")
+                for count in sorted({plan.accounts for plan in plans if plan.accounts > 2})
             }
             for plan in plans:
                 if plan.preloaded_events:
