@@ -175,6 +175,40 @@ async def test_a_cancelled_caller_does_not_break_the_writer(recording: Recording
     await aio.close()
 
 
+@pytest.mark.parametrize("linger", [4, 0])
+async def test_appends_of_callers_just_answered_join_the_next_batch(
+    recording: Recording, linger: int
+) -> None:
+    """A protocol step answered by one batch usually appends its follow-up at once: with
+    ``linger`` rounds the writer waits for those before taking its next batch."""
+    aio = AsyncEventStore(recording, writers=1, linger=linger)
+    await aio.start()
+
+    async def chain(n: int) -> None:
+        await aio.append(f"first-{n}", 0, ev())
+        await aio.append(f"then-{n}", 0, ev())
+
+    recording.gate = threading.Event()
+    chains = [asyncio.create_task(chain(n)) for n in range(5)]
+    assert await asyncio.to_thread(recording.entered.wait, 10)  # the first batch is written
+    meanwhile = asyncio.create_task(aio.append("meanwhile", 0, ev()))
+    await asyncio.sleep(0)  # queued while the first batch is being written
+    recording.gate.set()
+    await asyncio.gather(*chains, meanwhile)
+    await aio.close()
+    follow_ups = [f"then-{n}" for n in range(5)]
+    assert recording.batches[0] == [f"first-{n}" for n in range(5)]
+    if linger:
+        assert recording.batches[1:] == [["meanwhile", *follow_ups]]
+    else:  # taken at once: the follow-ups wait for one more commit
+        assert recording.batches[1:] == [["meanwhile"], follow_ups]
+
+
+def test_linger_must_not_be_negative(recording: Recording) -> None:
+    with pytest.raises(ValueError, match="linger"):
+        AsyncEventStore(recording, linger=-1)
+
+
 async def test_close_writes_every_pending_append(recording: Recording) -> None:
     store = AsyncEventStore(recording, max_batch=7)
     await store.start()
