@@ -68,10 +68,15 @@ _COUNT_EXISTING = select(func.count()).select_from(_EXISTING_VERSIONS.subquery()
 MIN_SQLITE_VERSION = (3, 35, 0)
 
 # The append's statements as the driver takes them (see ``SqliteEventStore._write``).
+# OR ROLLBACK: a row that breaks a key ends the whole transaction, which is what the append
+# does with any failure anyway. With the default (ABORT) SQLite must be able to undo the
+# failing statement alone, and keeps a statement journal of every page it changes; past
+# 64 KiB that journal is a temporary file, created and deleted once per batch when the
+# batch's appends are spread over many streams.
 _EVENT_ROW = ("stream_id", "version", "type", "data", "recorded_at")
-_INSERT_EVENTS_HEAD = f"INSERT INTO {events.name} ({', '.join(_EVENT_ROW)}) VALUES "
+_INSERT_EVENTS_HEAD = f"INSERT OR ROLLBACK INTO {events.name} ({', '.join(_EVENT_ROW)}) VALUES "
 _TAG_ROW = ("tag", "position")
-_INSERT_TAGS_HEAD = f"INSERT INTO {event_tags.name} ({', '.join(_TAG_ROW)}) VALUES "
+_INSERT_TAGS_HEAD = f"INSERT OR ROLLBACK INTO {event_tags.name} ({', '.join(_TAG_ROW)}) VALUES "
 # Well below SQLite's default limit of 32,766 bound values per statement.
 _INSERT_ROWS_PER_STATEMENT = 256
 
@@ -159,7 +164,8 @@ class SqliteEventStore(SqlEventStore):
         stream behind; a stream already past its version trips the unique key on insert),
         the events go in as one statement per 256 rows whose positions follow from the
         last one (AUTOINCREMENT under the write lock hands out consecutive positions in
-        row order), and the tags as one statement per 256 rows.
+        row order), and the tags as one statement per 256 rows, both without a statement
+        journal (``OR ROLLBACK``, see the statements above).
         """
         if not self.driver_appends:
             return super()._write(requests, keys, rows)
