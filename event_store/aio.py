@@ -79,9 +79,9 @@ class AsyncEventStore:
 
     ``writers`` writer tasks each own a one-thread executor, so each has at most one
     batch in flight; ``readers`` threads serve reads. Pass ``default_writers(store)`` to
-    pick the writer count by backend. ``linger``: loop rounds a writer lets pass after
-    answering a batch, before it takes the next (see the module). Use ``start()``/``close()``
-    or ``async with``.
+    pick the writer count by backend. ``linger``: loop rounds a writer lets pass before it
+    takes a batch, whether it has just answered one or was woken from idle (see the module).
+    Use ``start()``/``close()`` or ``async with``.
     """
 
     def __init__(
