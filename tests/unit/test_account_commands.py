@@ -180,7 +180,7 @@ async def test_exclusive_waits_for_a_burst_being_stored(store) -> None:
     await _opened(accounts, "acc", 10)
     appends.gate, appends.entered = threading.Event(), threading.Event()
     deposit = accounts.submit("acc", _deposit(5, "first"))
-    await asyncio.to_thread(appends.entered.wait, 5)  # its append is in the writer
+    assert await asyncio.to_thread(appends.entered.wait, 5)  # its append is in the writer
     inside = asyncio.Event()
 
     async def hold_the_lock() -> int:
