@@ -25,6 +25,8 @@ import yaml
 from compose_spec import PyCompose
 from kubernetes_validate.utils import ValidationError
 
+from grpc_common.metrics import parse_address
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -198,11 +200,33 @@ def test_deployment_has_grpc_readiness_and_liveness_probes_on_its_port(name):
     (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
     container = _container(deployment)
     port = PORTS[name]
-    assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    grpc = {"name": "grpc", "containerPort": port, "protocol": "TCP"}
+    assert container["ports"][0] == grpc
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["grpc"] == {"port": port}, probe
     assert _env(container)["BANK_LISTEN"]["value"] == f"0.0.0.0:{port}"
     assert container["command"] == ["python", "-m", MODULES[name]]
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_deployment_serves_metrics_where_prometheus_is_told_to_look(name):
+    """BANK_METRICS_PORT, read as the service reads it, binds the pod's address on the
+    container port named metrics, and the scrape annotations name that port."""
+    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
+    container = _container(deployment)
+    env = _env(container)
+    address = parse_address(env["BANK_METRICS_PORT"]["value"], env["BANK_LISTEN"]["value"])
+    assert address is not None and address.host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert set(ports) == {"grpc", "metrics"}
+    assert ports["metrics"] == address.port != ports["grpc"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(address.port),
+        "prometheus.io/path": "/metrics",
+    }
+    assert str(address.port) in _stages()[-1][-2].split()  # EXPOSE, before CMD
 
 
 @pytest.mark.parametrize("name", PORTS)
@@ -308,7 +332,8 @@ def test_image_runs_as_a_non_root_user_and_exposes_both_ports():
     runtime = _stages()[-1]
     (user,) = (i.split()[1] for i in runtime if i.startswith("USER "))
     assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
-    assert "EXPOSE 50051 50052" in runtime
+    (exposed,) = (i.split()[1:] for i in runtime if i.startswith("EXPOSE "))
+    assert {"50051", "50052"} <= set(exposed)
     assert any("BANK_LISTEN=0.0.0.0:" in i for i in runtime if i.startswith("ENV "))
 
 
@@ -335,6 +360,20 @@ def test_project_lists_every_package_it_ships():
         folder = ROOT / _package_folder(package)
         for init in folder.glob("*/__init__.py"):
             assert f"{package}.{init.parent.name}" in listed, init.parent.relative_to(ROOT)
+
+
+def test_image_installs_the_extra_that_otlp_tracing_needs():
+    """``--otel-exporter otlp`` imports the OTLP exporter, which only the extra brings."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(r.startswith("opentelemetry-exporter-otlp") for r in extras["tracing"])
+    installs = [i for i in _stages()[0] if i.startswith("RUN pip install ")]
+    assert len(installs) == 1
+    assert installs[0].split()[3] == "'.[tracing]'"
+    assert "import opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in installs[0]
+    tracing_source = (ROOT / "grpc_common" / "tracing.py").read_text()
+    assert "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import" in tracing_source
 
 
 def test_image_copies_every_package_the_project_installs():
