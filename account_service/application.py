@@ -8,6 +8,14 @@ events in one append and only then answers each caller: one commit per burst ins
 per command. Across processes, the expected-version check of the append keeps the stream
 consistent; on a conflict the aggregate is reloaded and the burst decided again.
 
+A sequence of commands over idle accounts (the forward steps of a transfer: reserve on one
+account, credit another, capture on the first) can skip the mailboxes: when every account
+it touches is cached, nothing is queued for it and nothing of it is being stored, the steps
+are decided at once, in order, and their events stored in one transaction across the
+accounts' streams (``submit_sequence``). Where many commands meet on one account, its
+mailbox already gathers them into one append; over many quiet accounts, each command would
+otherwise be an append of its own and every step would wait for one commit.
+
 Loading starts from the account's snapshot when it has a usable one, and folds only the
 events after it. Snapshots are written in the background, every ``snapshot_every`` events
 (or a tenth of the references the account remembers, if that is more):
@@ -19,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from account_service import codec
 from account_service.domain import (
@@ -35,7 +45,14 @@ from account_service.domain import (
     Reserved,
     SnapshotUnusable,
 )
-from event_store import AsyncEventStore, ConcurrencyConflict, NewEvent, RecordedEvent
+from event_store import (
+    AppendRequest,
+    AsyncEventStore,
+    ConcurrencyConflict,
+    EventStoreError,
+    NewEvent,
+    RecordedEvent,
+)
 from shared_kernel.crash import ACCOUNT_AFTER_APPEND
 from shared_kernel.errors import DomainError
 
@@ -43,6 +60,9 @@ log = logging.getLogger(__name__)
 
 STREAM_PREFIX = "account-"
 Decision = Callable[[Account], list[AccountEvent]]
+# One step of a sequence: its account, and its decision made from the state the step before
+# left (None for the first step).
+SequenceStep = tuple[str, Callable[["AccountView | None"], Decision]]
 CrashPoint = Callable[[str], None]
 
 # Running balances are stored with each event so a page of history needs no replay.
@@ -110,6 +130,14 @@ def _view(account: Account, with_reservations: bool = False) -> AccountView:
     )
 
 
+def _encoded(account: Account, event: AccountEvent) -> NewEvent:
+    """``event``, just applied to ``account``, as stored: with the balances after it."""
+    kind, data = codec.encode(event)
+    data["balance_after"] = account.balance
+    data["reserved_after"] = account.reserved
+    return NewEvent(kind, data)
+
+
 def _decode(recorded: RecordedEvent) -> AccountEvent:
     data = {k: v for k, v in recorded.data.items() if k not in _RUNNING_FIELDS}
     return codec.decode(recorded.type, data)
@@ -128,12 +156,23 @@ class LockTimeout(DomainError):
 
 
 class _Mailbox:
-    __slots__ = ("account", "lock", "queue", "running", "snapshot_version", "snapshotting")
+    __slots__ = (
+        "account",
+        "lock",
+        "queue",
+        "running",
+        "snapshot_version",
+        "snapshotting",
+        "storing",
+    )
 
     def __init__(self) -> None:
         self.account: Account | None = None
         self.queue: list[_Command] = []
+        # A worker task is (or will be) working the queue, or a sequence is being stored.
         self.running = False
+        # The append of a sequence (submit_sequence) holding events of this account.
+        self.storing: asyncio.Future[list[list[RecordedEvent]]] | None = None
         # Held while a burst is decided and stored, or by an exclusive() caller.
         self.lock = asyncio.Lock()
         # The version of the account's newest snapshot, stored or last attempted.
@@ -186,11 +225,118 @@ class Accounts:
         future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
         mailbox.queue.append((decision, with_reservations, future))
         if not mailbox.running:
-            mailbox.running = True
-            task = asyncio.create_task(self._work(account_id, mailbox))
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
+            self._start_worker(account_id, mailbox)
         return future
+
+    def _start_worker(self, account_id: str, mailbox: _Mailbox) -> None:
+        mailbox.running = True
+        self._track(asyncio.create_task(self._work(account_id, mailbox)))
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    def submit_sequence(
+        self, steps: Sequence[SequenceStep]
+    ) -> asyncio.Future[list[AccountView]] | None:
+        """Decides ``steps`` now, in order, and stores their events in one append, if it can.
+
+        Only when every account the steps touch is cached and idle (see the module), and
+        every step decides new events. Then the future has the state after each step, once
+        all of them are stored, or fails with nothing stored (the accounts are forgotten,
+        so the next command loads them). Otherwise nothing is stored and None is returned:
+        a refusal or a repeat, decided on a cached account, is only answered after the
+        account is checked against the store, which the step-by-step path does.
+        """
+        mailboxes: dict[str, _Mailbox] = {}
+        expected: dict[str, int] = {}
+        for account_id, _ in steps:
+            mailbox = self._mailboxes.get(account_id)
+            if mailbox is None or mailbox.account is None or not _idle(mailbox):
+                return None
+            mailboxes[account_id] = mailbox
+            expected[account_id] = mailbox.account.version
+        new: dict[str, list[NewEvent]] = {}
+        holds: list[tuple[str, int, str]] = []  # (account, index in its events, reference)
+        views: list[AccountView] = []
+        view: AccountView | None = None
+        for account_id, decide in steps:
+            account = mailboxes[account_id].account
+            assert account is not None
+            try:
+                events = decide(view)(account)
+            except Exception:
+                events = []
+            if not events:
+                for changed in new:  # applied, never to be stored: load them again
+                    mailboxes[changed].account = None
+                return None
+            stored = new.setdefault(account_id, [])
+            for event in events:
+                account.apply(event)
+                stored.append(_encoded(account, event))
+                if isinstance(event, Reserved):
+                    holds.append((account_id, len(stored) - 1, event.reference))
+            view = _view(account)
+            views.append(view)
+        requests = [
+            AppendRequest(stream_id(account_id), expected[account_id], events)
+            for account_id, events in new.items()
+        ]
+        appended = asyncio.ensure_future(self._store.append_batch(requests))
+        for mailbox in mailboxes.values():
+            mailbox.running = True
+            mailbox.storing = appended
+        self._track(appended)
+        answer: asyncio.Future[list[AccountView]] = asyncio.get_running_loop().create_future()
+        appended.add_done_callback(
+            functools.partial(self._sequence_stored, mailboxes, list(new), holds, views, answer)
+        )
+        return answer
+
+    def _sequence_stored(
+        self,
+        mailboxes: dict[str, _Mailbox],
+        changed: list[str],
+        holds: list[tuple[str, int, str]],
+        views: list[AccountView],
+        answer: asyncio.Future[list[AccountView]],
+        appended: asyncio.Future[list[list[RecordedEvent]]],
+    ) -> None:
+        failure: BaseException | None
+        recorded: dict[str, list[RecordedEvent]] = {}
+        if appended.cancelled():
+            failure = EventStoreError("append interrupted; it may or may not be stored")
+        else:
+            failure = appended.exception()
+        if failure is None:
+            recorded = dict(zip(changed, appended.result(), strict=True))
+            for account_id, index, reference in holds:
+                account = mailboxes[account_id].account
+                assert account is not None
+                hold = account.holds.get(reference)
+                if hold is not None:
+                    account.holds[reference] = Hold(
+                        hold.amount, recorded[account_id][index].recorded_at
+                    )
+            self._crash_point(ACCOUNT_AFTER_APPEND)
+        for account_id, mailbox in mailboxes.items():
+            mailbox.storing = None
+            mailbox.running = False
+            if failure is not None:
+                mailbox.account = None
+            elif account_id in recorded:
+                self._notify(account_id)
+                assert mailbox.account is not None
+                self._maybe_snapshot(account_id, mailbox, mailbox.account)
+            if mailbox.queue:
+                self._start_worker(account_id, mailbox)
+        if answer.done():
+            return
+        if failure is not None:
+            answer.set_exception(failure)
+        else:
+            answer.set_result(views)
 
     @contextlib.asynccontextmanager
     async def exclusive(
@@ -210,6 +356,9 @@ class Accounts:
         except TimeoutError:
             raise LockTimeout(account_id, timeout) from None
         try:
+            # A sequence being stored holds events of the account without its lock.
+            while mailbox.storing is not None:
+                await asyncio.wait([mailbox.storing])
 
             async def run(decision: Decision) -> AccountView:
                 future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
@@ -279,10 +428,7 @@ class Accounts:
                     for event in events:
                         # Applied before the commit: a failed append drops the aggregate.
                         account.apply(event)
-                        kind, data = codec.encode(event)
-                        data["balance_after"] = account.balance
-                        data["reserved_after"] = account.reserved
-                        new.append(NewEvent(kind, data))
+                        new.append(_encoded(account, event))
                         if isinstance(event, Reserved):
                             reserved.append((len(new) - 1, event.reference))
                     outcomes.append(_view(account, with_reservations))
@@ -421,11 +567,12 @@ class Accounts:
             # After a failure too: the next attempt waits for another snapshot_every events.
             mailbox.snapshot_version = max(mailbox.snapshot_version, state.version)
             mailbox.snapshotting = False
-        # The appends made meanwhile may have made the next one due. Unlocked, the cached
-        # account is exactly what is stored (a burst applies its events under the lock);
-        # locked, the burst checks after its own append.
+        # The appends made meanwhile may have made the next one due. Unlocked and with no
+        # sequence being stored, the cached account is exactly what is stored (a burst
+        # applies its events under the lock, a sequence before its append); otherwise the
+        # burst or the sequence checks after its own append.
         account = mailbox.account
-        if saved and account is not None and not mailbox.lock.locked():
+        if saved and account is not None and not mailbox.lock.locked() and not mailbox.storing:
             self._maybe_snapshot(account_id, mailbox, account)
 
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - bounded wait
@@ -502,6 +649,18 @@ class Accounts:
         changed = self._changed.pop(account_id, None)
         if changed is not None:
             changed.set()
+
+
+def _idle(mailbox: _Mailbox) -> bool:
+    """Cached, and nothing queued, running, being stored or holding the lock."""
+    account = mailbox.account
+    return (
+        account is not None
+        and account.exists
+        and not mailbox.running
+        and not mailbox.queue
+        and not mailbox.lock.locked()
+    )
 
 
 def _existing(account: Account) -> list[AccountEvent]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from operator import methodcaller
@@ -14,7 +15,7 @@ from operator import methodcaller
 import grpc
 from grpc import StatusCode
 
-from account_service.application import Accounts, AccountView, Decision
+from account_service.application import Accounts, AccountView, Decision, SequenceStep
 from account_service.grpc_api import messages
 from account_service.grpc_api.errors import ERRORS, StepNotRun
 from bank.v1 import account_pb2 as pb
@@ -124,6 +125,14 @@ def _release(request: pb.ReleaseRequest) -> tuple[str, Decision]:
 _STEPS = {"reserve": _reserve, "credit": _credit, "capture": _capture, "release": _release}
 
 
+def _decision(step: pb.Step, kind: str, before: AccountView | None) -> Decision:
+    """A step's decision in a sequence; a credit without a currency takes the one of the
+    account the step before it left (as a follower started step by step does)."""
+    if kind == "credit" and before is not None and not step.credit.currency:
+        step.credit.currency = before.currency
+    return _STEPS[kind](getattr(step, kind))[1]
+
+
 def _step_error(exc: BaseException) -> pb.StepError:
     described = ERRORS.describe(exc)
     if described is None:
@@ -180,7 +189,10 @@ class _StepStream:
     outcome: then it starts (credit taking that step's currency if it has none of its
     own), or, if that step did not succeed, is answered STEP_NOT_RUN with its own
     followers. The outcomes of a chain of steps (each followed by one other) are sent
-    together when it ends: its caller waits for the whole of it anyway.
+    together when it ends: its caller waits for the whole of it anyway. A chain whose
+    accounts are idle is first offered to ``Accounts.submit_sequence``, which decides it
+    whole and stores it in one append; where it declines, or its append fails, the chain
+    runs step by step.
     """
 
     def __init__(self, accounts: Accounts) -> None:
@@ -213,9 +225,63 @@ class _StepStream:
                         continue
                     earlier.add(step.step_id)
                 for step in first:
-                    self._start(step)
+                    self._start_first(step)
         finally:
             self._ready.set()
+
+    def _start_first(self, step: pb.Step) -> None:
+        chain = self._chain(step)
+        if chain is None or not self._submit_sequence(chain):
+            self._start(step)
+
+    def _chain(self, step: pb.Step) -> list[pb.Step] | None:
+        """``step`` and the steps after it, if each is followed by exactly one other."""
+        chain = [step]
+        while followers := self._followers.get(chain[-1].step_id):
+            if len(followers) != 1:
+                return None
+            chain.append(followers[0])
+        return chain if len(chain) > 1 else None
+
+    def _submit_sequence(self, chain: list[pb.Step]) -> bool:
+        """Offers the chain to Accounts.submit_sequence; False if it declines."""
+        steps: list[SequenceStep] = []
+        for step in chain:
+            kind = step.WhichOneof("action")
+            if kind is None:
+                return False
+            try:
+                account_id = parse_id(getattr(step, kind).account_id, "account_id")
+            except InvalidArgument:
+                return False
+            steps.append((account_id, functools.partial(_decision, step, kind)))
+        future = self._accounts.submit_sequence(steps)
+        if future is None:
+            return False
+        # The chain's followers, counted in flight when read, are now part of it.
+        for step in chain[:-1]:
+            del self._followers[step.step_id]
+        self._in_flight -= len(chain) - 2
+        future.add_done_callback(functools.partial(self._sequence_done, chain))
+        return True
+
+    def _sequence_done(
+        self, chain: list[pb.Step], future: asyncio.Future[list[AccountView]]
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            # Nothing of it is stored: step by step, as if it had never been offered.
+            for step, follower in itertools.pairwise(chain):
+                self._followers[step.step_id] = [follower]
+            self._in_flight += len(chain) - 2
+            self._start(chain[0])
+            return
+        self._in_flight -= 1
+        self._send(
+            *(
+                pb.StepOutcome(step_id=step.step_id, account=messages.account(view))
+                for step, view in zip(chain, future.result(), strict=True)
+            )
+        )
 
     def _start(self, step: pb.Step, currency: str = "") -> None:
         kind = step.WhichOneof("action")

@@ -52,6 +52,9 @@ class Case:
     # events it has caused so far. This is what pins each point to its place. Where a
     # forward record overlaps the next call, either may land first: both are listed.
     at_crash: tuple[At, ...]
+    # Account points: the accounts are loaded into the armed service before the transfer,
+    # so that a sequence over them can be stored whole (see Accounts.submit_sequence).
+    warm: bool = False
 
     @property
     def service(self) -> str:
@@ -60,7 +63,7 @@ class Case:
     @property
     def id(self) -> str:
         suffix = f"-{self.after}" if self.service == "account" else ""
-        return f"{self.point}{suffix}-{self.victim}"
+        return f"{self.point}{suffix}-{self.victim}" + ("-warm" if self.warm else "")
 
 
 RELEASING = "RESERVED (releasing)"
@@ -90,6 +93,10 @@ CASES = [
     Case(ACCOUNT_AFTER_APPEND, "normal", 3, (("REQUESTED", (R, C, K)), ("CREDITED", (R, C, K)))),
     Case(ACCOUNT_AFTER_APPEND, "refused", 1, (("REQUESTED", (R,)),)),
     Case(ACCOUNT_AFTER_APPEND, "refused", 2, ((RELEASING, (R, L)),)),
+    # With the accounts in memory, the forward sequence is one append of all three steps;
+    # a refused credit makes it go step by step, as above.
+    Case(ACCOUNT_AFTER_APPEND, "normal", 1, (("REQUESTED", (R, C, K)),), warm=True),
+    Case(ACCOUNT_AFTER_APPEND, "refused", 1, (("REQUESTED", (R,)),), warm=True),
 ]
 
 
@@ -209,6 +216,16 @@ def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
         assert bank.account.stop() == 0
         _arm(bank.account, case)
         bank.account.start()
+        if case.warm:
+            # Refused without an append (bob has nothing): it opens the transfer service's
+            # step stream again, on which the forward sequence travels. Then load the rest.
+            warm_up = tpb.CreateTransferRequest(
+                transfer_id=str(uuid.uuid4()), from_account_id=s.bob, to_account_id=s.ada, amount=1
+            )
+            refused = _outcome(lambda: bank.transfers.CreateTransfer(warm_up, timeout=30))
+            assert refused == "FAILED/INSUFFICIENT_FUNDS"
+            for account_id in (s.ada, s.carol):
+                _account(bank, account_id)
     victim, other = (s.normal, s.refused) if case.victim == "normal" else (s.refused, s.normal)
 
     pending = bank.transfers.CreateTransfer.future(victim, timeout=OUTCOME_WITHIN)
@@ -269,7 +286,9 @@ def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
     assert (after.in_flight, after.totals.reserved) == ([], 0)
 
     return (
-        case.point + (f" #{case.after}" if case.service == "account" else ""),
+        case.point
+        + (f" #{case.after}" if case.service == "account" else "")
+        + (" (warm)" if case.warm else ""),
         case.service,
         case.victim,
         f"exit {CRASH_EXIT_CODE}",

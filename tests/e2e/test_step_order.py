@@ -67,6 +67,34 @@ def test_a_whole_transfer_in_one_request_moves_the_money_once(bank):
     assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
 
 
+def test_a_sequence_over_accounts_in_memory_is_stored_in_one_transaction(bank):
+    """Both accounts were just opened through the service, so it holds them, idle: the three
+    steps are decided at once and their events share one commit (one timestamp)."""
+    ada, bob = new_account(bank, 100).account_id, new_account(bank).account_id
+    outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=_sequence(ada, bob, "r-1", 30)))
+    assert [outcomes[i].WhichOneof("result") for i in (1, 2, 3)] == ["account"] * 3
+    assert [(outcomes[i].account.balance, outcomes[i].account.reserved) for i in (1, 2, 3)] == [
+        (100, 30),
+        (30, 0),
+        (70, 0),
+    ]
+    events = [
+        e
+        for account_id in (ada, bob)
+        for e in bank.accounts.ListAccountEvents(
+            apb.ListAccountEventsRequest(account_id=account_id)
+        ).events
+        if e.reference == "r-1"
+    ]
+    assert sorted(apb.AccountEventType.Name(e.type) for e in events) == [
+        "ACCOUNT_EVENT_TYPE_CREDITED",
+        "ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED",
+        "ACCOUNT_EVENT_TYPE_RESERVED",
+    ]
+    assert len({e.occurred_at.ToMicroseconds() for e in events}) == 1
+    assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
+
+
 def test_a_refused_step_stops_the_steps_after_it(bank):
     ada, carol = new_account(bank, 100).account_id, new_account(bank).account_id
     bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=carol))

@@ -120,6 +120,66 @@ async def test_requests_for_one_stream_go_to_successive_batches_in_order(
     assert [e.data["n"] for e in await aio.read_stream("s")] == [1, 2]
 
 
+async def test_append_batch_stores_its_streams_together_with_the_other_callers(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    await aio.append("x", 0, ev(n=0))
+    recording.batches.clear()
+    together, alone = await asyncio.gather(
+        aio.append_batch(
+            [AppendRequest("x", 1, ev(n=1) + ev(n=2)), AppendRequest("y", 0, ev(n=3))]
+        ),
+        aio.append("z", 0, ev(n=4)),
+    )
+    assert recording.batches == [["x", "y", "z"]]  # one transaction for both callers
+    assert [[(e.stream_id, e.version, e.data["n"]) for e in r] for r in together] == [
+        [("x", 2, 1), ("x", 3, 2)],
+        [("y", 1, 3)],
+    ]
+    assert [(e.stream_id, e.version) for e in alone] == [("z", 1)]
+    assert [e.data["n"] for e in await aio.read_stream("x")] == [0, 1, 2]
+
+
+async def test_append_batch_with_one_stream_behind_stores_none_of_its_streams(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    """All or nothing for its caller; the other callers of the batch are stored."""
+    await aio.append("taken", 0, ev())
+    recording.batches.clear()
+    outcomes = await asyncio.gather(
+        aio.append("a", 0, ev()),
+        aio.append_batch([AppendRequest("fresh", 0, ev()), AppendRequest("taken", 0, ev())]),
+        aio.append("b", 0, ev()),
+        return_exceptions=True,
+    )
+    assert recording.batches[0] == ["a", "fresh", "taken", "b"]
+    assert isinstance(outcomes[1], ConcurrencyConflict)
+    assert outcomes[1].stream_id == "taken"
+    assert await aio.stream_version("fresh") == 0
+    assert await aio.stream_version("taken") == 1
+    assert await aio.stream_version("a") == await aio.stream_version("b") == 1
+
+
+async def test_append_batch_waits_for_a_batch_holding_any_of_its_streams(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    first, (second, other) = await asyncio.gather(
+        aio.append("s", 0, ev(n=1)),
+        aio.append_batch([AppendRequest("s", 1, ev(n=2)), AppendRequest("t", 0, ev())]),
+    )
+    assert [e.version for e in first + second + other] == [1, 2, 1]
+    assert recording.batches == [["s"], ["s", "t"]]
+
+
+async def test_append_batch_refuses_a_stream_twice_before_queueing(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    with pytest.raises(ValueError, match="twice"):
+        await aio.append_batch([AppendRequest("s", 0, ev()), AppendRequest("s", 1, ev())])
+    assert await aio.append_batch([]) == []
+    assert recording.batches == []
+
+
 async def test_store_unavailable_reaches_every_caller_of_the_batch(
     aio: AsyncEventStore, recording: Recording
 ) -> None:

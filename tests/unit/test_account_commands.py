@@ -1,10 +1,11 @@
 """The account service's command path: mailboxes, bursts and group commit.
 
 Commands on one account are decided in bursts against the cached aggregate and stored with
-one append per burst. Whatever happens to a burst (stored, refused, lost to another writer,
-failed by the store, held behind an exclusive caller), every caller hears back once, what
-is stored is exactly what was answered, and nothing decided on state that was not stored
-survives.
+one append per burst; a sequence of commands over idle accounts is decided whole and stored
+in one append across their streams. Whatever happens to a burst or a sequence (stored,
+refused, lost to another writer, failed by the store, held behind an exclusive caller),
+every caller hears back once, what is stored is exactly what was answered, and nothing
+decided on state that was not stored survives.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 import pytest
 
 from account_service import codec
-from account_service.application import Accounts, Decision, stream_id
+from account_service.application import Accounts, AccountView, Decision, SequenceStep, stream_id
 from account_service.domain import Account, AccountEvent, InsufficientFunds
 from event_store import (
     AppendRequest,
     AsyncEventStore,
+    ConcurrencyConflict,
     InMemoryEventStore,
     RecordedEvent,
     StoreUnavailable,
@@ -35,12 +37,14 @@ class Appends:
     def __init__(self) -> None:
         self.inner = InMemoryEventStore()
         self.requests: list[AppendRequest] = []
+        self.batches: list[list[str]] = []  # the streams of each append_batch
         self.gate: threading.Event | None = None  # when set, append_batch waits for it
         self.entered = threading.Event()
         self.fail_next: Exception | None = None
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         self.requests.extend(requests)
+        self.batches.append([r.stream_id for r in requests])
         self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(timeout=10)
@@ -212,3 +216,163 @@ async def test_commands_queued_behind_a_held_lock_wait_for_it(store) -> None:
         await run(_withdraw(10, "all"))
     assert (await waiting).balance == 1
     assert [e.data["balance_after"] for e in appends.events("acc")] == [0, 10, 0, 1]
+
+
+# --- sequences ---------------------------------------------------------------------------
+
+
+def _transfer(source: str, target: str, amount: int, reference: str) -> list[SequenceStep]:
+    """A transfer's forward steps; the credit takes the currency the reserve left."""
+
+    def reserve(before: AccountView | None) -> Decision:
+        return lambda account: account.reserve(amount, reference)
+
+    def credit(before: AccountView | None) -> Decision:
+        assert before is not None
+        return lambda account: account.credit(amount, reference, before.currency)
+
+    def capture(before: AccountView | None) -> Decision:
+        return lambda account: account.capture(reference)
+
+    return [(source, reserve), (target, credit), (source, capture)]
+
+
+def _balances(appends: Appends, *ids: str) -> list[tuple[int, int]]:
+    return [(a.balance, a.reserved) for a in map(appends.fold, ids)]
+
+
+async def test_a_sequence_over_idle_accounts_is_stored_in_one_append(store) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await _opened(accounts, "bob", 0)
+    appends.batches.clear()
+    sequence = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    assert sequence is not None
+    views = await sequence
+    assert [(v.account_id, v.balance, v.reserved) for v in views] == [
+        ("ada", 100, 30),
+        ("bob", 30, 0),
+        ("ada", 70, 0),
+    ]
+    assert appends.batches == [[stream_id("ada"), stream_id("bob")]]
+    assert [e.type for e in appends.events("ada")[-2:]] == ["Reserved", "ReservationCaptured"]
+    assert _balances(appends, "ada", "bob") == [(70, 0), (30, 0)]
+    # The cached accounts are what is stored, and go on from there.
+    assert (await accounts.get("ada")).version == appends.fold("ada").version == 4
+    view = await accounts.execute("ada", _withdraw(70, "w-1"))
+    assert (view.balance, appends.fold("ada").balance) == (0, 0)
+
+
+async def test_a_sequence_is_declined_unless_every_account_is_cached_and_idle(store) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await _opened(accounts, "bob", 0)
+    cold = Accounts(aio)  # another process: nothing cached
+    await cold.get("ada")
+    assert cold.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
+    queued = accounts.submit("bob", _deposit(1, "d-1"))
+    assert accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
+    await queued
+    async with accounts.exclusive("ada", timeout=5):
+        assert accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
+    before = len(appends.requests)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(appends.requests) == before  # a declined sequence stores nothing
+    assert _balances(appends, "ada", "bob") == [(100, 0), (1, 0)]
+
+
+async def test_a_refused_step_declines_the_sequence_and_forgets_what_it_decided(store) -> None:
+    """A refusal decided on a cached account is only answered after the step-by-step path
+    has checked the account against the store; the reserve applied before it is undone."""
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await accounts.execute("usd", lambda account: account.open("Bo", "USD"))
+    before = len(appends.requests)
+    assert accounts.submit_sequence(_transfer("ada", "usd", 30, "t-1")) is None
+    assert len(appends.requests) == before
+    # Forgotten, not kept at version 3: the next command is stored at the first try.
+    view = await accounts.execute("ada", _deposit(5, "d-1"))
+    assert (view.balance, view.reserved, view.version) == (105, 0, 3)
+    assert [r.expected_version for r in appends.requests[before:]] == [2]
+    await accounts.execute("ada", _withdraw(5, "w-0"))
+    # A repeat decides no new events: declined as well, for the same reason.
+    await accounts.execute("ada", _withdraw(10, "w-1"))
+    steps = [("ada", lambda before: _withdraw(10, "w-1"))]
+    assert accounts.submit_sequence(steps) is None
+    assert appends.fold("ada").balance == (await accounts.get("ada")).balance == 90
+
+
+async def test_commands_for_its_accounts_wait_until_the_sequence_is_stored(store) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await _opened(accounts, "bob", 0)
+    appends.gate, appends.entered = threading.Event(), threading.Event()
+    sequence = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    assert sequence is not None
+    assert await asyncio.to_thread(appends.entered.wait, 5)  # its append is in the writer
+    withdraw = accounts.submit("ada", _withdraw(70, "w-1"))
+    entered = asyncio.Event()
+
+    async def hold_the_lock() -> int:
+        async with accounts.exclusive("bob", timeout=5) as run:
+            entered.set()
+            assert sequence.done()
+            return (await run(_withdraw(30, "w-2"))).balance
+
+    holder = asyncio.create_task(hold_the_lock())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not withdraw.done() and not entered.is_set()
+    assert accounts.submit_sequence(_transfer("bob", "ada", 1, "t-2")) is None
+    appends.gate.set()
+    assert [v.balance for v in await sequence] == [100, 30, 70]
+    assert (await withdraw).balance == 0
+    assert await holder == 0
+    assert _balances(appends, "ada", "bob") == [(0, 0), (0, 0)]
+
+
+async def test_a_sequence_whose_append_fails_stores_nothing_and_forgets_its_accounts(
+    store,
+) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await _opened(accounts, "bob", 0)
+    appends.fail_next = StoreUnavailable("database down")
+    sequence = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    assert sequence is not None
+    with pytest.raises(StoreUnavailable):
+        await sequence
+    failed = len(appends.requests)
+    # Forgotten, not kept with the unstored events: the next commands store at the first try.
+    assert (await accounts.execute("ada", _deposit(5, "d-1"))).balance == 105
+    assert (await accounts.execute("ada", _withdraw(5, "w-1"))).balance == 100
+    assert (await accounts.get("bob")).balance == 0
+    assert [r.expected_version for r in appends.requests[failed:]] == [2, 3]
+    # Sent again, step by step or whole, it is stored once.
+    again = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    assert again is not None
+    await again
+    assert _balances(appends, "ada", "bob") == [(70, 0), (30, 0)]
+
+
+async def test_a_sequence_that_loses_to_another_writer_stores_nothing(store) -> None:
+    """Two services on one database: one's cached account is behind the stream."""
+    appends, aio = store
+    one, two = Accounts(aio), Accounts(aio)
+    await _opened(one, "ada", 100)
+    await _opened(one, "bob", 0)
+    await two.execute("ada", _withdraw(80, "elsewhere"))
+    sequence = one.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    assert sequence is not None  # decided on the cache: 100 available
+    with pytest.raises(ConcurrencyConflict):
+        await sequence
+    assert _balances(appends, "ada", "bob") == [(20, 0), (0, 0)]
+    # Step by step, on the stored state, the reserve is refused.
+    with pytest.raises(InsufficientFunds):
+        await one.execute("ada", _transfer("ada", "bob", 30, "t-1")[0][1](None))
