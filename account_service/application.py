@@ -572,7 +572,7 @@ class Accounts:
         # applies its events under the lock, a sequence before its append); otherwise the
         # burst or the sequence checks after its own append.
         account = mailbox.account
-        if saved and account is not None and not mailbox.lock.locked() and not mailbox.storing:
+        if saved and account is not None and not mailbox.lock.locked() and mailbox.storing is None:
             self._maybe_snapshot(account_id, mailbox, account)
 
     async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - bounded wait

@@ -18,7 +18,13 @@ from prometheus_client import CollectorRegistry
 from account_service.server import build as build_accounts
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
-from event_store import AsyncEventStore, ConcurrencyConflict, InMemoryEventStore, NewEvent
+from event_store import (
+    AppendRequest,
+    AsyncEventStore,
+    ConcurrencyConflict,
+    InMemoryEventStore,
+    NewEvent,
+)
 from grpc_common import logs, metrics, tracing
 from grpc_common.interceptors import DecodeGuard
 from grpc_common.server import observability_interceptors
@@ -136,14 +142,29 @@ async def test_store_appends_and_group_commits_are_measured(measured):
         await store.append("s-2", 0, [NewEvent("A", {})])
         with pytest.raises(ConcurrencyConflict):
             await store.append("s-1", 0, [NewEvent("A", {})])
+        # Several streams at once: each stream's part is an append.
+        await store.append_batch(
+            [
+                AppendRequest("s-3", 0, [NewEvent("A", {})] * 2),
+                AppendRequest("s-4", 0, [NewEvent("A", {})]),
+            ]
+        )
+        with pytest.raises(ConcurrencyConflict):
+            await store.append_batch(
+                [
+                    AppendRequest("s-5", 0, [NewEvent("A", {})]),
+                    AppendRequest("s-1", 0, [NewEvent("A", {})]),
+                ]
+            )
     finally:
         await store.close()
-    assert _sample(measured, "bank_event_store_append_seconds_count") == 3
-    assert _sample(measured, "bank_event_store_append_events_count") == 2  # stored ones
-    assert _sample(measured, "bank_event_store_append_events_sum") == 3
-    assert _sample(measured, "bank_event_store_append_failures_total", error="ConcurrencyConflict")
-    assert _sample(measured, "bank_event_store_commit_seconds_count") >= 2
-    assert _sample(measured, "bank_event_store_commit_appends_sum") >= 2
+    assert _sample(measured, "bank_event_store_append_seconds_count") == 3 + 2 + 2
+    assert _sample(measured, "bank_event_store_append_events_count") == 2 + 2  # stored ones
+    assert _sample(measured, "bank_event_store_append_events_sum") == 3 + 3
+    failures = "bank_event_store_append_failures_total"
+    assert _sample(measured, failures, error="ConcurrencyConflict") == 1 + 2
+    assert _sample(measured, "bank_event_store_commit_seconds_count") >= 4
+    assert _sample(measured, "bank_event_store_commit_appends_sum") >= 5
 
 
 async def _no_sleep(delay: float) -> None:
