@@ -235,12 +235,17 @@ class _StepStream:
             self._start(step)
 
     def _chain(self, step: pb.Step) -> list[pb.Step] | None:
-        """``step`` and the steps after it, if each is followed by exactly one other."""
+        """``step`` and the steps after it, if each is followed by exactly one other.
+
+        None also where a step id comes back (ids are the client's to choose, and a step
+        may name an earlier one with its own id): step by step copes with that."""
         chain = [step]
+        seen = {step.step_id}
         while followers := self._followers.get(chain[-1].step_id):
-            if len(followers) != 1:
+            if len(followers) != 1 or followers[0].step_id in seen:
                 return None
             chain.append(followers[0])
+            seen.add(followers[0].step_id)
         return chain if len(chain) > 1 else None
 
     def _submit_sequence(self, chain: list[pb.Step]) -> bool:

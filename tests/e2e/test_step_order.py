@@ -95,6 +95,21 @@ def test_a_sequence_over_accounts_in_memory_is_stored_in_one_transaction(bank):
     assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
 
 
+def test_a_step_that_follows_a_step_of_its_own_id_is_run_once_after_it(bank):
+    """Step ids are the client's: one may repeat an id and name it. The service must neither
+    loop over such a chain nor lose a step of it."""
+    ada, bob = new_account(bank, 100).account_id, new_account(bank).account_id
+    reserve, credit, _ = _sequence(ada, bob, "r-dup", 30)
+    credit.step_id = 1  # follows step 1, and is step 1 itself
+    call = bank.reservations.ExecuteSteps(
+        iter([apb.ExecuteStepsRequest(steps=[reserve, credit])]), timeout=10
+    )
+    outcomes = [o for response in call for o in response.outcomes]
+    assert [(o.step_id, o.WhichOneof("result")) for o in outcomes] == [(1, "account")] * 2
+    assert [o.account.account_id for o in outcomes] == [ada, bob]
+    assert _balances(bank, ada, bob) == [(100, 30), (30, 0)]
+
+
 def test_a_refused_step_stops_the_steps_after_it(bank):
     ada, carol = new_account(bank, 100).account_id, new_account(bank).account_id
     bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=carol))
