@@ -1,9 +1,15 @@
 """The SQLAlchemy Core implementation of the event store shared by the SQL backends.
 
-Owns the schema (``events``, ``event_tags``, ``snapshots``, ``schema_version``), its
-migration steps, the prebuilt statements, and the append/read logic. Backends subclass
-``SqlEventStore`` to configure the engine and the locking that keeps positions in commit
-order.
+Owns the schema (``events``, ``event_tags``, ``event_tag_log``, ``snapshots``,
+``schema_version``), its migration steps, the prebuilt statements, and the append/read
+logic. Backends subclass ``SqlEventStore`` to configure the engine and the locking that
+keeps positions in commit order.
+
+Tags are found through two tables: ``event_tags``, keyed by ``(tag, position)``, and
+``event_tag_log``, rows in the order they were appended with no index of their own. An
+append may write its tag rows to either; a backend that uses the log moves it into the
+index, sorted, once it has grown to a set size, in the transaction of the append that
+crossed it (so a tag row is always in exactly one of the two). Reads look in both.
 
 Snapshots live in a table of their own, one row per stream, written in short
 transactions of their own: an upsert that keeps whichever version is higher.
@@ -38,6 +44,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
@@ -66,6 +73,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SqlEventStore",
+    "event_tag_log",
     "event_tags",
     "events",
     "metadata",
@@ -103,6 +111,18 @@ event_tags = Table(
     sqlite_with_rowid=False,
 )
 
+# Tag rows not yet in ``event_tags``, in append order (see the module's docstring). On
+# SQLite a rowid table, so a row goes in at the end of the table's one B-tree: a batch of
+# appends whose tags are spread over thousands of keys changes a page or two here, where
+# ``event_tags`` would change a page per key. Read by scanning it whole, which stays cheap
+# because it is kept short.
+event_tag_log = Table(
+    "event_tag_log",
+    metadata,
+    Column("tag", String(MAX_TAG_LENGTH), nullable=False),
+    Column("position", BigInteger, nullable=False),
+)
+
 # One row per stream: the newest snapshot only. Not referenced by the events, so it can be
 # emptied at any time without losing anything but the time it saves.
 snapshots = Table(
@@ -128,11 +148,16 @@ def _create_snapshots(conn: Connection) -> None:
     metadata.create_all(conn, tables=[snapshots], checkfirst=True)
 
 
+def _create_tag_log(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[event_tag_log], checkfirst=True)
+
+
 # Step i upgrades the schema from version i to i + 1. Append only; never edit a step
 # that has shipped.
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _create_events_and_tags,
     _create_snapshots,
+    _create_tag_log,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -171,12 +196,29 @@ _READ_ALL = (
     .order_by(events.c.position)
     .limit(bindparam("limit", type_=BigInteger))
 )
-_READ_TAG = (
-    select(*_EVENT_COLUMNS)
-    .select_from(event_tags.join(events, events.c.position == event_tags.c.position))
+# The newest ``limit`` positions from the index (one walk down its range, stopped at the
+# limit) and every match from the short log, joined to their events by position; then
+# the newest ``limit`` of those. A join, not ``position IN (..) OR position IN (..)``,
+# which Postgres answers by walking the whole events table.
+_TAG_LIMIT = bindparam("limit", type_=BigInteger)
+_INDEXED = (
+    select(event_tags.c.position)
     .where(event_tags.c.tag == bindparam("tag"), event_tags.c.position < bindparam("before"))
     .order_by(event_tags.c.position.desc())
-    .limit(bindparam("limit", type_=BigInteger))
+    .limit(_TAG_LIMIT)
+    .subquery("indexed")
+)
+_TAGGED = union_all(
+    select(_INDEXED.c.position),
+    select(event_tag_log.c.position).where(
+        event_tag_log.c.tag == bindparam("tag"), event_tag_log.c.position < bindparam("before")
+    ),
+).subquery("tagged")
+_READ_TAG = (
+    select(*_EVENT_COLUMNS)
+    .select_from(_TAGGED.join(events, events.c.position == _TAGGED.c.position))
+    .order_by(events.c.position.desc())
+    .limit(_TAG_LIMIT)
 )
 _LOAD_SNAPSHOT = select(snapshots.c.version, snapshots.c.data).where(
     snapshots.c.stream_id == bindparam("stream_id")

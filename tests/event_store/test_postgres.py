@@ -71,7 +71,13 @@ def test_tables_live_in_the_schema_named_by_the_url(
             text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
             {"s": schema},
         ).scalars()
-        assert set(tables) == {"events", "event_tags", "snapshots", "schema_version"}
+        assert set(tables) == {
+            "events",
+            "event_tags",
+            "event_tag_log",
+            "snapshots",
+            "schema_version",
+        }
 
 
 def test_positions_of_a_batch_increase_in_request_order(store: PostgresEventStore) -> None:

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from event_store import (
+    AppendRequest,
     ConcurrencyConflict,
     EventStore,
     EventStoreError,
@@ -18,6 +19,7 @@ from event_store import (
     StoreUnavailable,
     open_store,
 )
+from event_store.sql import _READ_TAG
 from tests.event_store.conformance import EventStoreConformance
 
 
@@ -44,6 +46,23 @@ class TestSqliteEventStoreCoreAppends(EventStoreConformance):
 
         def open_handle() -> EventStore:
             opened.append(SqliteEventStore(sqlite_url, driver_appends=False))
+            return opened[-1]
+
+        yield open_handle
+        for store in opened:
+            store.close()
+
+
+class TestSqliteEventStoreShortTagLog(EventStoreConformance):
+    """The same suite with a tag log of two rows: most appends with tags move it into the
+    index, and reads find tags in both."""
+
+    @pytest.fixture
+    def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
+        opened: list[SqliteEventStore] = []
+
+        def open_handle() -> EventStore:
+            opened.append(SqliteEventStore(sqlite_url, tag_log_rows=2))
             return opened[-1]
 
         yield open_handle
@@ -149,3 +168,97 @@ def test_a_plain_path_is_accepted(tmp_path: Path) -> None:
     store.append("a", 0, [NewEvent("Happened", {})])
     assert (tmp_path / "events.db").exists()
     store.close()
+
+
+# --- the tag log -------------------------------------------------------------------------
+
+
+def tag_rows(store: SqliteEventStore) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(the log's rows in append order, the index's rows)."""
+    with store.engine.connect() as conn:
+        log = conn.execute(text("SELECT tag, position FROM event_tag_log ORDER BY rowid"))
+        index = conn.execute(text("SELECT tag, position FROM event_tags ORDER BY tag, position"))
+        return [tuple(row) for row in log], [tuple(row) for row in index]
+
+
+@pytest.fixture
+def short_log(sqlite_url: str) -> Iterator[SqliteEventStore]:
+    store = SqliteEventStore(sqlite_url, tag_log_rows=5)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def test_tags_gather_in_the_log_until_an_append_fills_it(short_log: SqliteEventStore) -> None:
+    a = short_log.append("a", 0, [NewEvent("Happened", {"n": 1}, ("x", "y"))])
+    b = short_log.append("b", 0, [NewEvent("Happened", {"n": 2}, ("y",))])
+    assert tag_rows(short_log) == (
+        [("x", a[0].position), ("y", a[0].position), ("y", b[0].position)],
+        [],
+    )
+    assert short_log.read_tag("y") == b + a
+    # Two more rows make five: this append moves all of them into the index, sorted.
+    c = short_log.append("c", 0, [NewEvent("Happened", {"n": 3}, ("x", "z"))])
+    everything = [
+        ("x", a[0].position),
+        ("x", c[0].position),
+        ("y", a[0].position),
+        ("y", b[0].position),
+        ("z", c[0].position),
+    ]
+    assert tag_rows(short_log) == ([], everything)
+    assert short_log.read_tag("x") == c + a
+    # The log starts again from nothing; reads take the newest from both tables.
+    d = short_log.append("d", 0, [NewEvent("Happened", {"n": 4}, ("x",))])
+    assert tag_rows(short_log) == ([("x", d[0].position)], everything)
+    assert short_log.read_tag("x") == d + c + a
+    assert short_log.read_tag("x", limit=2) == d + c
+    assert short_log.read_tag("x", before_position=d[0].position, limit=1) == c
+    assert short_log.read_tag("x", before_position=c[0].position) == a
+
+
+def test_a_failed_append_leaves_the_log_and_the_index_as_they_were(
+    short_log: SqliteEventStore,
+) -> None:
+    short_log.append("a", 0, [NewEvent("Happened", {}, ("x", "y", "z"))])
+    before = tag_rows(short_log)
+    assert len(before[0]) == 3
+    # Its first request alone would fill the log and fold it; the second conflicts.
+    with pytest.raises(ConcurrencyConflict):
+        short_log.append_batch(
+            [
+                AppendRequest("b", 0, [NewEvent("Happened", {}, ("x", "y"))]),
+                AppendRequest("a", 0, [NewEvent("Happened", {}, ("x",))]),
+            ]
+        )
+    assert tag_rows(short_log) == before
+    assert [e.stream_id for e in short_log.read_tag("x")] == ["a"]
+
+
+def test_no_tag_log_writes_tags_straight_into_the_index(sqlite_url: str) -> None:
+    store = SqliteEventStore(sqlite_url, tag_log_rows=0)
+    try:
+        store.migrate()
+        (event,) = store.append("a", 0, [NewEvent("Happened", {}, ("x",))])
+        assert tag_rows(store) == ([], [("x", event.position)])
+    finally:
+        store.close()
+
+
+def test_a_negative_tag_log_size_is_value_error(sqlite_url: str) -> None:
+    with pytest.raises(ValueError, match="tag_log_rows"):
+        SqliteEventStore(sqlite_url, tag_log_rows=-1)
+
+
+def test_a_tag_read_walks_the_index_only_as_far_as_its_limit(short_log: SqliteEventStore) -> None:
+    compiled = _READ_TAG.compile(dialect=short_log.engine.dialect)
+    values = compiled.construct_params({"tag": "x", "before": 10, "limit": 3})
+    with short_log.engine.connect() as conn:
+        plan = conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN {compiled}",
+            tuple(values[name] for name in compiled.positiontup or []),
+        ).all()
+    details = " / ".join(row[-1] for row in plan)
+    # The index is searched by its key, never scanned; only the short log is.
+    assert "SEARCH event_tags USING PRIMARY KEY (tag=? AND position<?)" in details, details
+    assert "SCAN event_tags" not in details, details
