@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -23,18 +24,23 @@ from event_store.sql import _READ_TAG
 from tests.event_store.conformance import EventStoreConformance
 
 
+def handles(sqlite_url: str, **options: Any) -> Iterator[Callable[[], EventStore]]:
+    """A store factory for the conformance suite: handles on one file, closed after."""
+    opened: list[SqliteEventStore] = []
+
+    def open_handle() -> EventStore:
+        opened.append(SqliteEventStore(sqlite_url, **options))
+        return opened[-1]
+
+    yield open_handle
+    for store in opened:
+        store.close()
+
+
 class TestSqliteEventStore(EventStoreConformance):
     @pytest.fixture
     def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
-        opened: list[SqliteEventStore] = []
-
-        def open_handle() -> EventStore:
-            opened.append(SqliteEventStore(sqlite_url))
-            return opened[-1]
-
-        yield open_handle
-        for store in opened:
-            store.close()
+        yield from handles(sqlite_url)
 
 
 class TestSqliteEventStoreCoreAppends(EventStoreConformance):
@@ -42,15 +48,7 @@ class TestSqliteEventStoreCoreAppends(EventStoreConformance):
 
     @pytest.fixture
     def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
-        opened: list[SqliteEventStore] = []
-
-        def open_handle() -> EventStore:
-            opened.append(SqliteEventStore(sqlite_url, driver_appends=False))
-            return opened[-1]
-
-        yield open_handle
-        for store in opened:
-            store.close()
+        yield from handles(sqlite_url, driver_appends=False)
 
 
 class TestSqliteEventStoreShortTagLog(EventStoreConformance):
@@ -59,15 +57,7 @@ class TestSqliteEventStoreShortTagLog(EventStoreConformance):
 
     @pytest.fixture
     def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
-        opened: list[SqliteEventStore] = []
-
-        def open_handle() -> EventStore:
-            opened.append(SqliteEventStore(sqlite_url, tag_log_rows=2))
-            return opened[-1]
-
-        yield open_handle
-        for store in opened:
-            store.close()
+        yield from handles(sqlite_url, tag_log_rows=2)
 
 
 @pytest.fixture
