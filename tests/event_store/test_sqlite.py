@@ -213,7 +213,7 @@ def test_a_failed_append_leaves_the_log_and_the_index_as_they_were(
     short_log.append("a", 0, [NewEvent("Happened", {}, ("x", "y", "z"))])
     before = tag_rows(short_log)
     assert len(before[0]) == 3
-    # Its first request alone would fill the log and fold it; the second conflicts.
+    # Its first request alone would fill the log; the second conflicts.
     with pytest.raises(ConcurrencyConflict):
         short_log.append_batch(
             [
@@ -223,6 +223,22 @@ def test_a_failed_append_leaves_the_log_and_the_index_as_they_were(
         )
     assert tag_rows(short_log) == before
     assert [e.stream_id for e in short_log.read_tag("x")] == ["a"]
+
+
+def test_an_append_whose_fold_fails_stores_nothing(short_log: SqliteEventStore) -> None:
+    (first,) = short_log.append("a", 0, [NewEvent("Happened", {}, ("x", "y", "z", "w"))])
+    log, index = tag_rows(short_log)
+    # A row already in the index where the next append's fold will put one of its own.
+    with short_log.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO event_tags (tag, position) VALUES ('v', :p)"),
+            {"p": first.position + 1},
+        )
+    with pytest.raises(EventStoreError):
+        short_log.append("b", 0, [NewEvent("Happened", {}, ("v",))])
+    assert short_log.stream_version("b") == 0
+    assert short_log.read_all() == [first]
+    assert tag_rows(short_log) == (log, [("v", first.position + 1), *index])
 
 
 def test_no_tag_log_writes_tags_straight_into_the_index(sqlite_url: str) -> None:
