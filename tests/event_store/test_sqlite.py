@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,12 +61,21 @@ class TestSqliteEventStoreShortTagLog(EventStoreConformance):
         yield from handles(sqlite_url, tag_log_rows=2)
 
 
+@contextlib.contextmanager
+def migrated(sqlite_url: str, **options: Any) -> Iterator[SqliteEventStore]:
+    """One migrated store on the file, closed after."""
+    store = SqliteEventStore(sqlite_url, **options)
+    try:
+        store.migrate()
+        yield store
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def store(sqlite_url: str) -> Iterator[SqliteEventStore]:
-    store = SqliteEventStore(sqlite_url)
-    store.migrate()
-    yield store
-    store.close()
+    with migrated(sqlite_url) as store:
+        yield store
 
 
 def pragma(store: SqliteEventStore, name: str) -> object:
@@ -173,10 +183,8 @@ def tag_rows(store: SqliteEventStore) -> tuple[list[tuple[str, int]], list[tuple
 
 @pytest.fixture
 def short_log(sqlite_url: str) -> Iterator[SqliteEventStore]:
-    store = SqliteEventStore(sqlite_url, tag_log_rows=5)
-    store.migrate()
-    yield store
-    store.close()
+    with migrated(sqlite_url, tag_log_rows=5) as store:
+        yield store
 
 
 def test_tags_gather_in_the_log_until_an_append_fills_it(short_log: SqliteEventStore) -> None:
@@ -242,13 +250,9 @@ def test_an_append_whose_fold_fails_stores_nothing(short_log: SqliteEventStore) 
 
 
 def test_no_tag_log_writes_tags_straight_into_the_index(sqlite_url: str) -> None:
-    store = SqliteEventStore(sqlite_url, tag_log_rows=0)
-    try:
-        store.migrate()
+    with migrated(sqlite_url, tag_log_rows=0) as store:
         (event,) = store.append("a", 0, [NewEvent("Happened", {}, ("x",))])
         assert tag_rows(store) == ([], [("x", event.position)])
-    finally:
-        store.close()
 
 
 def test_a_negative_tag_log_size_is_value_error(sqlite_url: str) -> None:
