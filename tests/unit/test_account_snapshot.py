@@ -426,7 +426,10 @@ async def test_snapshots_space_out_as_the_account_remembers_more(watched) -> Non
     await _open_and_deposit(accounts, 80)
     await accounts.close()
     versions = [version for _, version, _ in store.saved]
-    assert versions[:3] == [2, 4, 6]
+    # The first is due at version 2. Later ones may come an event late: a snapshot is
+    # skipped while the one before it is still being written, so on a loaded machine
+    # the exact versions are not fixed, only the spacing below.
+    assert versions[0] == 2
     for before, after in itertools.pairwise(versions):
         remembered = after - 1  # one deposit reference per event after the opening
         assert after - before >= max(2, remembered // 10), versions
