@@ -67,6 +67,7 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from grpc_common.errors import error_info
+from grpc_common.settings import tune_gc
 
 GROUPS = ("seed", "sweep", "uniform", "long")
 RESERVATION = "reservation"
@@ -943,6 +944,8 @@ def command(args: argparse.Namespace) -> int:
     log_dir = out / f"logs-{args.db}"
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir()
+    # The load generator makes many small calls, like the services: the same collector.
+    tune_gc()
     try:
         import uvloop
     except ImportError:

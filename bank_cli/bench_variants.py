@@ -29,9 +29,15 @@ from bank_cli.bench import (
     run_plan,
     warm_up,
 )
+from grpc_common.settings import tune_gc
 
 # (name, environment of both services); each adds one change to the one before.
-_BEFORE = {"BANK_STORE_APPENDS": "core", "BANK_OVERLAP_RECORDS": "0", "BANK_FORWARD_CALLS": "0"}
+_BEFORE = {
+    "BANK_STORE_APPENDS": "core",
+    "BANK_OVERLAP_RECORDS": "0",
+    "BANK_FORWARD_CALLS": "0",
+    "BANK_GC": "python",
+}
 VARIANTS: list[tuple[str, dict[str, str]]] = [
     (
         "unary steps, asyncio",
@@ -39,9 +45,13 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
     ),
     ("+ uvloop", {"BANK_ACCOUNTS_TRANSPORT": "unary", **_BEFORE}),
     ("+ ExecuteSteps stream", dict(_BEFORE)),
-    ("+ driver appends", {"BANK_OVERLAP_RECORDS": "0", "BANK_FORWARD_CALLS": "0"}),
-    ("+ overlapped records", {"BANK_FORWARD_CALLS": "0"}),
-    ("+ forward sequence", {}),
+    (
+        "+ driver appends",
+        {"BANK_OVERLAP_RECORDS": "0", "BANK_FORWARD_CALLS": "0", "BANK_GC": "python"},
+    ),
+    ("+ overlapped records", {"BANK_FORWARD_CALLS": "0", "BANK_GC": "python"}),
+    ("+ forward sequence", {"BANK_GC": "python"}),
+    ("+ tuned GC", {}),
 ]
 POSTGRES_VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("4 store writers", {"BANK_STORE_WRITERS": "4"}),
@@ -136,6 +146,7 @@ def command(args: argparse.Namespace) -> int:
     log_dir = out / f"logs-variants-{args.db}"
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir()
+    tune_gc()  # the load generator's collector, as in ``bank bench``
     return asyncio.run(_run(args, out, log_dir))
 
 

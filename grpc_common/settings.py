@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -72,11 +73,38 @@ def configure_observability(
         parser.error(str(exc))
 
 
+# Python's cyclic garbage collector, as the services run it (see ``tune_gc``).
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Sets the cyclic garbage collector for a process that serves many small calls.
+
+    Every call allocates tasks, futures, messages and events that reference counting frees
+    moments later; with Python's defaults (a collection every 700 net allocations) the
+    collector ran about every millisecond under load, and every full collection rescanned
+    all the process had imported (modules, classes, descriptors). Here the objects alive
+    at start are frozen (``gc.freeze``: never scanned, never freed) and the youngest
+    generation is collected every 10,000 net allocations; cycles are still found and freed,
+    only later. ``BANK_GC=python`` keeps Python's defaults (for comparison).
+    """
+    setting = os.environ.get("BANK_GC", "tuned")
+    if setting == "python":
+        return
+    if setting != "tuned":
+        sys.exit(f"BANK_GC={setting!r}: expected tuned or python")
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_async(main: Coroutine[Any, Any, None]) -> None:
-    """Runs the service's main coroutine, on uvloop when it is installed.
+    """Runs the service's main coroutine, on uvloop when it is installed, with the garbage
+    collector set by ``tune_gc``.
 
     ``BANK_EVENT_LOOP=asyncio`` forces the standard loop (for comparison or debugging).
     """
+    tune_gc()
     if os.environ.get("BANK_EVENT_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop
