@@ -19,7 +19,6 @@ per key).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +41,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from .port import AppendRequest, ConcurrencyConflict, EventStoreError, StoreUnavailable
-from .sql import SqlEventStore, check_versions, events, tag_rows_for, translate_error
+from .sql import (
+    SqlEventStore,
+    check_versions,
+    events,
+    tag_rows_for,
+    translate_error,
+)
 
 __all__ = ["PostgresEventStore", "postgres_url"]
 
@@ -131,10 +136,6 @@ class PostgresEventStore(SqlEventStore):
         """``driver_appends=False`` writes appends through SQLAlchemy Core, statement by
         statement (slower; kept so that both paths stay tested)."""
         self.driver_appends = driver_appends
-        # The writer's connection, kept between appends (see ``_write``).
-        self._append_lock = threading.Lock()
-        self._kept: Any = None
-        self._closed = False
         parsed = postgres_url(url)
         args = dict(connect_args or {})
         if "connect_timeout" not in parsed.query:
@@ -185,18 +186,14 @@ class PostgresEventStore(SqlEventStore):
         """
         if not self.driver_appends:
             return super()._write(requests, keys, rows)
-        if not self._append_lock.acquire(blocking=False):
-            # Another thread is appending on the kept connection: use one of the pool's.
-            return self._write_on(self._checkout(), requests, keys, rows, keep=False)
-        try:
-            if self._kept is not None:
+        with self._kept.turn() as keep:
+            kept = self._kept.take() if keep else None
+            if kept is not None:
                 try:
-                    return self._write_on(self._kept, requests, keys, rows, keep=True, kept=True)
+                    return self._write_on(kept, requests, keys, rows, keep=True, kept=True)
                 except _DeadBeforeCommit:
                     pass  # closed meanwhile (a restart, an idle timeout): once more, fresh
-            return self._write_on(self._checkout(), requests, keys, rows, keep=True)
-        finally:
-            self._append_lock.release()
+            return self._write_on(self._checkout(), requests, keys, rows, keep=keep)
 
     def _checkout(self) -> Any:
         try:
@@ -219,7 +216,6 @@ class PostgresEventStore(SqlEventStore):
         the last one, so if it is found dead before the commit, say so (``_DeadBeforeCommit``)
         rather than fail the append."""
         conn: psycopg.Connection[Any] = pooled.driver_connection
-        self._kept = None
         committing = False
         try:
             try:
@@ -248,10 +244,10 @@ class PostgresEventStore(SqlEventStore):
                     conn.rollback()
                 raise
         except psycopg.errors.UniqueViolation as exc:
-            self._release(pooled, keep)
+            self._kept.give_back(pooled, keep)
             raise self._conflict_after_race(requests) from exc
         except ConcurrencyConflict:
-            self._release(pooled, keep)
+            self._kept.give_back(pooled, keep)
             raise
         except psycopg.Error as exc:
             pooled.invalidate()
@@ -263,22 +259,8 @@ class PostgresEventStore(SqlEventStore):
             pooled.invalidate()
             pooled.close()
             raise
-        self._release(pooled, keep)
+        self._kept.give_back(pooled, keep)
         return positions
-
-    def _release(self, pooled: Any, keep: bool) -> None:
-        if keep and not self._closed:
-            self._kept = pooled
-        else:
-            pooled.close()
-
-    def close(self) -> None:
-        with self._append_lock:
-            self._closed = True
-            if self._kept is not None:
-                self._kept.close()
-                self._kept = None
-        super().close()
 
 
 def _plan_for_the_values(dbapi_connection: psycopg.Connection[Any], _record: Any) -> None:

@@ -138,7 +138,7 @@ def test_an_append_on_a_connection_closed_meanwhile_is_made_on_a_fresh_one(
     store: PostgresEventStore,
 ) -> None:
     store.append("s", 0, [NewEvent("Happened", {"n": 1})])
-    kept = store._kept
+    kept = store._kept.connection
     assert kept is not None  # the writer's connection, kept for the next append
     with store.engine.connect() as conn:
         conn.execute(
@@ -150,7 +150,8 @@ def test_an_append_on_a_connection_closed_meanwhile_is_made_on_a_fresh_one(
     # the append is made once, on a new connection, and no caller sees the failure.
     recorded = store.append("s", 1, [NewEvent("Happened", {"n": 2})])
     assert [e.version for e in recorded] == [2]
-    assert store._kept is not None and store._kept is not kept
+    connection = store._kept.connection
+    assert connection is not None and connection is not kept
     assert [e.data["n"] for e in store.read_stream("s")] == [1, 2]
 
 
@@ -182,7 +183,7 @@ def test_statements_keep_being_planned_for_their_values_as_the_table_grows(
     for n in range(12, 18):
         store.append(f"s-{n % 3}", n // 3, [NewEvent("Happened", {"n": n})])
 
-    kept = store._kept
+    kept = store._kept.connection
     assert kept is not None
     writer = kept.driver_connection
     try:

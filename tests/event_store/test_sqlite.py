@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from event_store import (
     AppendRequest,
@@ -131,6 +131,39 @@ def test_write_lock_held_beyond_busy_timeout_is_store_unavailable(sqlite_url: st
     finally:
         blocker.close()
         store.close()
+
+
+def test_appends_in_a_row_are_made_on_one_kept_connection(store: SqliteEventStore) -> None:
+    checked_out: list[object] = []
+    event.listen(store.engine.pool, "checkout", lambda dbapi, *_: checked_out.append(dbapi))
+    for version in range(3):
+        store.append("a", version, [NewEvent("Happened", {})])
+    with pytest.raises(ConcurrencyConflict):
+        store.append("a", 1, [NewEvent("Happened", {})])
+    store.append_batch([AppendRequest("a", 3, [NewEvent("Happened", {})])])
+    assert len(checked_out) == 1
+    assert store._kept.connection.driver_connection is checked_out[0]
+    assert store.stream_version("a") == 4
+
+
+def test_an_append_that_fails_gives_up_its_connection_and_the_next_takes_a_fresh_one(
+    sqlite_url: str,
+) -> None:
+    with migrated(sqlite_url, busy_timeout_ms=50) as store:
+        store.append("a", 0, [NewEvent("Happened", {})])
+        first = store._kept.connection.driver_connection
+        blocker = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable):
+                store.append("a", 1, [NewEvent("Happened", {})])
+            assert store._kept.connection is None
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        store.append("a", 1, [NewEvent("Happened", {})])
+        assert store._kept.connection.driver_connection is not first
+        assert store.stream_version("a") == 2
 
 
 def test_unopenable_file_is_store_unavailable(tmp_path: Path) -> None:
