@@ -145,6 +145,17 @@ class EventStoreConformance:
         store.append("s", 0, [NewEvent("Named", data)])
         assert store.read_stream("s")[0].data == data
 
+    def test_names_with_quotes_backslashes_braces_and_unicode_round_trip(
+        self, store: EventStore
+    ) -> None:
+        name = "a \"b\" \\c {d,e} 'f' ü 🚀 NULL"
+        recorded = store.append(name, 0, [NewEvent(name, {name: name}, (name, "{" + name))])
+        (event,) = store.read_stream(name)
+        assert recorded == [event]
+        assert (event.stream_id, event.type, event.data) == (name, name, {name: name})
+        assert store.read_tag(name) == [event]
+        assert store.read_tag("{" + name) == [event]
+
     def test_data_round_trips_nested_structures(self, store: EventStore) -> None:
         data = {"a": {"b": {"c": [1, {"d": None}, [True, False]], "e": 1.5}}, "f": []}
         store.append("s", 0, [NewEvent("Nested", data)])
