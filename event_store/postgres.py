@@ -42,13 +42,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from .port import AppendRequest, ConcurrencyConflict, EventStoreError, StoreUnavailable
-from .sql import (
-    SqlEventStore,
-    check_versions,
-    events,
-    tag_rows_for,
-    translate_error,
-)
+from .sql import SqlEventStore, check_versions, events, tag_rows_for, translate_error
 
 __all__ = ["PostgresEventStore", "postgres_url"]
 
