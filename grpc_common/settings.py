@@ -104,7 +104,11 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
 
     ``BANK_EVENT_LOOP=asyncio`` forces the standard loop (for comparison or debugging).
     """
-    tune_gc()
+    try:
+        tune_gc()
+    except SystemExit:
+        main.close()  # never started: stop without a "never awaited" warning
+        raise
     if os.environ.get("BANK_EVENT_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop

@@ -63,3 +63,4 @@ def test_an_unknown_bank_gc_stops_the_service_before_it_starts():
     assert done.returncode != 0
     assert "BANK_GC='off'" in done.stderr
     assert "threshold" not in done.stdout
+    assert "never awaited" not in done.stderr
