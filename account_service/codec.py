@@ -1,8 +1,9 @@
 """How account events are stored: a type name (the event's class name) and a JSON object.
 
-``decode`` is strict about what it needs (every field present, with the right JSON type)
-and ignores keys it does not know, so a stored row that is damaged fails loudly while an
-added field does not break older readers.
+``decode`` is strict about what it needs (every field without a default present, with the
+right JSON type) and ignores keys it does not know, so a stored row that is damaged fails
+loudly while an added field does not break older readers, and events stored before a field
+with a default was added still read.
 """
 
 from __future__ import annotations
@@ -13,35 +14,27 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from account_service.domain import (
-    AccountClosed,
-    AccountEvent,
-    AccountOpened,
-    Credited,
-    Deposited,
-    ReservationCaptured,
-    ReservationReleased,
-    Reserved,
-    Withdrawn,
-)
+from account_service.domain import EVENT_CLASSES, AccountEvent
 
-_EVENT_CLASSES: tuple[type, ...] = (
-    AccountOpened,
-    Deposited,
-    Withdrawn,
-    Reserved,
-    ReservationReleased,
-    ReservationCaptured,
-    Credited,
-    AccountClosed,
-)
+_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in EVENT_CLASSES}
+_MISSING = dataclasses.MISSING
 
-_BY_NAME: dict[str, type] = {cls.__name__: cls for cls in _EVENT_CLASSES}
 
-# Resolved once: (field name, Python type) per event class, in declaration order.
-_FIELDS: dict[type, tuple[tuple[str, type], ...]] = {
-    cls: tuple((f.name, typing.get_type_hints(cls)[f.name]) for f in dataclasses.fields(cls))
-    for cls in _EVENT_CLASSES
+def _runtime(hint: Any) -> type:
+    return typing.get_origin(hint) or hint
+
+
+# Resolved once: (field name, JSON type, required) per event class, in declaration order.
+_FIELDS: dict[type, tuple[tuple[str, type, bool], ...]] = {
+    cls: tuple(
+        (
+            f.name,
+            _runtime(typing.get_type_hints(cls)[f.name]),
+            f.default is _MISSING and f.default_factory is _MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    )
+    for cls in EVENT_CLASSES
 }
 
 
@@ -50,7 +43,7 @@ def encode(event: AccountEvent) -> tuple[str, dict[str, Any]]:
     fields = _FIELDS.get(type(event))
     if fields is None:
         raise TypeError(f"not an account event: {event!r}")
-    return type(event).__name__, {name: getattr(event, name) for name, _ in fields}
+    return type(event).__name__, {name: getattr(event, name) for name, _, _ in fields}
 
 
 def decode(type: str, data: Mapping[str, Any]) -> AccountEvent:
@@ -61,9 +54,11 @@ def decode(type: str, data: Mapping[str, Any]) -> AccountEvent:
     if not isinstance(data, Mapping):
         raise ValueError(f"{type}: data must be a JSON object")
     kwargs: dict[str, Any] = {}
-    for name, expected in _FIELDS[cls]:
+    for name, expected, required in _FIELDS[cls]:
         if name not in data:
-            raise ValueError(f"{type}: missing field {name!r}")
+            if required:
+                raise ValueError(f"{type}: missing field {name!r}")
+            continue
         value = data[name]
         # Exact type: bool is an int subclass but never a valid amount.
         if builtins.type(value) is not expected:

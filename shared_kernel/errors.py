@@ -8,7 +8,13 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """A request the domain refuses. Subclasses say why."""
+    """A request the domain refuses. Subclasses say why.
+
+    ``record``: events the refusal itself leaves stored (a refused step of the reservation
+    protocol is remembered, so every repeat gets the same answer); empty for most.
+    """
+
+    record: tuple[object, ...] = ()
 
     def __init__(self, message: str, **metadata: str) -> None:
         super().__init__(message)

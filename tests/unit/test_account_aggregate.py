@@ -331,22 +331,29 @@ def test_reserve_repeat_while_held_is_idempotent():
     assert account.reserve(60, "t1") == []
 
 
-def test_reserve_repeat_after_capture_is_idempotent():
+def test_reserve_repeat_after_capture_answers_reservation_settled():
     account = opened(100)
     run(account, account.reserve(60, "t1"))
     run(account, account.capture("t1"))
-    assert account.reserve(60, "t1") == []
+    with pytest.raises(ReservationSettled) as refused:
+        account.reserve(60, "t1")
+    assert refused.value.metadata == {"reference": "t1", "outcome": "captured", "currency": "EUR"}
+    assert refused.value.record == ()
 
 
-def test_reserve_repeat_after_release_is_idempotent():
+def test_reserve_repeat_after_release_answers_reservation_settled():
+    # A released hold is never placed again: a stale driver cannot revive it.
     account = opened(100)
     run(account, account.reserve(60, "t1"))
     run(account, account.release("t1"))
-    assert account.reserve(60, "t1") == []
+    with pytest.raises(ReservationSettled) as refused:
+        account.reserve(60, "t1")
+    assert refused.value.metadata["outcome"] == "released"
 
 
-def test_reserve_repeat_after_account_closed_is_idempotent():
-    assert closed().reserve(10, "held") == []
+def test_reserve_repeat_after_account_closed_answers_reservation_settled():
+    with pytest.raises(ReservationSettled):
+        closed().reserve(10, "held")
 
 
 def test_reserve_reference_reused_with_other_amount_while_held_is_refused():
@@ -357,11 +364,11 @@ def test_reserve_reference_reused_with_other_amount_while_held_is_refused():
     assert refused.value.metadata["reference"] == "t1"
 
 
-def test_reserve_reference_reused_with_other_amount_after_settled_is_refused():
+def test_reserve_with_other_amount_after_settled_answers_reservation_settled():
     account = opened(100)
     run(account, account.reserve(60, "t1"))
     run(account, account.release("t1"))
-    with pytest.raises(ReferenceReused):
+    with pytest.raises(ReservationSettled):
         account.reserve(10, "t1")
 
 

@@ -16,11 +16,16 @@ from account_service.domain import (
     AccountClosed,
     AccountEvent,
     AccountOpened,
+    CreditCancelled,
+    CreditConfirmed,
     Credited,
+    CreditHeld,
     Deposited,
+    OverdraftLimitSet,
     ReservationCaptured,
     ReservationReleased,
     Reserved,
+    StepRefused,
     Withdrawn,
 )
 from account_service.grpc_api.messages import timestamp
@@ -36,6 +41,20 @@ EVENTS = [
     ReservationReleased(250, "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
     ReservationCaptured(250, "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
     Credited(99, "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+    Reserved(250, "7c9e6679-7425-40de-944b-e07fc1f90ae7", 3, 1_767_225_600_000_000),
+    CreditHeld(80, "7c9e6679-7425-40de-944b-e07fc1f90ae7", 2),
+    CreditConfirmed(80, "7c9e6679-7425-40de-944b-e07fc1f90ae7", 2),
+    CreditCancelled(80, "7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+    StepRefused(
+        "reserve",
+        500,
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+        "InsufficientFunds",
+        "account has 10 available, 500 requested",
+        {"available": "10", "requested": "500"},
+        1,
+    ),
+    OverdraftLimitSet(10_000, "limit-1"),
     AccountClosed(),
 ]
 
@@ -117,3 +136,15 @@ def test_timestamps_are_what_protobuf_makes_of_the_datetime(at):
     expected = Timestamp()
     expected.FromDatetime(at)
     assert timestamp(at) == expected
+
+
+def test_events_stored_before_the_epoch_field_existed_still_decode():
+    assert codec.decode("Reserved", {"amount": 5, "reference": "r"}) == Reserved(5, "r", 0, 0)
+    assert codec.decode("Credited", {"amount": 5, "reference": "r"}) == Credited(5, "r")
+
+
+def test_a_stored_refusal_keeps_its_details():
+    (refused,) = [e for e in EVENTS if isinstance(e, StepRefused)]
+    _, data = codec.encode(refused)
+    assert data["details"] == {"available": "10", "requested": "500"}
+    assert data["error"] == "InsufficientFunds"

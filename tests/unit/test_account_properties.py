@@ -33,6 +33,7 @@ from account_service.domain import (
     ReservationReleased,
     ReservationSettled,
     Reserved,
+    StepRefused,
     Withdrawn,
 )
 from shared_kernel.errors import DomainError
@@ -89,6 +90,10 @@ funded = st.builds(lambda n: [("open", "Ada", "EUR"), ("deposit", n, "seed")], s
 preludes = st.integers(min_value=0, max_value=5).flatmap(lambda n: funded if n else st.just([]))
 
 
+def name_of(command: tuple) -> str:
+    return command[0]
+
+
 def execute(account: Account, command: tuple) -> list[AccountEvent]:
     name, *args = command
     return getattr(account, name)(*args)
@@ -107,6 +112,8 @@ class Ledger:
     reservations: dict[str, int] = field(default_factory=dict)
     open_holds: dict[str, int] = field(default_factory=dict)
     settled: dict[str, str] = field(default_factory=dict)
+    # (step, reference) -> the refusal stored for it.
+    refusals: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def record(self, event: AccountEvent) -> None:
         match event:
@@ -139,6 +146,10 @@ class Ledger:
             case ReservationReleased(amount, reference):
                 assert self.open_holds.pop(reference) == amount, "released a hold not held"
                 self.settled[reference] = "released"
+            case StepRefused():
+                key = (event.step, event.reference)
+                assert key not in self.refusals, "refusal stored twice"
+                self.refusals[key] = event.error
 
 
 def assert_refusal_is_justified(account: Account, ledger: Ledger, command: tuple, error) -> None:
@@ -152,6 +163,11 @@ def assert_refusal_is_justified(account: Account, ledger: Ledger, command: tuple
         "reserve": ledger.reservations,
         "credit": ledger.credits,
     }
+    stored = ledger.refusals.get((name, reference))
+    if stored is not None:
+        # A step refused once is refused again the same way, whatever happened since.
+        assert type(error).__name__ == stored
+        return
     match error:
         case AccountNotFound():
             assert ledger.opened is None
@@ -174,6 +190,8 @@ def assert_refusal_is_justified(account: Account, ledger: Ledger, command: tuple
             assert ledger.balance != 0 or ledger.open_holds
         case ReservationNotFound():
             assert reference not in ledger.reservations
+        case ReservationSettled() if name == "reserve":
+            assert reference in ledger.settled
         case ReservationSettled():
             wanted = "captured" if name == "capture" else "released"
             assert ledger.settled[reference] != wanted
@@ -240,7 +258,11 @@ def test_random_command_sequences_keep_every_invariant(prelude, script):
                 assert type(again) is type(error)
             else:
                 raise AssertionError(f"{command} refused once, then accepted") from None
-            new_events = []
+            # A refused step leaves its refusal stored; other refusals leave nothing.
+            new_events = list(error.record)
+            assert all(isinstance(event, StepRefused) for event in new_events)
+            if new_events:
+                assert name_of(command) in ("reserve", "credit")
         else:
             if not new_events:
                 assert_repeat_is_justified(ledger, command)

@@ -181,7 +181,7 @@ def _opened() -> dict[str, Any]:
     return account.to_snapshot()
 
 
-@pytest.mark.parametrize("found", [None, 0, 2, "1", 1.0, True])
+@pytest.mark.parametrize("found", [None, 0, 3, "1", 1.0, True])
 def test_an_unknown_format_is_unusable(found: object) -> None:
     data = _opened()
     if found is None:
@@ -214,7 +214,7 @@ CORRUPTIONS = {
     "balance a float": _set(("balance",), 100.0),
     "owner a number": _set(("owner",), 7),
     "status unknown": _set(("status",), "frozen"),
-    "status missing": _set(("status",), None),
+    "opened at version 0": _set(("version",), 0),
     "holds not a list": _set(("holds",), {"r": 30}),
     "hold too short": _set(("holds", 0), ["r", 30]),
     "hold amount a string": _set(("holds", 0, 1), "30"),
