@@ -20,6 +20,7 @@ __all__ = [
     "AppendRequest",
     "ConcurrencyConflict",
     "EventStore",
+    "LeaseLost",
     "EventStoreError",
     "NewEvent",
     "RecordedEvent",
@@ -101,6 +102,19 @@ class ConcurrencyConflict(EventStoreError):
 
 class StoreUnavailable(EventStoreError):
     """The database cannot be reached, is down, or stayed locked beyond the busy timeout."""
+
+
+class LeaseLost(EventStoreError):
+    """The lease is held at another epoch than the writer's (or is gone): someone else has
+    taken the work over. Nothing was stored."""
+
+    def __init__(self, key: str, epoch: int) -> None:
+        super().__init__(f"lease {key!r} is no longer held at epoch {epoch}")
+        self.key = key
+        self.epoch = epoch
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.epoch))
 
 
 @runtime_checkable

@@ -1,21 +1,43 @@
-"""The Transfer aggregate: its states, events, decisions and refusals.
+"""The Transfer aggregate: its legs, states, events, the steps it asks of the accounts, and
+what it decides from their answers.
 
-A transfer's state is the fold of its events. The decision methods (``request``,
-``reserved``, ``credited``, ...) check that a transition is legal and return the events
-to record; they never change the transfer themselves, so a decision can be retried or
-discarded without side effects. Nothing here does I/O or reads a clock: times arrive
-with the events, from the store.
+A transfer moves money along one or more legs (source -> target, amount), all or none.
+The protocol runs in phases, each a chain of account steps taken one account at a time,
+in order, every one with the transfer id as its reference:
+
+- HOLD: ``reserve`` the debits, one per source account (the legs' amounts summed).
+- CREDIT: ``hold_credit`` on every target but the last, then ``credit`` the last. The last
+  credit is the protocol's last point of refusal: once it is applied, nothing can refuse.
+- SETTLE: ``confirm_credit`` the held credits, ``capture`` the holds.
+- UNDO: after a refusal, ``cancel_credit`` and ``release`` whatever was placed; a void or
+  an expiry of a pending transfer releases its holds.
+
+A simple transfer is the one-leg case: reserve, credit, capture. A pending transfer stops
+after HOLD (state PENDING) until it is posted (CREDIT and SETTLE, possibly for less:
+``capture`` then releases the rest), voided or expired (UNDO).
+
+The account side answers every step finally (a refused step is refused again to every
+repeat; a hold is never placed twice), so any chain can be sent again from the last record
+and gets the same answers. ``decide`` turns the answers to a chain into events; records
+are only needed where a choice is made (a refusal before its undo, a post or void before
+it runs) and where the transfer ends or comes to rest.
+
+Nothing here does I/O or reads a clock: times arrive with the events, from the store.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 from shared_kernel.errors import AlreadyExists, DomainError, InvalidArgument
-from shared_kernel.values import parse_amount
+from shared_kernel.values import INT64_MAX
+
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class TransferState(enum.Enum):
@@ -24,15 +46,83 @@ class TransferState(enum.Enum):
     CREDITED = "CREDITED"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    PENDING = "PENDING"
+    VOIDED = "VOIDED"
+    EXPIRED = "EXPIRED"
 
 
-class Step(enum.Enum):
-    """The next call to the account service the protocol must make."""
+class Action(enum.Enum):
+    """A call of the account service's side of the protocol."""
 
     RESERVE = "reserve"
     CREDIT = "credit"
+    HOLD_CREDIT = "hold_credit"
+    CONFIRM_CREDIT = "confirm_credit"
+    CANCEL_CREDIT = "cancel_credit"
     CAPTURE = "capture"
     RELEASE = "release"
+
+
+class Phase(enum.Enum):
+    HOLD = "hold"
+    CREDIT = "credit"
+    SETTLE = "settle"
+    UNDO = "undo"
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    from_account_id: str
+    to_account_id: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStep:
+    """One step for the account side. ``amount``: what to hold or credit; for a capture,
+    how much (0: all of the hold). ``expires_at``: a hold's expiry, in microseconds since
+    the Unix epoch (0: none), for the account to show."""
+
+    action: Action
+    account_id: str
+    amount: int = 0
+    expires_at: int = 0
+
+
+# --- the answers a step can get -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The step took effect (or had already): ``currency`` is the account's."""
+
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The account said no, for good; ``reason`` is a contract reason."""
+
+    reason: str
+    message: str = ""
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Undecided:
+    """No answer (a peer down, a deadline): the step may or may not have taken effect."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """A newer driver of this transfer has spoken to the account: this one must stop."""
+
+    why: str
+
+
+Answer: TypeAlias = Applied | Refused | Undecided | Fenced
 
 
 # --- events -----------------------------------------------------------------------------
@@ -40,29 +130,59 @@ class Step(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TransferRequested:
+    """``legs`` empty: one leg, ``from_account_id`` -> ``to_account_id``. With legs, those
+    two are empty and ``amount`` is the legs' sum. ``expires_after``: microseconds a pending
+    hold lasts from the request (0: no expiry)."""
+
     transfer_id: str
     from_account_id: str
     to_account_id: str
     amount: int
+    legs: list[list[str | int]] = field(default_factory=list)
+    pending: bool = False
+    expires_after: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    reverses_transfer_id: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TransferReserved:
-    """The amount is held on the source account; ``currency`` is the source's."""
+    """Every debit is held; ``currency`` is the sources' (every account's)."""
 
     currency: str
 
 
 @dataclass(frozen=True, slots=True)
-class TransferCredited:
+class PostRequested:
+    """A pending transfer is to be posted for ``amount``."""
+
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class VoidRequested:
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class CreditRefused:
-    """The target refused the credit for good; the hold on the source must be released."""
+class HoldExpired:
+    """A pending transfer's hold ran out of time: it is to be released."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCredited:
+    """Every target has its credit (the last applied, the others held)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRefused:
+    """A step of ``phase`` was refused for good after ``placed`` steps of that phase took
+    effect: what was placed is to be undone, then the transfer fails with ``reason``."""
 
     reason: str
+    phase: str = Phase.CREDIT.value
+    placed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +197,41 @@ class TransferFailed:
     reason: str
 
 
-TransferEvent = (
+@dataclass(frozen=True, slots=True)
+class TransferVoided:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TransferExpired:
+    pass
+
+
+TransferEvent: TypeAlias = (
     TransferRequested
     | TransferReserved
+    | PostRequested
+    | VoidRequested
+    | HoldExpired
     | TransferCredited
-    | CreditRefused
+    | TransferRefused
     | TransferCompleted
     | TransferFailed
+    | TransferVoided
+    | TransferExpired
+)
+EVENT_CLASSES: tuple[type, ...] = (
+    TransferRequested,
+    TransferReserved,
+    PostRequested,
+    VoidRequested,
+    HoldExpired,
+    TransferCredited,
+    TransferRefused,
+    TransferCompleted,
+    TransferFailed,
+    TransferVoided,
+    TransferExpired,
 )
 
 
@@ -97,7 +245,7 @@ class TransferNotFound(DomainError):
 
 
 class TransferAlreadyExists(AlreadyExists):
-    """The transfer id is taken by a transfer with other accounts or amount."""
+    """The transfer id is taken by a transfer with other contents."""
 
     def __init__(self, transfer_id: str) -> None:
         super().__init__(
@@ -106,11 +254,72 @@ class TransferAlreadyExists(AlreadyExists):
         self.transfer_id = transfer_id
 
 
+class TransferNotPending(DomainError):
+    def __init__(self, transfer_id: str, state: TransferState | None) -> None:
+        name = state.name if state else "unknown"
+        super().__init__(
+            f"transfer {transfer_id} is {name}, not PENDING", transfer_id=transfer_id, state=name
+        )
+
+
+class ExceedsPendingAmount(DomainError):
+    def __init__(self, transfer_id: str, held: int, requested: int) -> None:
+        super().__init__(
+            f"transfer {transfer_id} holds {held}, {requested} requested",
+            transfer_id=transfer_id,
+            held=str(held),
+            requested=str(requested),
+        )
+
+
+class PartialPostOfLegs(DomainError):
+    """A multi-leg transfer is posted whole or not at all (an ``INVALID_ARGUMENT``)."""
+
+    def __init__(self, transfer_id: str) -> None:
+        super().__init__(
+            f"transfer {transfer_id} has several legs: post it whole (amount 0 or its amount)",
+            field="amount",
+        )
+
+
 class InvalidTransition(Exception):
     """A decision that the transfer's state does not allow. A bug, not a client error."""
 
 
-_TERMINAL = frozenset({TransferState.COMPLETED, TransferState.FAILED})
+_TERMINAL = frozenset(
+    {
+        TransferState.COMPLETED,
+        TransferState.FAILED,
+        TransferState.VOIDED,
+        TransferState.EXPIRED,
+    }
+)
+_ENDS = {
+    TransferState.FAILED: TransferFailed,
+    TransferState.VOIDED: TransferVoided,
+    TransferState.EXPIRED: TransferExpired,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """What an undo releases, and how the transfer ends once it has."""
+
+    phase: Phase  # the phase that was under way: HOLD undoes part of the holds
+    placed: int  # steps of that phase that took effect
+    ends: TransferState  # FAILED, VOIDED or EXPIRED
+
+
+def _summed(pairs: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    totals: dict[str, int] = {}
+    for account_id, amount in pairs:
+        totals[account_id] = totals.get(account_id, 0) + amount
+    return list(totals.items())
+
+
+def micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch."""
+    return (value - _UNIX) // _MICROSECOND
 
 
 # --- the aggregate ----------------------------------------------------------------------
@@ -119,15 +328,24 @@ _TERMINAL = frozenset({TransferState.COMPLETED, TransferState.FAILED})
 @dataclass
 class Transfer:
     transfer_id: str
+    legs: tuple[Leg, ...] = ()
     from_account_id: str = ""
     to_account_id: str = ""
     amount: int = 0
     currency: str = ""
     state: TransferState | None = None
     failure_reason: str = ""
-    # True once CreditRefused is recorded: the transfer is compensating (or has failed
-    # after compensating), which is what tells RESERVED-then-release from RESERVED-then-credit.
-    credit_was_refused: bool = False
+    pending: bool = False
+    expires_after: int = 0  # microseconds
+    metadata: dict[str, str] = field(default_factory=dict)
+    reverses_transfer_id: str = ""
+    reason: str = ""
+    # The amount a post is moving (or moved); 0 until a post is decided.
+    post_amount: int = 0
+    posted_amount: int = 0
+    undo: Undo | None = None
+    # The request as recorded: a repeat must carry the very same contents.
+    requested: TransferRequested | None = None
     version: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -153,31 +371,59 @@ class Transfer:
         """Fold one recorded event into the state. Recorded facts are not re-validated."""
         match event:
             case TransferRequested():
-                self.transfer_id = event.transfer_id
-                self.from_account_id = event.from_account_id
-                self.to_account_id = event.to_account_id
-                self.amount = event.amount
-                self.state = TransferState.REQUESTED
+                self._requested(event)
                 if at is not None:
                     self.created_at = at
-            case TransferReserved():
-                self.currency = event.currency
+            case TransferReserved(currency):
+                self.currency = currency
+                self.state = TransferState.PENDING if self.pending else TransferState.RESERVED
+            case PostRequested(amount):
+                self.post_amount = amount
                 self.state = TransferState.RESERVED
+            case VoidRequested():
+                self.undo = Undo(Phase.HOLD, len(self.sources), TransferState.VOIDED)
+            case HoldExpired():
+                self.undo = Undo(Phase.HOLD, len(self.sources), TransferState.EXPIRED)
             case TransferCredited():
                 self.state = TransferState.CREDITED
-            case CreditRefused():
-                self.credit_was_refused = True
-                self.failure_reason = event.reason
+            case TransferRefused(reason, phase, placed):
+                self.failure_reason = reason
+                self.undo = Undo(Phase(phase), placed, TransferState.FAILED)
             case TransferCompleted():
                 self.state = TransferState.COMPLETED
-            case TransferFailed():
-                self.failure_reason = event.reason
+                self.posted_amount = self.post_amount or self.amount
+            case TransferFailed(reason):
+                self.failure_reason = reason
                 self.state = TransferState.FAILED
+                self.undo = None
+            case TransferVoided():
+                self.state = TransferState.VOIDED
+                self.undo = None
+            case TransferExpired():
+                self.state = TransferState.EXPIRED
+                self.undo = None
             case _:
                 raise TypeError(f"not a transfer event: {event!r}")
         self.version += 1
         if at is not None:
             self.updated_at = at
+
+    def _requested(self, event: TransferRequested) -> None:
+        self.requested = event
+        self.transfer_id = event.transfer_id
+        if event.legs:
+            self.legs = tuple(Leg(str(f), str(t), int(a)) for f, t, a in event.legs)
+        else:
+            self.legs = (Leg(event.from_account_id, event.to_account_id, event.amount),)
+        self.from_account_id = event.from_account_id
+        self.to_account_id = event.to_account_id
+        self.amount = event.amount
+        self.pending = event.pending
+        self.expires_after = event.expires_after
+        self.metadata = dict(event.metadata)
+        self.reverses_transfer_id = event.reverses_transfer_id
+        self.reason = event.reason
+        self.state = TransferState.REQUESTED
 
     # --- queries ---
 
@@ -186,104 +432,267 @@ class Transfer:
         return self.state in _TERMINAL
 
     @property
-    def was_reserved(self) -> bool:
-        # Only TransferReserved sets the currency.
-        return self.currency != ""
+    def at_rest(self) -> bool:
+        """Nothing to do until a client (or the clock) decides: a pending hold."""
+        return self.state is TransferState.PENDING and self.undo is None
 
     @property
-    def next_step(self) -> Step | None:
-        match self.state:
-            case TransferState.REQUESTED:
-                return Step.RESERVE
-            case TransferState.RESERVED:
-                return Step.RELEASE if self.credit_was_refused else Step.CREDIT
-            case TransferState.CREDITED:
-                return Step.CAPTURE
-            case _:
-                return None
+    def is_simple(self) -> bool:
+        return len(self.legs) == 1
 
-    def matches(self, from_account_id: str, to_account_id: str, amount: int) -> bool:
-        """Whether a request carries the same contents as the one that created this transfer."""
-        return (
-            self.state is not None
-            and self.from_account_id == from_account_id
-            and self.to_account_id == to_account_id
-            and self.amount == amount
-        )
+    @property
+    def expires_at(self) -> datetime | None:
+        if not self.expires_after or self.created_at is None:
+            return None
+        return self.created_at + timedelta(microseconds=self.expires_after)
+
+    @property
+    def sources(self) -> list[tuple[str, int]]:
+        """Each source account once, in leg order, with what it pays."""
+        return _summed((leg.from_account_id, leg.amount) for leg in self.legs)
+
+    @property
+    def targets(self) -> list[tuple[str, int]]:
+        """Each target account once, in leg order, with what it receives."""
+        if self.post_amount and self.post_amount != self.amount:
+            # Only a one-leg transfer is posted for less than its amount.
+            return [(self.legs[0].to_account_id, self.post_amount)]
+        return _summed((leg.to_account_id, leg.amount) for leg in self.legs)
+
+    @property
+    def accounts(self) -> set[str]:
+        return {a for leg in self.legs for a in (leg.from_account_id, leg.to_account_id)}
+
+    def matches(self, request: TransferRequested) -> bool:
+        """Whether a request carries the same contents as the one that created this one."""
+        return self.requested is not None and self.requested == request
+
+    # --- what to ask of the accounts next ---
+
+    def next_steps(self) -> list[tuple[Phase, list[AccountStep]]]:
+        """The phases to run next, as one chain (each step only after the one before took
+        effect); empty when the transfer has ended or rests."""
+        if self.state is None or self.is_terminal:
+            return []
+        if self.undo is not None:
+            return [(Phase.UNDO, self._undo_steps(self.undo))]
+        match self.state:
+            case TransferState.REQUESTED if self.pending:
+                return [(Phase.HOLD, self._hold_steps())]
+            case TransferState.REQUESTED:
+                return [
+                    (Phase.HOLD, self._hold_steps()),
+                    (Phase.CREDIT, self._credit_steps()),
+                    (Phase.SETTLE, self._settle_steps()),
+                ]
+            case TransferState.RESERVED:
+                return [(Phase.CREDIT, self._credit_steps()), (Phase.SETTLE, self._settle_steps())]
+            case TransferState.CREDITED:
+                return [(Phase.SETTLE, self._settle_steps())]
+            case _:
+                return []
+
+    def _hold_steps(self) -> list[AccountStep]:
+        expires = self.expires_at
+        expires_at = micros(expires) if expires is not None else 0
+        return [AccountStep(Action.RESERVE, a, amount, expires_at) for a, amount in self.sources]
+
+    def _credit_steps(self) -> list[AccountStep]:
+        *held, (last, amount) = self.targets
+        return [
+            *(AccountStep(Action.HOLD_CREDIT, a, n) for a, n in held),
+            AccountStep(Action.CREDIT, last, amount),
+        ]
+
+    def _settle_steps(self) -> list[AccountStep]:
+        *held, _ = self.targets
+        partial = self.post_amount if self.post_amount != self.amount else 0
+        return [
+            *(AccountStep(Action.CONFIRM_CREDIT, a) for a, _ in held),
+            *(AccountStep(Action.CAPTURE, a, partial) for a, _ in self.sources),
+        ]
+
+    def _undo_steps(self, undo: Undo) -> list[AccountStep]:
+        sources = self.sources
+        if undo.phase is Phase.HOLD:
+            return [AccountStep(Action.RELEASE, a) for a, _ in sources[: undo.placed]]
+        *held, _ = self.targets
+        return [
+            *(AccountStep(Action.CANCEL_CREDIT, a) for a, _ in held[: undo.placed]),
+            *(AccountStep(Action.RELEASE, a) for a, _ in sources),
+        ]
 
     # --- decisions ---
 
-    def request(self, from_account_id: str, to_account_id: str, amount: int) -> list[TransferEvent]:
-        parse_amount(amount)
-        if from_account_id == to_account_id:
-            raise InvalidArgument("to_account_id", "must differ from from_account_id")
+    def decide(
+        self, chain: Sequence[tuple[Phase, Sequence[AccountStep]]], answers: Sequence[Answer]
+    ) -> tuple[list[TransferEvent], Answer | None]:
+        """The events the answers to ``chain`` (a prefix of it, in order) call for, and the
+        answer that held the transfer up, if one did: ``Undecided`` or ``Fenced``, or a
+        ``Refused`` where the protocol rules a refusal out."""
+        events: list[TransferEvent] = []
+        given = iter(answers)
+        currency = self.currency
+        for phase, steps in chain:
+            for placed, _ in enumerate(steps):
+                answer = next(given, None)
+                if answer is None:
+                    return events, Undecided("not answered")
+                if isinstance(answer, Undecided | Fenced):
+                    return events, answer
+                if isinstance(answer, Refused):
+                    return self._refused(events, phase, placed, answer, currency)
+                if phase is Phase.HOLD and not currency:
+                    currency = answer.currency
+            events.append(self._phase_done(phase, currency))
+        return events, None
+
+    def _phase_done(self, phase: Phase, currency: str) -> TransferEvent:
+        match phase:
+            case Phase.HOLD:
+                return TransferReserved(currency)
+            case Phase.CREDIT:
+                return TransferCredited()
+            case Phase.SETTLE:
+                return TransferCompleted()
+            case Phase.UNDO:
+                assert self.undo is not None
+                if self.undo.ends is TransferState.FAILED:
+                    return TransferFailed(self.failure_reason)
+                return _ENDS[self.undo.ends]()
+
+    def _refused(
+        self,
+        events: list[TransferEvent],
+        phase: Phase,
+        placed: int,
+        refused: Refused,
+        currency: str,
+    ) -> tuple[list[TransferEvent], Answer | None]:
+        if phase in (Phase.SETTLE, Phase.UNDO):
+            # Every hold settled here was placed by this transfer: a refusal means the two
+            # services disagree. The transfer stays unfinished, visibly, until repaired.
+            return events, refused
+        if refused.reason == "RESERVATION_SETTLED":
+            return self._settled_already(events, phase, refused)
+        if phase is Phase.HOLD and placed == 0:
+            return [*events, TransferFailed(refused.reason)], None
+        return [*events, TransferRefused(refused.reason, phase.value, placed)], None
+
+    def _settled_already(
+        self, events: list[TransferEvent], phase: Phase, refused: Refused
+    ) -> tuple[list[TransferEvent], Answer | None]:
+        """A hold this transfer would place is settled already: the settle phase ran
+        before its record (a crash in between). Only a capture or confirmation says so;
+        a release is always recorded (as an undo) before it is made."""
+        if refused.details.get("outcome") not in ("captured", "confirmed"):
+            return events, refused
+        if self.pending and self.post_amount == 0:
+            return events, refused  # a pending hold is settled only after a recorded post
+        if phase is Phase.HOLD:
+            events.append(TransferReserved(refused.details.get("currency", self.currency)))
+        return [*events, TransferCredited()], None
+
+    # --- requests from clients ---
+
+    def request(self, requested: TransferRequested) -> list[TransferEvent]:
         if self.state is not None:
-            if self.matches(from_account_id, to_account_id, amount):
+            if self.matches(requested):
                 return []
             raise TransferAlreadyExists(self.transfer_id)
-        return [TransferRequested(self.transfer_id, from_account_id, to_account_id, amount)]
+        return [requested]
 
-    def reserved(self, currency: str) -> list[TransferEvent]:
-        if self.was_reserved:
-            if currency != self.currency:
-                raise InvalidTransition(
-                    f"transfer {self.transfer_id} reserved in {self.currency}, not {currency}"
-                )
-            return []
-        self._require(TransferState.REQUESTED, "reserved")
-        return [TransferReserved(currency)]
+    def post(self, amount: int) -> list[TransferEvent]:
+        """Post a pending transfer for ``amount`` (0: all of it)."""
+        if self.post_amount:
+            if amount == self.post_amount or (amount == 0 and self.post_amount == self.amount):
+                return []  # the same post again
+            raise TransferNotPending(self.transfer_id, self.state)
+        if not self.at_rest:
+            raise TransferNotPending(self.transfer_id, self.state)
+        if amount > self.amount:
+            raise ExceedsPendingAmount(self.transfer_id, self.amount, amount)
+        if amount and amount != self.amount and not self.is_simple:
+            raise PartialPostOfLegs(self.transfer_id)
+        return [PostRequested(amount or self.amount)]
 
-    def credited(self) -> list[TransferEvent]:
-        if self.state in (TransferState.CREDITED, TransferState.COMPLETED):
-            return []
-        self._require(TransferState.RESERVED, "credited")
-        if self.credit_was_refused:
-            raise InvalidTransition(f"transfer {self.transfer_id}: credit was refused")
-        return [TransferCredited()]
+    def void(self) -> list[TransferEvent]:
+        voiding = self.undo is not None and self.undo.ends is TransferState.VOIDED
+        if voiding or self.state is TransferState.VOIDED:
+            return []  # the same void again
+        if not self.at_rest:
+            raise TransferNotPending(self.transfer_id, self.state)
+        return [VoidRequested()]
 
-    def credit_refused(self, reason: str) -> list[TransferEvent]:
-        if self.credit_was_refused:
-            if reason != self.failure_reason:
-                raise InvalidTransition(
-                    f"transfer {self.transfer_id}: credit refused with {self.failure_reason},"
-                    f" not {reason}"
-                )
+    def expire(self, now: datetime) -> list[TransferEvent]:
+        """Release the hold if its time has come; nothing otherwise."""
+        expires = self.expires_at
+        if not self.at_rest or expires is None or now < expires:
             return []
-        self._require(TransferState.RESERVED, "credit_refused")
-        return [CreditRefused(reason)]
+        return [HoldExpired()]
 
-    def completed(self) -> list[TransferEvent]:
-        if self.state is TransferState.COMPLETED:
-            return []
-        self._require(TransferState.CREDITED, "completed")
-        return [TransferCompleted()]
 
-    def failed(self, reason: str) -> list[TransferEvent]:
-        if self.state is TransferState.FAILED:
-            if reason != self.failure_reason:
-                raise InvalidTransition(
-                    f"transfer {self.transfer_id} failed with {self.failure_reason}, not {reason}"
-                )
-            return []
-        if self.state is TransferState.REQUESTED:
-            return [TransferFailed(reason)]
-        if self.state is TransferState.RESERVED and self.credit_was_refused:
-            return [TransferFailed(reason)]
-        raise InvalidTransition(
-            f"transfer {self.transfer_id}: cannot fail from {self._describe()}"
-            " (a reserved transfer fails only after its credit was refused)"
+MAX_LEGS = 16
+
+
+def _check_legs(legs: Sequence[Leg]) -> None:
+    simple = len(legs) == 1
+    if not 1 <= len(legs) <= MAX_LEGS:
+        raise InvalidArgument("legs", f"a transfer has 1 to {MAX_LEGS} legs")
+    for leg in legs:
+        if leg.from_account_id == leg.to_account_id:
+            field_name = "to_account_id" if simple else "legs"
+            raise InvalidArgument(field_name, "a leg's target must differ from its source")
+        if not 0 < leg.amount <= INT64_MAX:
+            raise InvalidArgument("amount" if simple else "legs", "must be 1 to 2^63-1")
+    if sum(leg.amount for leg in legs) > INT64_MAX:
+        raise InvalidArgument("legs", "the legs' amounts add up beyond int64")
+
+
+def legs_field(legs: Sequence[Leg]) -> list[list[str | int]]:
+    return [[leg.from_account_id, leg.to_account_id, leg.amount] for leg in legs]
+
+
+def requested(
+    transfer_id: str,
+    legs: Sequence[Leg],
+    *,
+    pending: bool = False,
+    expires_after: int = 0,
+    metadata: Mapping[str, str] | None = None,
+    reverses_transfer_id: str = "",
+    reason: str = "",
+) -> TransferRequested:
+    """The request event for ``legs``: a one-leg transfer keeps its accounts in the
+    top-level fields (as transfers always have), several legs list them.
+
+    ``InvalidArgument`` for legs that break the rules (named by the request's own fields:
+    ``amount`` and ``to_account_id`` for one leg, ``legs`` for several)."""
+    _check_legs(legs)
+    total = sum(leg.amount for leg in legs)
+    if len(legs) == 1:
+        (leg,) = legs
+        return TransferRequested(
+            transfer_id,
+            leg.from_account_id,
+            leg.to_account_id,
+            leg.amount,
+            [],
+            pending,
+            expires_after,
+            dict(metadata or {}),
+            reverses_transfer_id,
+            reason,
         )
-
-    def _require(self, state: TransferState, decision: str) -> None:
-        if self.state is not state:
-            raise InvalidTransition(
-                f"transfer {self.transfer_id}: {decision} needs {state.name},"
-                f" not {self._describe()}"
-            )
-
-    def _describe(self) -> str:
-        if self.state is None:
-            return "an unrequested transfer"
-        if self.state is TransferState.RESERVED and self.credit_was_refused:
-            return "RESERVED (releasing)"
-        return self.state.name
+    return TransferRequested(
+        transfer_id,
+        "",
+        "",
+        total,
+        legs_field(legs),
+        pending,
+        expires_after,
+        dict(metadata or {}),
+        reverses_transfer_id,
+        reason,
+    )

@@ -1,9 +1,10 @@
 """In-memory stand-ins for the transfer process's ports: the account side and the transfer store.
 
-``FakeAccounts`` models enough of the account service to check money: balances, holds,
-currencies, closed accounts, idempotency by (account, reference) as the contract states,
-and scriptable faults. ``InMemoryTransferRepository`` stores each transfer's events with
-the same expected-version check as the event store.
+``FakeAccounts`` runs the real account aggregate (pure, in memory) behind the port, so its
+answers are the account service's: final refusals, epochs, holds, credit holds. Faults are
+scriptable per action: a step may go unanswered, before or after it took effect.
+``InMemoryTransferRepository`` stores each transfer's events with the event store's
+expected-version check, and each transfer's owner epoch as the lease table would.
 """
 
 from __future__ import annotations
@@ -11,190 +12,184 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
-from event_store import ConcurrencyConflict
-from transfer_service.domain import Transfer, TransferEvent
-from transfer_service.process import StepRefused, StepUnavailable
-
-T = TypeVar("T")
-
-STEPS = ("reserve", "credit", "capture", "release")
-
-
-@dataclass
-class FakeAccount:
-    account_id: str
-    currency: str
-    balance: int = 0
-    closed: bool = False
-    holds: dict[str, int] = field(default_factory=dict)  # open holds by reference
-    settled: dict[str, str] = field(default_factory=dict)  # reference -> "capture"/"release"
-    reserved_refs: set[str] = field(default_factory=set)
-    credited_refs: set[str] = field(default_factory=set)
-
-    @property
-    def reserved(self) -> int:
-        return sum(self.holds.values())
-
-    @property
-    def available(self) -> int:
-        return self.balance - self.reserved
+from account_service.domain import Account, AccountOpened, Deposited, EpochFenced
+from account_service.grpc_api.errors import ERRORS
+from event_store import ConcurrencyConflict, LeaseLost
+from shared_kernel.errors import DomainError
+from transfer_service.domain import (
+    AccountStep,
+    Action,
+    Answer,
+    Applied,
+    Fenced,
+    Refused,
+    Transfer,
+    TransferEvent,
+    Undecided,
+)
 
 
 @dataclass(frozen=True)
 class Call:
-    step: str
-    account_id: str
-    reference: str
-    amount: int | None = None
-    currency: str | None = None
-
-
-@dataclass(frozen=True)
-class Effect:
-    """A change the fake stored: what a real account service would append as an event."""
-
-    kind: str  # "reserve", "credit", "capture" or "release"
+    action: Action
     account_id: str
     reference: str
     amount: int
+    epoch: int
+    currency: str
 
 
 @dataclass
 class _Fault:
-    exc: Exception
+    answer: Answer
     after_effect: bool
 
 
 class FakeAccounts:
     def __init__(self) -> None:
-        self.accounts: dict[str, FakeAccount] = {}
+        self.accounts: dict[str, Account] = {}
         self.calls: list[Call] = []
-        self.effects: list[Effect] = []
-        self._faults: dict[str, deque[_Fault]] = {step: deque() for step in STEPS}
+        self.events: list[tuple[str, object]] = []  # (account, event) as stored
+        self._faults: dict[Action, deque[_Fault]] = {action: deque() for action in Action}
 
     # --- set-up and scripting ---
 
     def open(
         self, account_id: str, currency: str = "EUR", balance: int = 0, *, closed: bool = False
-    ) -> FakeAccount:
-        account = FakeAccount(account_id, currency, balance, closed)
-        self.accounts[account_id] = account
+    ) -> Account:
+        account = self._account(account_id)
+        self._store(account_id, account, [AccountOpened(account_id, "owner", currency)])
+        if balance:
+            self._store(account_id, account, [Deposited(balance, "opening")])
+        if closed:
+            self._store(account_id, account, account.close())
         return account
+
+    def deposit(self, account_id: str, amount: int, reference: str) -> None:
+        account = self.accounts[account_id]
+        self._store(account_id, account, account.deposit(amount, reference))
+
+    def withdraw(self, account_id: str, amount: int, reference: str) -> None:
+        account = self.accounts[account_id]
+        self._store(account_id, account, account.withdraw(amount, reference))
+
+    def close(self, account_id: str) -> None:
+        account = self.accounts[account_id]
+        self._store(account_id, account, account.close())
 
     def fail_next(
         self,
-        step: str,
+        action: Action,
         times: int = 1,
-        exc: Exception | None = None,
+        answer: Answer | None = None,
         *,
         after_effect: bool = False,
     ) -> None:
-        """Make the next ``times`` calls of ``step`` raise ``exc`` (default: StepUnavailable).
-
-        With ``after_effect`` the call's effect is stored first, as when a call commits but
-        its answer is lost on the way back.
-        """
-        if step not in STEPS:
-            raise ValueError(step)
+        """The next ``times`` steps of ``action`` get ``answer`` (default: ``Undecided``).
+        With ``after_effect`` the step takes effect first, and its answer is what is lost."""
         for _ in range(times):
-            fault_exc = exc if exc is not None else StepUnavailable(f"{step} unavailable")
-            self._faults[step].append(_Fault(fault_exc, after_effect))
+            self._faults[action].append(
+                _Fault(answer or Undecided(f"{action.value} unavailable"), after_effect)
+            )
 
-    def pending_faults(self, step: str) -> int:
-        return len(self._faults[step])
+    def pending_faults(self, action: Action) -> int:
+        return len(self._faults[action])
 
     # --- queries for assertions ---
+
+    def balance(self, account_id: str) -> int:
+        return self.accounts[account_id].balance
 
     def total_balance(self) -> int:
         return sum(a.balance for a in self.accounts.values())
 
     def open_holds(self) -> dict[str, dict[str, int]]:
-        return {a.account_id: dict(a.holds) for a in self.accounts.values() if a.holds}
+        holds = {}
+        for account_id, account in self.accounts.items():
+            held = {ref: hold.amount for ref, hold in account.holds.items()}
+            held.update(account.credit_holds)
+            if held:
+                holds[account_id] = held
+        return holds
 
-    def steps_called(self) -> list[str]:
-        return [c.step for c in self.calls]
+    def actions_called(self) -> list[str]:
+        return [call.action.value for call in self.calls]
 
     # --- the port ---
 
-    async def reserve(self, account_id: str, reference: str, amount: int) -> str:
-        self.calls.append(Call("reserve", account_id, reference, amount))
-        return self._with_faults("reserve", lambda: self._reserve(account_id, reference, amount))
+    async def run(
+        self, steps: Sequence[AccountStep], reference: str, epoch: int, currency: str = ""
+    ) -> list[Answer]:
+        answers: list[Answer] = []
+        for step in steps:
+            answer = self._step(step, reference, epoch, currency)
+            answers.append(answer)
+            if not isinstance(answer, Applied):
+                break
+            currency = answer.currency
+        return answers
 
-    async def credit(self, account_id: str, reference: str, amount: int, currency: str) -> None:
-        self.calls.append(Call("credit", account_id, reference, amount, currency))
-        self._with_faults("credit", lambda: self._credit(account_id, reference, amount, currency))
+    def _step(self, step: AccountStep, reference: str, epoch: int, currency: str) -> Answer:
+        self.calls.append(
+            Call(step.action, step.account_id, reference, step.amount, epoch, currency)
+        )
+        faults = self._faults[step.action]
+        if faults:
+            fault = faults.popleft()
+            if fault.after_effect:
+                self._decide(step, reference, epoch, currency)
+            return fault.answer
+        return self._decide(step, reference, epoch, currency)
 
-    async def capture(self, account_id: str, reference: str) -> None:
-        self.calls.append(Call("capture", account_id, reference))
-        self._with_faults("capture", lambda: self._settle("capture", account_id, reference))
+    def _decide(self, step: AccountStep, reference: str, epoch: int, currency: str) -> Answer:
+        account = self._account(step.account_id)
+        try:
+            events = _decision(account, step, reference, epoch, currency)
+        except EpochFenced as exc:
+            return Fenced(str(exc))
+        except DomainError as exc:
+            self._store(step.account_id, account, list(exc.record))
+            if not exc.record and not account.exists:
+                self.accounts.pop(step.account_id, None)
+            described = ERRORS.describe(exc)
+            assert described is not None, exc
+            return Refused(described.reason, described.message, dict(described.metadata))
+        self._store(step.account_id, account, events)
+        return Applied(account.currency)
 
-    async def release(self, account_id: str, reference: str) -> None:
-        self.calls.append(Call("release", account_id, reference))
-        self._with_faults("release", lambda: self._settle("release", account_id, reference))
-
-    # --- the model ---
-
-    def _with_faults(self, step: str, effect: Callable[[], T]) -> T:
-        faults = self._faults[step]
-        if not faults:
-            return effect()
-        fault = faults.popleft()
-        if fault.after_effect:
-            # A refusal here is the real answer, and the lost answer is the fault.
-            try:
-                effect()
-            except StepRefused:
-                pass
-        raise fault.exc
-
-    def _account(self, account_id: str) -> FakeAccount:
+    def _account(self, account_id: str) -> Account:
         account = self.accounts.get(account_id)
         if account is None:
-            raise StepRefused("ACCOUNT_NOT_FOUND", f"account {account_id} not found")
+            account = self.accounts[account_id] = Account.empty(account_id)
         return account
 
-    def _reserve(self, account_id: str, reference: str, amount: int) -> str:
-        account = self._account(account_id)
-        if reference in account.reserved_refs:
-            return account.currency
-        if account.closed:
-            raise StepRefused("ACCOUNT_CLOSED", f"account {account_id} is closed")
-        if account.available < amount:
-            raise StepRefused("INSUFFICIENT_FUNDS", f"available {account.available} < {amount}")
-        account.reserved_refs.add(reference)
-        account.holds[reference] = amount
-        self.effects.append(Effect("reserve", account_id, reference, amount))
-        return account.currency
+    def _store(self, account_id: str, account: Account, events: list) -> None:
+        for event in events:
+            account.apply(event)
+            self.events.append((account_id, event))
 
-    def _credit(self, account_id: str, reference: str, amount: int, currency: str) -> None:
-        account = self._account(account_id)
-        if reference in account.credited_refs:
-            return
-        if account.closed:
-            raise StepRefused("ACCOUNT_CLOSED", f"account {account_id} is closed")
-        if currency != account.currency:
-            raise StepRefused("CURRENCY_MISMATCH", f"{currency} into a {account.currency} account")
-        account.credited_refs.add(reference)
-        account.balance += amount
-        self.effects.append(Effect("credit", account_id, reference, amount))
 
-    def _settle(self, kind: str, account_id: str, reference: str) -> None:
-        account = self._account(account_id)
-        if reference in account.settled:
-            if account.settled[reference] == kind:
-                return
-            raise StepRefused("RESERVATION_SETTLED", f"reservation {reference} already settled")
-        if reference not in account.holds:
-            raise StepRefused("RESERVATION_NOT_FOUND", f"no reservation {reference}")
-        amount = account.holds.pop(reference)
-        account.settled[reference] = kind
-        if kind == "capture":
-            account.balance -= amount
-        self.effects.append(Effect(kind, account_id, reference, amount))
+def _decision(
+    account: Account, step: AccountStep, reference: str, epoch: int, currency: str
+) -> list:
+    match step.action:
+        case Action.RESERVE:
+            return account.reserve(step.amount, reference, currency, epoch, step.expires_at)
+        case Action.CREDIT:
+            return account.credit(step.amount, reference, currency, epoch)
+        case Action.HOLD_CREDIT:
+            return account.hold_credit(step.amount, reference, currency, epoch)
+        case Action.CONFIRM_CREDIT:
+            return account.confirm_credit(reference, epoch)
+        case Action.CANCEL_CREDIT:
+            return account.cancel_credit(reference, epoch)
+        case Action.CAPTURE:
+            return account.capture(reference, step.amount, epoch)
+        case Action.RELEASE:
+            return account.release(reference, epoch)
 
 
 def _ticking_clock() -> Callable[[], datetime]:
@@ -206,6 +201,8 @@ def _ticking_clock() -> Callable[[], datetime]:
 class InMemoryTransferRepository:
     def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
         self.streams: dict[str, list[tuple[TransferEvent, datetime]]] = {}
+        # transfer id -> the epoch that owns it (absent: ended).
+        self.epochs: dict[str, int] = {}
         self.record_calls = 0
         self._clock = clock or _ticking_clock()
         # Run (once each, in order) just before a record's version check: lets a test play
@@ -216,9 +213,14 @@ class InMemoryTransferRepository:
         self._before_record.append(hook)
 
     def append(self, transfer_id: str, events: Sequence[TransferEvent]) -> None:
-        """Store events with no version check (test set-up, or another writer)."""
+        """Store events with no checks (test set-up, or another writer)."""
         stream = self.streams.setdefault(transfer_id, [])
         stream.extend((event, self._clock()) for event in events)
+
+    def take_over(self, transfer_id: str) -> int:
+        """Another process claims the transfer: its epoch goes up."""
+        self.epochs[transfer_id] = self.epochs.get(transfer_id, 1) + 1
+        return self.epochs[transfer_id]
 
     def events(self, transfer_id: str) -> list[TransferEvent]:
         return [event for event, _ in self.streams.get(transfer_id, [])]
@@ -229,12 +231,21 @@ class InMemoryTransferRepository:
             return None
         return Transfer.from_events(transfer_id, stream)
 
-    async def record(self, transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
+    async def record(
+        self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int
+    ) -> Transfer:
         self.record_calls += 1
         if self._before_record:
             self._before_record.popleft()(self)
         stream = self.streams.get(transfer.transfer_id, [])
         if len(stream) != transfer.version:
             raise ConcurrencyConflict(transfer.transfer_id, transfer.version)
+        if transfer.version and self.epochs.get(transfer.transfer_id, epoch) != epoch:
+            raise LeaseLost(transfer.transfer_id, epoch)
         self.append(transfer.transfer_id, events)
-        return Transfer.from_events(transfer.transfer_id, self.streams[transfer.transfer_id])
+        recorded = Transfer.from_events(transfer.transfer_id, self.streams[transfer.transfer_id])
+        if recorded.is_terminal:
+            self.epochs.pop(transfer.transfer_id, None)
+        else:
+            self.epochs.setdefault(transfer.transfer_id, epoch)
+        return recorded
