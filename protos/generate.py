@@ -30,6 +30,7 @@ def _package_dirs(protos: list[str]) -> list[Path]:
 
 
 def main() -> int:
+    # Only bank/: google/ holds imported protos whose Python modules come from their packages.
     protos = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("bank/**/*.proto"))
     package_dirs = _package_dirs(protos)
     for package in package_dirs:

@@ -27,6 +27,11 @@ class AccountEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED: _ClassVar[AccountEventType]
     ACCOUNT_EVENT_TYPE_CREDITED: _ClassVar[AccountEventType]
     ACCOUNT_EVENT_TYPE_CLOSED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_OVERDRAFT_LIMIT_SET: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_STEP_REFUSED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_CREDIT_HELD: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_CREDIT_CONFIRMED: _ClassVar[AccountEventType]
+    ACCOUNT_EVENT_TYPE_CREDIT_CANCELLED: _ClassVar[AccountEventType]
 ACCOUNT_STATUS_UNSPECIFIED: AccountStatus
 ACCOUNT_STATUS_OPEN: AccountStatus
 ACCOUNT_STATUS_CLOSED: AccountStatus
@@ -39,19 +44,26 @@ ACCOUNT_EVENT_TYPE_RESERVATION_RELEASED: AccountEventType
 ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED: AccountEventType
 ACCOUNT_EVENT_TYPE_CREDITED: AccountEventType
 ACCOUNT_EVENT_TYPE_CLOSED: AccountEventType
+ACCOUNT_EVENT_TYPE_OVERDRAFT_LIMIT_SET: AccountEventType
+ACCOUNT_EVENT_TYPE_STEP_REFUSED: AccountEventType
+ACCOUNT_EVENT_TYPE_CREDIT_HELD: AccountEventType
+ACCOUNT_EVENT_TYPE_CREDIT_CONFIRMED: AccountEventType
+ACCOUNT_EVENT_TYPE_CREDIT_CANCELLED: AccountEventType
 
 class Reservation(_message.Message):
-    __slots__ = ("reference", "amount", "reserved_at")
+    __slots__ = ("reference", "amount", "reserved_at", "expires_at")
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     RESERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     reference: str
     amount: int
     reserved_at: _timestamp_pb2.Timestamp
-    def __init__(self, reference: _Optional[str] = ..., amount: _Optional[int] = ..., reserved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, reference: _Optional[str] = ..., amount: _Optional[int] = ..., reserved_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Account(_message.Message):
-    __slots__ = ("account_id", "owner", "currency", "balance", "reserved", "available", "status", "version", "reservations")
+    __slots__ = ("account_id", "owner", "currency", "balance", "reserved", "available", "status", "version", "reservations", "pending_credits", "overdraft_limit")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +73,8 @@ class Account(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    OVERDRAFT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     owner: str
     currency: str
@@ -70,10 +84,12 @@ class Account(_message.Message):
     status: AccountStatus
     version: int
     reservations: _containers.RepeatedCompositeFieldContainer[Reservation]
-    def __init__(self, account_id: _Optional[str] = ..., owner: _Optional[str] = ..., currency: _Optional[str] = ..., balance: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ..., status: _Optional[_Union[AccountStatus, str]] = ..., version: _Optional[int] = ..., reservations: _Optional[_Iterable[_Union[Reservation, _Mapping]]] = ...) -> None: ...
+    pending_credits: int
+    overdraft_limit: int
+    def __init__(self, account_id: _Optional[str] = ..., owner: _Optional[str] = ..., currency: _Optional[str] = ..., balance: _Optional[int] = ..., reserved: _Optional[int] = ..., available: _Optional[int] = ..., status: _Optional[_Union[AccountStatus, str]] = ..., version: _Optional[int] = ..., reservations: _Optional[_Iterable[_Union[Reservation, _Mapping]]] = ..., pending_credits: _Optional[int] = ..., overdraft_limit: _Optional[int] = ...) -> None: ...
 
 class AccountEvent(_message.Message):
-    __slots__ = ("account_id", "version", "type", "amount", "reference", "balance_after", "reserved_after", "occurred_at")
+    __slots__ = ("account_id", "version", "type", "amount", "reference", "balance_after", "reserved_after", "occurred_at", "reason", "step")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +98,8 @@ class AccountEvent(_message.Message):
     BALANCE_AFTER_FIELD_NUMBER: _ClassVar[int]
     RESERVED_AFTER_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     version: int
     type: AccountEventType
@@ -90,7 +108,9 @@ class AccountEvent(_message.Message):
     balance_after: int
     reserved_after: int
     occurred_at: _timestamp_pb2.Timestamp
-    def __init__(self, account_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[AccountEventType, str]] = ..., amount: _Optional[int] = ..., reference: _Optional[str] = ..., balance_after: _Optional[int] = ..., reserved_after: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reason: str
+    step: str
+    def __init__(self, account_id: _Optional[str] = ..., version: _Optional[int] = ..., type: _Optional[_Union[AccountEventType, str]] = ..., amount: _Optional[int] = ..., reference: _Optional[str] = ..., balance_after: _Optional[int] = ..., reserved_after: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
 
 class OpenAccountRequest(_message.Message):
     __slots__ = ("account_id", "owner", "currency")
@@ -160,59 +180,123 @@ class WatchAccountRequest(_message.Message):
     from_version: int
     def __init__(self, account_id: _Optional[str] = ..., from_version: _Optional[int] = ...) -> None: ...
 
+class SetOverdraftLimitRequest(_message.Message):
+    __slots__ = ("account_id", "overdraft_limit", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    OVERDRAFT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    overdraft_limit: int
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., overdraft_limit: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "reference", "amount")
+    __slots__ = ("account_id", "reference", "amount", "epoch", "currency", "expires_at")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reference: str
     amount: int
-    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+    epoch: int
+    currency: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., epoch: _Optional[int] = ..., currency: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreditRequest(_message.Message):
-    __slots__ = ("account_id", "reference", "amount", "currency")
+    __slots__ = ("account_id", "reference", "amount", "currency", "epoch")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reference: str
     amount: int
     currency: str
-    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class CaptureRequest(_message.Message):
-    __slots__ = ("account_id", "reference")
+    __slots__ = ("account_id", "reference", "epoch", "amount")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reference: str
-    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
+    epoch: int
+    amount: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., epoch: _Optional[int] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("account_id", "reference")
+    __slots__ = ("account_id", "reference", "epoch")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reference: str
-    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class HoldCreditRequest(_message.Message):
+    __slots__ = ("account_id", "reference", "amount", "currency", "epoch")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    amount: int
+    currency: str
+    epoch: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ConfirmCreditRequest(_message.Message):
+    __slots__ = ("account_id", "reference", "epoch")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    epoch: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class CancelCreditRequest(_message.Message):
+    __slots__ = ("account_id", "reference", "epoch")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    reference: str
+    epoch: int
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Step(_message.Message):
-    __slots__ = ("step_id", "reserve", "credit", "capture", "release", "after_step_id")
+    __slots__ = ("step_id", "reserve", "credit", "capture", "release", "hold_credit", "confirm_credit", "cancel_credit", "after_step_id")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    HOLD_CREDIT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_CREDIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_CREDIT_FIELD_NUMBER: _ClassVar[int]
     AFTER_STEP_ID_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     reserve: ReserveRequest
     credit: CreditRequest
     capture: CaptureRequest
     release: ReleaseRequest
+    hold_credit: HoldCreditRequest
+    confirm_credit: ConfirmCreditRequest
+    cancel_credit: CancelCreditRequest
     after_step_id: int
-    def __init__(self, step_id: _Optional[int] = ..., reserve: _Optional[_Union[ReserveRequest, _Mapping]] = ..., credit: _Optional[_Union[CreditRequest, _Mapping]] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., after_step_id: _Optional[int] = ...) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., reserve: _Optional[_Union[ReserveRequest, _Mapping]] = ..., credit: _Optional[_Union[CreditRequest, _Mapping]] = ..., capture: _Optional[_Union[CaptureRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., hold_credit: _Optional[_Union[HoldCreditRequest, _Mapping]] = ..., confirm_credit: _Optional[_Union[ConfirmCreditRequest, _Mapping]] = ..., cancel_credit: _Optional[_Union[CancelCreditRequest, _Mapping]] = ..., after_step_id: _Optional[int] = ...) -> None: ...
 
 class ExecuteStepsRequest(_message.Message):
     __slots__ = ("steps",)

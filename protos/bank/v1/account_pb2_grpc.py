@@ -70,6 +70,11 @@ class AccountServiceStub:
                 request_serializer=bank_dot_v1_dot_account__pb2.WatchAccountRequest.SerializeToString,
                 response_deserializer=bank_dot_v1_dot_account__pb2.AccountEvent.FromString,
                 _registered_method=True)
+        self.SetOverdraftLimit = channel.unary_unary(
+                '/bank.v1.AccountService/SetOverdraftLimit',
+                request_serializer=bank_dot_v1_dot_account__pb2.SetOverdraftLimitRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_account__pb2.Account.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -125,6 +130,13 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetOverdraftLimit(self, request, context):
+        """Sets how far below zero debits may take the balance. Idempotent by request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.WatchAccount,
                     request_deserializer=bank_dot_v1_dot_account__pb2.WatchAccountRequest.FromString,
                     response_serializer=bank_dot_v1_dot_account__pb2.AccountEvent.SerializeToString,
+            ),
+            'SetOverdraftLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOverdraftLimit,
+                    request_deserializer=bank_dot_v1_dot_account__pb2.SetOverdraftLimitRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_account__pb2.Account.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +381,33 @@ class AccountService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def SetOverdraftLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.AccountService/SetOverdraftLimit',
+            bank_dot_v1_dot_account__pb2.SetOverdraftLimitRequest.SerializeToString,
+            bank_dot_v1_dot_account__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ReservationServiceStub:
     """The transfer service's side of the reservation protocol.
@@ -394,6 +438,21 @@ class ReservationServiceStub:
         self.Release = channel.unary_unary(
                 '/bank.v1.ReservationService/Release',
                 request_serializer=bank_dot_v1_dot_account__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_account__pb2.Account.FromString,
+                _registered_method=True)
+        self.HoldCredit = channel.unary_unary(
+                '/bank.v1.ReservationService/HoldCredit',
+                request_serializer=bank_dot_v1_dot_account__pb2.HoldCreditRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_account__pb2.Account.FromString,
+                _registered_method=True)
+        self.ConfirmCredit = channel.unary_unary(
+                '/bank.v1.ReservationService/ConfirmCredit',
+                request_serializer=bank_dot_v1_dot_account__pb2.ConfirmCreditRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_account__pb2.Account.FromString,
+                _registered_method=True)
+        self.CancelCredit = channel.unary_unary(
+                '/bank.v1.ReservationService/CancelCredit',
+                request_serializer=bank_dot_v1_dot_account__pb2.CancelCreditRequest.SerializeToString,
                 response_deserializer=bank_dot_v1_dot_account__pb2.Account.FromString,
                 _registered_method=True)
         self.ExecuteSteps = channel.stream_stream(
@@ -436,6 +495,28 @@ class ReservationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldCredit(self, request, context):
+        """Holds a credit due to the account (pending_credits): not spendable, and the account
+        cannot close while it is held. Refused like Credit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmCredit(self, request, context):
+        """Adds the held credit to the balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCredit(self, request, context):
+        """Drops the held credit; the balance is as it was.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExecuteSteps(self, request_iterator, context):
         """The same four calls, many at a time, over one long-lived stream: each request
         carries a batch of steps, each response the outcomes of steps that have finished
@@ -470,6 +551,21 @@ def add_ReservationServiceServicer_to_server(servicer, server):
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
                     request_deserializer=bank_dot_v1_dot_account__pb2.ReleaseRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_account__pb2.Account.SerializeToString,
+            ),
+            'HoldCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldCredit,
+                    request_deserializer=bank_dot_v1_dot_account__pb2.HoldCreditRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_account__pb2.Account.SerializeToString,
+            ),
+            'ConfirmCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmCredit,
+                    request_deserializer=bank_dot_v1_dot_account__pb2.ConfirmCreditRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_account__pb2.Account.SerializeToString,
+            ),
+            'CancelCredit': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCredit,
+                    request_deserializer=bank_dot_v1_dot_account__pb2.CancelCreditRequest.FromString,
                     response_serializer=bank_dot_v1_dot_account__pb2.Account.SerializeToString,
             ),
             'ExecuteSteps': grpc.stream_stream_rpc_method_handler(
@@ -587,6 +683,87 @@ class ReservationService:
             target,
             '/bank.v1.ReservationService/Release',
             bank_dot_v1_dot_account__pb2.ReleaseRequest.SerializeToString,
+            bank_dot_v1_dot_account__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.ReservationService/HoldCredit',
+            bank_dot_v1_dot_account__pb2.HoldCreditRequest.SerializeToString,
+            bank_dot_v1_dot_account__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.ReservationService/ConfirmCredit',
+            bank_dot_v1_dot_account__pb2.ConfirmCreditRequest.SerializeToString,
+            bank_dot_v1_dot_account__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCredit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.ReservationService/CancelCredit',
+            bank_dot_v1_dot_account__pb2.CancelCreditRequest.SerializeToString,
             bank_dot_v1_dot_account__pb2.Account.FromString,
             options,
             channel_credentials,

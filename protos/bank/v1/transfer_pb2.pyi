@@ -1,6 +1,8 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -18,15 +20,31 @@ class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRANSFER_STATE_CREDITED: _ClassVar[TransferState]
     TRANSFER_STATE_COMPLETED: _ClassVar[TransferState]
     TRANSFER_STATE_FAILED: _ClassVar[TransferState]
+    TRANSFER_STATE_PENDING: _ClassVar[TransferState]
+    TRANSFER_STATE_VOIDED: _ClassVar[TransferState]
+    TRANSFER_STATE_EXPIRED: _ClassVar[TransferState]
 TRANSFER_STATE_UNSPECIFIED: TransferState
 TRANSFER_STATE_REQUESTED: TransferState
 TRANSFER_STATE_RESERVED: TransferState
 TRANSFER_STATE_CREDITED: TransferState
 TRANSFER_STATE_COMPLETED: TransferState
 TRANSFER_STATE_FAILED: TransferState
+TRANSFER_STATE_PENDING: TransferState
+TRANSFER_STATE_VOIDED: TransferState
+TRANSFER_STATE_EXPIRED: TransferState
+
+class Leg(_message.Message):
+    __slots__ = ("from_account_id", "to_account_id", "amount")
+    FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    def __init__(self, from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class Transfer(_message.Message):
-    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "currency", "state", "failure_reason", "created_at", "updated_at")
+    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "currency", "state", "failure_reason", "created_at", "updated_at", "pending", "expires_at", "posted_amount", "legs")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +54,10 @@ class Transfer(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    POSTED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     from_account_id: str
     to_account_id: str
@@ -45,19 +67,63 @@ class Transfer(_message.Message):
     failure_reason: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    pending: bool
+    expires_at: _timestamp_pb2.Timestamp
+    posted_amount: int
+    legs: _containers.RepeatedCompositeFieldContainer[Leg]
+    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., posted_amount: _Optional[int] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
 
 class CreateTransferRequest(_message.Message):
-    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount")
+    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "pending", "expires_after", "legs")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LEGS_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     from_account_id: str
     to_account_id: str
     amount: int
-    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+    pending: bool
+    expires_after: _duration_pb2.Duration
+    legs: _containers.RepeatedCompositeFieldContainer[Leg]
+    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., pending: _Optional[bool] = ..., expires_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
+
+class CreateTransfersRequest(_message.Message):
+    __slots__ = ("transfers",)
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[CreateTransferRequest]
+    def __init__(self, transfers: _Optional[_Iterable[_Union[CreateTransferRequest, _Mapping]]] = ...) -> None: ...
+
+class CreateTransferResult(_message.Message):
+    __slots__ = ("transfer", "error")
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    transfer: Transfer
+    error: _status_pb2.Status
+    def __init__(self, transfer: _Optional[_Union[Transfer, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class CreateTransfersResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CreateTransferResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[CreateTransferResult, _Mapping]]] = ...) -> None: ...
+
+class PostTransferRequest(_message.Message):
+    __slots__ = ("transfer_id", "amount")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    amount: int
+    def __init__(self, transfer_id: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
+
+class VoidTransferRequest(_message.Message):
+    __slots__ = ("transfer_id",)
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
 
 class GetTransferRequest(_message.Message):
     __slots__ = ("transfer_id",)

@@ -40,6 +40,21 @@ class TransferServiceStub:
                 request_serializer=bank_dot_v1_dot_transfer__pb2.CreateTransferRequest.SerializeToString,
                 response_deserializer=bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
                 _registered_method=True)
+        self.CreateTransfers = channel.unary_unary(
+                '/bank.v1.TransferService/CreateTransfers',
+                request_serializer=bank_dot_v1_dot_transfer__pb2.CreateTransfersRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_transfer__pb2.CreateTransfersResponse.FromString,
+                _registered_method=True)
+        self.PostTransfer = channel.unary_unary(
+                '/bank.v1.TransferService/PostTransfer',
+                request_serializer=bank_dot_v1_dot_transfer__pb2.PostTransferRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
+                _registered_method=True)
+        self.VoidTransfer = channel.unary_unary(
+                '/bank.v1.TransferService/VoidTransfer',
+                request_serializer=bank_dot_v1_dot_transfer__pb2.VoidTransferRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
+                _registered_method=True)
         self.GetTransfer = channel.unary_unary(
                 '/bank.v1.TransferService/GetTransfer',
                 request_serializer=bank_dot_v1_dot_transfer__pb2.GetTransferRequest.SerializeToString,
@@ -62,9 +77,32 @@ class TransferServiceServicer:
     """
 
     def CreateTransfer(self, request, context):
-        """Moves amount from one account to another. Answers once the transfer is COMPLETED;
-        a refused transfer answers with the refusal and stays recorded as FAILED.
+        """Moves amount from one account to another (or along several legs, all or none).
+        Answers once the transfer is COMPLETED (PENDING for a pending transfer); a refused
+        transfer answers with the refusal and stays recorded as FAILED.
         Idempotent by transfer_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTransfers(self, request, context):
+        """Up to 1,000 independent transfers in one call, each with its own result, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PostTransfer(self, request, context):
+        """Settles a PENDING transfer: credits the target with amount (0: all of the hold),
+        captures it on the source and releases the rest. Answers once COMPLETED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidTransfer(self, request, context):
+        """Releases the hold of a PENDING transfer; it ends VOIDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +136,21 @@ def add_TransferServiceServicer_to_server(servicer, server):
             'CreateTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTransfer,
                     request_deserializer=bank_dot_v1_dot_transfer__pb2.CreateTransferRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_transfer__pb2.Transfer.SerializeToString,
+            ),
+            'CreateTransfers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTransfers,
+                    request_deserializer=bank_dot_v1_dot_transfer__pb2.CreateTransfersRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_transfer__pb2.CreateTransfersResponse.SerializeToString,
+            ),
+            'PostTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostTransfer,
+                    request_deserializer=bank_dot_v1_dot_transfer__pb2.PostTransferRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_transfer__pb2.Transfer.SerializeToString,
+            ),
+            'VoidTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidTransfer,
+                    request_deserializer=bank_dot_v1_dot_transfer__pb2.VoidTransferRequest.FromString,
                     response_serializer=bank_dot_v1_dot_transfer__pb2.Transfer.SerializeToString,
             ),
             'GetTransfer': grpc.unary_unary_rpc_method_handler(
@@ -143,6 +196,87 @@ class TransferService:
             target,
             '/bank.v1.TransferService/CreateTransfer',
             bank_dot_v1_dot_transfer__pb2.CreateTransferRequest.SerializeToString,
+            bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTransfers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.TransferService/CreateTransfers',
+            bank_dot_v1_dot_transfer__pb2.CreateTransfersRequest.SerializeToString,
+            bank_dot_v1_dot_transfer__pb2.CreateTransfersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.TransferService/PostTransfer',
+            bank_dot_v1_dot_transfer__pb2.PostTransferRequest.SerializeToString,
+            bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.TransferService/VoidTransfer',
+            bank_dot_v1_dot_transfer__pb2.VoidTransferRequest.SerializeToString,
             bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
             options,
             channel_credentials,
