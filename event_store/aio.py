@@ -53,12 +53,16 @@ from .port import (
     ConcurrencyConflict,
     EventStore,
     EventStoreError,
+    Lease,
+    LeaseLost,
+    LeaseWrite,
     NewEvent,
     RecordedEvent,
     Snapshot,
     StoreUnavailable,
     check_append,
     check_batch,
+    check_lease,
 )
 
 __all__ = ["AsyncEventStore", "default_writers"]
@@ -166,11 +170,17 @@ class AsyncEventStore:
     # --- appends -------------------------------------------------------------------------
 
     async def append(
-        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        lease: LeaseWrite | None = None,
     ) -> list[RecordedEvent]:
         # Rejected here so that one malformed request never reaches (and fails) a batch.
         check_append(stream_id, expected_version, events)
-        (recorded,) = await self._queue((AppendRequest(stream_id, expected_version, events),))
+        check_lease(lease)
+        request = AppendRequest(stream_id, expected_version, events, lease)
+        (recorded,) = await self._queue((request,))
         return recorded
 
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
@@ -267,7 +277,7 @@ class AsyncEventStore:
             recorded = self.store.append_batch([r for requests in groups for r in requests])
         except StoreUnavailable as exc:
             return _shared_error(exc, len(groups))
-        except (ConcurrencyConflict, ValueError) as exc:
+        except (ConcurrencyConflict, LeaseLost, ValueError) as exc:
             if len(groups) == 1:
                 return [exc]
         except Exception as exc:  # handed to the callers
@@ -316,6 +326,29 @@ class AsyncEventStore:
         self, tag: str, before_position: int | None = None, limit: int = 50
     ) -> list[RecordedEvent]:
         return await self._run(self.store.read_tag, tag, before_position, limit)
+
+    # Lease changes go through the writer's thread, between batches: on SQLite they need
+    # the write lock, which the writer would otherwise have to wait for.
+
+    async def claim(self, key: str, owner: str, now: int, until: int) -> int | None:
+        return await self._writers[0].call(self.store.claim, key, owner, now, until)
+
+    async def claim_due(
+        self, owner: str, now: int, until: int, limit: int
+    ) -> list[tuple[str, int]]:
+        return await self._writers[0].call(self.store.claim_due, owner, now, until, limit)
+
+    async def renew(self, owner: str, until: int) -> dict[str, int]:
+        return await self._writers[0].call(self.store.renew, owner, until)
+
+    async def rest(self, key: str, epoch: int, until: int) -> bool:
+        return await self._writers[0].call(self.store.rest, key, epoch, until)
+
+    async def abandon(self, owner: str, now: int) -> int:
+        return await self._writers[0].call(self.store.abandon, owner, now)
+
+    async def lease(self, key: str) -> Lease | None:
+        return await self._run(self.store.lease, key)
 
     async def load_snapshot(self, stream_id: str) -> Snapshot | None:
         return await self._run(self.store.load_snapshot, stream_id)

@@ -14,11 +14,16 @@ from typing import Any, NamedTuple
 from .port import (
     AppendRequest,
     ConcurrencyConflict,
+    Lease,
+    LeaseChange,
+    LeaseLost,
+    LeaseWrite,
     NewEvent,
     RecordedEvent,
     Snapshot,
     check_append,
     check_batch,
+    check_lease,
     check_snapshot,
     decode_data,
     encode_data,
@@ -58,6 +63,7 @@ class InMemoryEventStore:
         self._streams: dict[str, list[_Stored]] = {}
         self._tags: dict[str, list[int]] = {}  # positions, ascending
         self._snapshots: dict[str, tuple[int, str]] = {}  # stream -> (version, JSON)
+        self._leases: dict[str, Lease] = {}
 
     def migrate(self) -> None:
         pass
@@ -69,10 +75,15 @@ class InMemoryEventStore:
         pass
 
     def append(
-        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        lease: LeaseWrite | None = None,
     ) -> list[RecordedEvent]:
         check_append(stream_id, expected_version, events)
-        return self._append((AppendRequest(stream_id, expected_version, events),))[0]
+        check_lease(lease)
+        return self._append((AppendRequest(stream_id, expected_version, events, lease),))[0]
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         if not requests:
@@ -87,6 +98,11 @@ class InMemoryEventStore:
                 current = len(self._streams.get(request.stream_id, ()))
                 if current != request.expected_version:
                     raise ConcurrencyConflict(request.stream_id, request.expected_version)
+            leases = dict(self._leases)
+            for request in requests:
+                if request.lease is not None:
+                    _write_lease(leases, request)
+            self._leases = leases
             recorded_at = now_micros()
             results = []
             for request, datas in zip(requests, encoded, strict=True):
@@ -160,6 +176,81 @@ class InMemoryEventStore:
         if stored is None:
             return None
         return Snapshot(stream_id, stored[0], decode_data(stored[1]))
+
+    # --- leases ---
+
+    def claim(self, key: str, owner: str, now: int, until: int) -> int | None:
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None:
+                return None
+            if lease.owner == owner:
+                epoch = lease.epoch
+            elif lease.owner == "" or lease.expires_at <= now:
+                epoch = lease.epoch + 1
+            else:
+                return None
+            self._leases[key] = Lease(key, owner, epoch, until)
+            return epoch
+
+    def claim_due(self, owner: str, now: int, until: int, limit: int) -> list[tuple[str, int]]:
+        with self._lock:
+            due = sorted(
+                (
+                    lease
+                    for lease in self._leases.values()
+                    if lease.expires_at <= now and lease.owner != owner
+                ),
+                key=lambda lease: lease.expires_at,
+            )[:limit]
+            for lease in due:
+                self._leases[lease.key] = Lease(lease.key, owner, lease.epoch + 1, until)
+            return [(lease.key, lease.epoch + 1) for lease in due]
+
+    def renew(self, owner: str, until: int) -> dict[str, int]:
+        with self._lock:
+            owned = {k: v for k, v in self._leases.items() if v.owner == owner}
+            for key, lease in owned.items():
+                self._leases[key] = Lease(key, owner, lease.epoch, until)
+            return {key: lease.epoch for key, lease in owned.items()}
+
+    def rest(self, key: str, epoch: int, until: int) -> bool:
+        with self._lock:
+            lease = self._leases.get(key)
+            if lease is None or lease.epoch != epoch:
+                return False
+            self._leases[key] = Lease(key, "", epoch, until)
+            return True
+
+    def abandon(self, owner: str, now: int) -> int:
+        with self._lock:
+            owned = [v for v in self._leases.values() if v.owner == owner]
+            for lease in owned:
+                self._leases[lease.key] = Lease(lease.key, owner, lease.epoch, now)
+            return len(owned)
+
+    def lease(self, key: str) -> Lease | None:
+        with self._lock:
+            return self._leases.get(key)
+
+
+def _write_lease(leases: dict[str, Lease], request: AppendRequest) -> None:
+    """Does ``request.lease`` to ``leases`` or raises, as the SQL stores do."""
+    write = request.lease
+    assert write is not None
+    key = request.stream_id
+    current = leases.get(key)
+    if write.change is LeaseChange.CREATE:
+        if current is not None:
+            raise ConcurrencyConflict(key, request.expected_version)
+        leases[key] = Lease(key, write.owner, 1, write.until)
+        return
+    if current is None or current.epoch != write.epoch:
+        raise LeaseLost(key, write.epoch)
+    if write.change is LeaseChange.REST:
+        leases[key] = Lease(key, "", write.epoch, write.until)
+    elif write.change is LeaseChange.DROP:
+        del leases[key]
 
 
 def _check_limit(limit: int | None) -> None:

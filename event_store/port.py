@@ -6,6 +6,7 @@ semantics; ``tests/event_store/conformance.py`` is the executable form of this c
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,10 @@ __all__ = [
     "ConcurrencyConflict",
     "EventStore",
     "EventStoreError",
+    "Lease",
+    "LeaseChange",
     "LeaseLost",
+    "LeaseWrite",
     "NewEvent",
     "RecordedEvent",
     "Snapshot",
@@ -61,13 +65,44 @@ class RecordedEvent:
     recorded_at: datetime
 
 
+class LeaseChange(enum.Enum):
+    """What an append does to its stream's lease, in the same transaction."""
+
+    CREATE = "create"  # a new stream's lease: ``owner`` holds it at epoch 1 until ``until``
+    KEEP = "keep"  # only if the writer still holds it at ``epoch``
+    REST = "rest"  # at ``epoch``: nobody holds it now; it falls due at ``until``
+    DROP = "drop"  # at ``epoch``: the work is done, the lease goes
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseWrite:
+    change: LeaseChange
+    epoch: int = 0
+    owner: str = ""
+    until: int = 0  # microseconds since the Unix epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who does the work a stream stands for: ``owner`` ('' when nobody, at rest) at
+    ``epoch``, until ``expires_at`` (microseconds since the Unix epoch): after it the lease
+    may be claimed by another. The epoch goes up whenever someone else claims it."""
+
+    key: str
+    owner: str
+    epoch: int
+    expires_at: int
+
+
 @dataclass(frozen=True, slots=True)
 class AppendRequest:
-    """One stream's part of ``append_batch``: ``expected_version`` is 0 for a new stream."""
+    """One stream's part of ``append_batch``: ``expected_version`` is 0 for a new stream.
+    ``lease``: what the append does to the stream's lease (nothing when None)."""
 
     stream_id: str
     expected_version: int
     events: Sequence[NewEvent]
+    lease: LeaseWrite | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +171,47 @@ class EventStore(Protocol):
         ...
 
     def append(
-        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
-    ) -> list[RecordedEvent]: ...
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        lease: LeaseWrite | None = None,
+    ) -> list[RecordedEvent]:
+        """Also does ``lease`` to the stream's lease, or stores nothing and raises
+        ``LeaseLost`` (a lease held at another epoch, or none) or ``ConcurrencyConflict``
+        (creating a lease that exists)."""
+        ...
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]: ...
+
+    # Leases: one per stream at most, keyed by its stream id (see ``Lease``). ``now`` and
+    # ``until`` are microseconds since the Unix epoch, on the caller's clock.
+
+    def claim(self, key: str, owner: str, now: int, until: int) -> int | None:
+        """Takes the lease for ``owner`` until ``until`` if nobody holds it, its holder's
+        time ran out (``expires_at <= now``) or ``owner`` holds it already; its epoch
+        (up by one when it changed hands), else None (also when there is no lease)."""
+        ...
+
+    def claim_due(self, owner: str, now: int, until: int, limit: int) -> list[tuple[str, int]]:
+        """Takes up to ``limit`` leases that fell due (``expires_at <= now``) and that
+        ``owner`` does not hold, oldest due first, skipping any another claimer is taking
+        at the same moment; (key, epoch) of each."""
+        ...
+
+    def renew(self, owner: str, until: int) -> dict[str, int]:
+        """Moves every lease ``owner`` holds forward to ``until``; their epochs by key."""
+        ...
+
+    def rest(self, key: str, epoch: int, until: int) -> bool:
+        """Hands the lease back (no owner) to fall due at ``until``, if held at ``epoch``."""
+        ...
+
+    def abandon(self, owner: str, now: int) -> int:
+        """Makes every lease ``owner`` holds due at ``now``; how many."""
+        ...
+
+    def lease(self, key: str) -> Lease | None: ...
 
     def read_stream(
         self, stream_id: str, after_version: int = 0, limit: int | None = None
@@ -251,10 +323,22 @@ def check_snapshot(stream_id: str, version: int) -> None:
         raise ValueError(f"snapshot version must be 1..{_MAX_VERSION}")
 
 
+def check_lease(lease: LeaseWrite | None) -> None:
+    if lease is None:
+        return
+    if not isinstance(lease, LeaseWrite):
+        raise ValueError("lease must be a LeaseWrite")
+    if lease.change is LeaseChange.CREATE:
+        _check_name(lease.owner, "lease owner", MAX_STREAM_ID_LENGTH)
+    elif isinstance(lease.epoch, bool) or not isinstance(lease.epoch, int) or lease.epoch < 1:
+        raise ValueError("a lease is held at an epoch >= 1")
+
+
 def check_batch(requests: Sequence[AppendRequest]) -> None:
     seen: set[str] = set()
     for request in requests:
         check_append(request.stream_id, request.expected_version, request.events)
+        check_lease(request.lease)
         if request.stream_id in seen:
             raise ValueError(f"stream {request.stream_id!r} appears twice in one batch")
         seen.add(request.stream_id)

@@ -27,7 +27,8 @@ import psycopg
 from sqlalchemy import URL, Connection, create_engine, event, make_url, text
 from sqlalchemy import exc as sa_exc
 
-from .port import AppendRequest, ConcurrencyConflict
+from .leases import SqlLeases, lease_writes_postgres
+from .port import AppendRequest, ConcurrencyConflict, LeaseLost
 from .sql import SqlEventStore, check_versions, tag_rows_for, translate_error
 
 __all__ = ["PostgresEventStore", "postgres_url"]
@@ -83,7 +84,7 @@ def postgres_url(url: str | URL) -> URL:
     return parsed
 
 
-class PostgresEventStore(SqlEventStore):
+class PostgresEventStore(SqlLeases, SqlEventStore):
     """An event store in a Postgres database (the schema first on the search_path).
 
     Connection options in the URL are passed to libpq, e.g.
@@ -177,8 +178,10 @@ class PostgresEventStore(SqlEventStore):
                     )
                     conn.execute(_APPEND_LOCK)
                     inserted = conn.execute(_INSERT_EVENTS, (_rows_json(rows),))
-                    # The check ran before the insert; if it fails, nothing is committed.
+                    check_leases = lease_writes_postgres(conn.execute, requests)
+                    # The checks ran before the insert; if one fails, nothing is committed.
                     check_versions(requests, {(s, v) for s, v in found.fetchall()})
+                    check_leases()
                     positions = {(s, v): p for p, s, v in inserted.fetchall()}
                     tag_rows = tag_rows_for(requests, positions)
                     if tag_rows:
@@ -192,7 +195,7 @@ class PostgresEventStore(SqlEventStore):
         except psycopg.errors.UniqueViolation as exc:
             self._kept.give_back(pooled, keep)
             raise self._conflict_after_race(requests) from exc
-        except ConcurrencyConflict:
+        except (ConcurrencyConflict, LeaseLost):
             self._kept.give_back(pooled, keep)
             raise
         except psycopg.Error as exc:

@@ -13,6 +13,9 @@ append may write its tag rows to either; a backend that uses the log moves it in
 index, sorted, once it has grown to a set size, in the transaction of the append that
 crossed it (so a tag row is always in exactly one of the two). Reads look in both.
 
+Leases (``leases``) are written by appends, in their transaction (see ``leases.py``), and
+claimed, renewed and handed back in short transactions of their own.
+
 Snapshots live in a table of their own, one row per stream, written in short
 transactions of their own: an upsert that keeps whichever version is higher.
 
@@ -35,6 +38,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Identity,
+    Index,
     Integer,
     MetaData,
     String,
@@ -59,12 +63,14 @@ from .port import (
     AppendRequest,
     ConcurrencyConflict,
     EventStoreError,
+    LeaseWrite,
     NewEvent,
     RecordedEvent,
     Snapshot,
     StoreUnavailable,
     check_append,
     check_batch,
+    check_lease,
     check_snapshot,
     decode_data,
     encode_data,
@@ -79,6 +85,7 @@ __all__ = [
     "event_tag_log",
     "event_tags",
     "events",
+    "leases",
     "metadata",
     "schema_version",
     "snapshots",
@@ -142,6 +149,18 @@ schema_version = Table(
     Column("version", Integer, nullable=False),
 )
 
+# At most one lease per stream, keyed by its stream id (see ``port.Lease`` and ``leases``).
+leases = Table(
+    "leases",
+    metadata,
+    Column("key", String(MAX_STREAM_ID_LENGTH), primary_key=True),
+    Column("owner", String(MAX_STREAM_ID_LENGTH), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index("leases_expires_at", "expires_at"),
+    Index("leases_owner", "owner"),
+)
+
 
 def _create_events_and_tags(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, event_tags], checkfirst=True)
@@ -155,12 +174,17 @@ def _create_tag_log(conn: Connection) -> None:
     metadata.create_all(conn, tables=[event_tag_log], checkfirst=True)
 
 
+def _create_leases(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[leases], checkfirst=True)
+
+
 # Step i upgrades the schema from version i to i + 1. Append only; never edit a step
 # that has shipped.
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _create_events_and_tags,
     _create_snapshots,
     _create_tag_log,
+    _create_leases,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -414,10 +438,15 @@ class SqlEventStore:
             raise translate_error(exc) from exc
 
     def append(
-        self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        lease: LeaseWrite | None = None,
     ) -> list[RecordedEvent]:
         check_append(stream_id, expected_version, events)
-        return self._append((AppendRequest(stream_id, expected_version, events),))[0]
+        check_lease(lease)
+        return self._append((AppendRequest(stream_id, expected_version, events, lease),))[0]
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         if not requests:

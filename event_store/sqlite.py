@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import QueuePool
 
+from .leases import SqlLeases, lease_writes_sqlite
 from .port import AppendRequest, ConcurrencyConflict
 from .sql import (
     _STREAM_VERSION,
@@ -109,7 +110,7 @@ def sqlite_url(url_or_path: str) -> URL:
     return url
 
 
-class SqliteEventStore(SqlEventStore):
+class SqliteEventStore(SqlLeases, SqlEventStore):
     """An event store in one SQLite file. Thread-safe; connections come from a pool."""
 
     def __init__(
@@ -197,6 +198,7 @@ class SqliteEventStore(SqlEventStore):
             driver.execute("BEGIN IMMEDIATE")
             try:
                 self._check_versions(driver, requests)
+                lease_writes_sqlite(driver, requests)
                 positions: dict[tuple[str, int], int] = {}
                 for chunk, last in _insert_rows(driver, _INSERT_EVENTS_HEAD, _EVENT_ROW, rows):
                     for position, row in enumerate(chunk, last - len(chunk) + 1):

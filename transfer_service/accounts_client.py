@@ -1,8 +1,15 @@
 """The account service's ReservationService as the transfer process sees it (AccountsPort).
 
-Every call carries a deadline. A refusal the account service decided (its ErrorInfo reason)
-becomes ``StepRefused``; anything that leaves the outcome open — the peer down, a deadline,
-an overloaded or misconfigured peer — becomes ``StepUnavailable`` and the step is retried.
+A chain of steps goes to the account service in one ``ExecuteSteps`` message, each step
+to run only once the one before took effect. With several account-service replicas, each
+account's steps go to one of them (rendezvous hashing of the account id over the replicas
+that answer), so a busy account is decided in one place; a chain over accounts of two
+replicas goes as consecutive pieces, one per replica.
+
+Every step carries a deadline. A refusal the account service decided (its ErrorInfo
+reason) is ``Refused``; ``EPOCH_FENCED`` is ``Fenced``; anything that leaves the outcome
+open — the peer down, a deadline, an overloaded or misconfigured peer — is ``Undecided``,
+and the process sends the chain again.
 
 The channel is plaintext unless the process is configured with ``ChannelSecurity`` (TLS,
 mutual TLS, a bearer token sent as metadata on every call, the ExecuteSteps stream included).
@@ -12,23 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from grpc_common import tls
 from grpc_common.errors import error_info
 from grpc_common.step_order import STEP_ORDER_METADATA
-from transfer_service.process import Decided, StepRefused, StepUnavailable, one_by_one
+from transfer_service.domain import AccountStep, Action, Answer, Applied, Fenced, Refused, Undecided
 
-Response = TypeVar("Response")
 log = logging.getLogger(__name__)
 
 # Codes that say nothing about the business outcome: retry, never refuse.
@@ -51,9 +58,6 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),
-    # With several account-service addresses (ipv4:HOST:PORT,HOST:PORT or a DNS name with
-    # several records), unary calls and new streams spread over all of them.
-    ("grpc.service_config", '{"loadBalancingConfig": [{"round_robin": {}}]}'),
 ]
 
 
@@ -139,55 +143,73 @@ def open_channel(target: str, security: tls.ChannelSecurity | None = None) -> gr
     )
 
 
-class GrpcAccounts:
-    """AccountsPort over bank.v1.ReservationService."""
+# --- steps as messages, outcomes as answers --------------------------------------------------
 
-    def __init__(self, channel: grpc.aio.Channel, deadline: float = 5.0) -> None:
-        self._stub = account_pb2_grpc.ReservationServiceStub(channel)
-        self._deadline = deadline
-
-    async def reserve(self, account_id: str, reference: str, amount: int) -> str:
-        request = pb.ReserveRequest(account_id=account_id, reference=reference, amount=amount)
-        account = await self._call(self._stub.Reserve, request)
-        return account.currency
-
-    async def credit(self, account_id: str, reference: str, amount: int, currency: str) -> None:
-        request = pb.CreditRequest(
-            account_id=account_id, reference=reference, amount=amount, currency=currency
-        )
-        await self._call(self._stub.Credit, request)
-
-    async def capture(self, account_id: str, reference: str) -> None:
-        request = pb.CaptureRequest(account_id=account_id, reference=reference)
-        await self._call(self._stub.Capture, request)
-
-    async def release(self, account_id: str, reference: str) -> None:
-        request = pb.ReleaseRequest(account_id=account_id, reference=reference)
-        await self._call(self._stub.Release, request)
-
-    async def _call(self, method: Callable[..., Awaitable[Response]], request: object) -> Response:
-        try:
-            return await method(request, timeout=self._deadline)
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            if code in _REFUSED_CREDENTIALS:
-                _warn_credentials(code, error.details())
-            if code in _UNDECIDED:
-                raise StepUnavailable(f"{code.name}: {error.details()}") from error
-            info = error_info(error)
-            reason = info.reason if info is not None else code.name
-            raise StepRefused(reason, error.details() or reason) from error
+_REQUESTS = {
+    Action.RESERVE: ("reserve", pb.ReserveRequest),
+    Action.CREDIT: ("credit", pb.CreditRequest),
+    Action.HOLD_CREDIT: ("hold_credit", pb.HoldCreditRequest),
+    Action.CONFIRM_CREDIT: ("confirm_credit", pb.ConfirmCreditRequest),
+    Action.CANCEL_CREDIT: ("cancel_credit", pb.CancelCreditRequest),
+    Action.CAPTURE: ("capture", pb.CaptureRequest),
+    Action.RELEASE: ("release", pb.ReleaseRequest),
+}
+_WITH_CURRENCY = frozenset({Action.RESERVE, Action.CREDIT, Action.HOLD_CREDIT})
+_WITH_AMOUNT = frozenset({Action.RESERVE, Action.CREDIT, Action.HOLD_CREDIT, Action.CAPTURE})
 
 
-class StreamingAccounts:
-    """AccountsPort over one long-lived ``ReservationService.ExecuteSteps`` stream.
+def step_message(step: AccountStep, reference: str, epoch: int, currency: str) -> pb.Step:
+    """``step`` as an ExecuteSteps step (no step ids yet)."""
+    field, request_type = _REQUESTS[step.action]
+    request = request_type(account_id=step.account_id, reference=reference, epoch=epoch)
+    if step.action in _WITH_AMOUNT and step.amount:
+        request.amount = step.amount
+    if step.action in _WITH_CURRENCY and currency:
+        request.currency = currency
+    if step.expires_at:
+        expires = Timestamp()
+        expires.FromMicroseconds(step.expires_at)
+        request.expires_at.CopyFrom(expires)
+    return pb.Step(**{field: request})
 
-    Steps from every transfer in flight share the stream: whatever is waiting when the
+
+def answer(outcome: pb.Account | pb.StepError) -> Answer:
+    if isinstance(outcome, pb.Account):
+        return Applied(outcome.currency)
+    code = _CODES.get(outcome.code, grpc.StatusCode.UNKNOWN)
+    if outcome.reason == "EPOCH_FENCED":
+        return Fenced(outcome.message)
+    if code in _UNDECIDED:
+        return Undecided(f"{code.name}: {outcome.message}")
+    return Refused(outcome.reason or code.name, outcome.message, dict(outcome.metadata))
+
+
+def _pieces(steps: Sequence[AccountStep], route) -> list[list[AccountStep]]:
+    """``steps`` cut where the replica changes, in order."""
+    pieces: list[list[AccountStep]] = []
+    last = None
+    for step in steps:
+        replica = route(step.account_id)
+        if pieces and replica is last:
+            pieces[-1].append(step)
+        else:
+            pieces.append([step])
+        last = replica
+    return pieces
+
+
+# --- one stream to one replica -------------------------------------------------------------
+
+
+class StepStream:
+    """One long-lived ``ReservationService.ExecuteSteps`` stream to one replica.
+
+    Chains from every transfer in flight share the stream: whatever is waiting when the
     previous message has gone out travels as the next message, so under load one message
-    carries many steps and the per-call cost of gRPC is paid once per batch, not per step.
-    Outcomes are matched to steps by id. A step that gets no outcome within the deadline,
-    or whose stream breaks, is ``StepUnavailable``: the process retries it, which is safe
-    because every step is idempotent by its reference.
+    carries many steps and gRPC's per-call cost is paid once per batch. Outcomes are
+    matched to steps by id. A step with no outcome within the deadline, or whose stream
+    breaks, is ``Undecided``; the process sends its chain again, which is safe because
+    every step is answered finally by its reference.
     """
 
     def __init__(self, channel: grpc.aio.Channel, deadline: float = 5.0) -> None:
@@ -201,62 +223,45 @@ class StreamingAccounts:
         self._generation = 0
         # Whether the open stream's server runs a step after another (Step.after_step_id).
         self._ordered = False
+        # False while the stream is broken and not open again: the replica may be down.
+        self.healthy = True
 
-    async def reserve(self, account_id: str, reference: str, amount: int) -> str:
-        request = pb.ReserveRequest(account_id=account_id, reference=reference, amount=amount)
-        account = await self._step(pb.Step(reserve=request))
-        return account.currency
+    async def run(self, steps: Sequence[pb.Step]) -> list[Answer]:
+        """Runs the chain; the answers up to and including the first not ``Applied``.
+        A server that has not said it runs steps in order gets them one at a time."""
+        if self._ordered:
+            return await self._chain(steps)
+        answers: list[Answer] = []
+        for step in steps:
+            (result,) = await self._chain([step])
+            answers.append(result)
+            if not isinstance(result, Applied):
+                break
+            # What the server would have filled in: the currency the step before answered.
+            _fill_currency(steps, len(answers), result.currency)
+        return answers
 
-    async def credit(self, account_id: str, reference: str, amount: int, currency: str) -> None:
-        request = pb.CreditRequest(
-            account_id=account_id, reference=reference, amount=amount, currency=currency
-        )
-        await self._step(pb.Step(credit=request))
-
-    async def capture(self, account_id: str, reference: str) -> None:
-        request = pb.CaptureRequest(account_id=account_id, reference=reference)
-        await self._step(pb.Step(capture=request))
-
-    async def release(self, account_id: str, reference: str) -> None:
-        request = pb.ReleaseRequest(account_id=account_id, reference=reference)
-        await self._step(pb.Step(release=request))
-
-    async def forward(
-        self, from_account_id: str, to_account_id: str, reference: str, amount: int
-    ) -> list[Decided]:
-        """Reserve, credit and capture in one message, each to run once the one before
-        succeeded; one at a time (``one_by_one``) until the server has said it can."""
-        if not self._ordered:
-            return await one_by_one(self, from_account_id, to_account_id, reference, amount)
-        steps = (
-            pb.Step(
-                reserve=pb.ReserveRequest(
-                    account_id=from_account_id, reference=reference, amount=amount
-                )
-            ),
-            # No currency: it is the one the reserve answers with.
-            pb.Step(
-                credit=pb.CreditRequest(
-                    account_id=to_account_id, reference=reference, amount=amount
-                )
-            ),
-            pb.Step(capture=pb.CaptureRequest(account_id=from_account_id, reference=reference)),
-        )
-        sent = self._send(steps, ordered=True)
-        results: list[Decided] = []
+    async def _chain(self, steps: Sequence[pb.Step]) -> list[Answer]:
+        sent = self._send(steps)
+        answers: list[Answer] = []
         try:
-            for n, (step_id, future, timer) in enumerate(sent):
+            for step_id, future, timer in sent:
                 try:
-                    account = await self._outcome(step_id, future, timer)
-                except (StepRefused, StepUnavailable) as exc:
-                    results.append(exc)
+                    outcome = await future
+                except _NoOutcome as undecided:
+                    answers.append(undecided.answer)
                     break
-                results.append(account.currency if n == 0 else None)
+                finally:
+                    timer.cancel()
+                    self._waiting.pop(step_id, None)
+                answers.append(answer(outcome))
+                if not isinstance(answers[-1], Applied):
+                    break
         finally:
-            for step_id, _, timer in sent[len(results) :]:
+            for step_id, _, timer in sent[len(answers) :]:
                 timer.cancel()
                 self._waiting.pop(step_id, None)
-        return results
+        return answers
 
     async def close(self) -> None:
         if self._pump is not None:
@@ -264,15 +269,10 @@ class StreamingAccounts:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
 
-    async def _step(self, step: pb.Step) -> pb.Account:
-        ((step_id, future, timer),) = self._send((step,))
-        return await self._outcome(step_id, future, timer)
-
     def _send(
-        self, steps: tuple[pb.Step, ...], ordered: bool = False
+        self, steps: Sequence[pb.Step]
     ) -> list[tuple[int, asyncio.Future[pb.Account | pb.StepError], asyncio.TimerHandle]]:
-        """Queues the steps for the next message (together); ``ordered``: each one runs
-        only once the one before it succeeded."""
+        """Queues the steps for the next message, together, each after the one before."""
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
         loop = asyncio.get_running_loop()
@@ -280,9 +280,8 @@ class StreamingAccounts:
         previous = 0
         for step in steps:
             step.step_id = step_id = next(self._ids)
-            if ordered:
-                step.after_step_id = previous
-                previous = step_id
+            step.after_step_id = previous
+            previous = step_id
             future: asyncio.Future[pb.Account | pb.StepError] = loop.create_future()
             self._waiting[step_id] = future
             self._outbox.append(step)
@@ -290,28 +289,10 @@ class StreamingAccounts:
         self._wakeup.set()
         return sent
 
-    async def _outcome(
-        self,
-        step_id: int,
-        future: asyncio.Future[pb.Account | pb.StepError],
-        timer: asyncio.TimerHandle,
-    ) -> pb.Account:
-        try:
-            outcome = await future
-        finally:
-            timer.cancel()
-            self._waiting.pop(step_id, None)
-        if isinstance(outcome, pb.Account):
-            return outcome
-        code = _CODES.get(outcome.code, grpc.StatusCode.UNKNOWN)
-        if code in _UNDECIDED:
-            raise StepUnavailable(f"{code.name}: {outcome.message}")
-        raise StepRefused(outcome.reason or code.name, outcome.message or outcome.reason)
-
     def _expire(self, step_id: int) -> None:
         future = self._waiting.pop(step_id, None)
         if future is not None and not future.done():
-            future.set_exception(StepUnavailable(f"no outcome within {self._deadline:g}s"))
+            future.set_exception(_NoOutcome(f"no outcome within {self._deadline:g}s"))
 
     async def _requests(self, generation: int) -> AsyncIterator[pb.ExecuteStepsRequest]:
         # grpc does not stop reading this generator when its call fails, so a generator
@@ -335,6 +316,7 @@ class StreamingAccounts:
             try:
                 metadata = await call.initial_metadata()
                 self._ordered = STEP_ORDER_METADATA in tuple(metadata or ())
+                self.healthy = True
                 async for response in call:
                     failures = 0
                     for outcome in response.outcomes:
@@ -345,13 +327,14 @@ class StreamingAccounts:
             except grpc.aio.AioRpcError as error:
                 if error.code() in _REFUSED_CREDENTIALS:
                     _warn_credentials(error.code(), error.details())
-                self._fail_all(StepUnavailable(f"stream broke: {error.code().name}"))
+                self.healthy = False
+                self._fail_all(f"stream broke: {error.code().name}")
             except asyncio.CancelledError:
                 call.cancel()
-                self._fail_all(StepUnavailable("stream closed"))
+                self._fail_all("stream closed")
                 raise
             else:
-                self._fail_all(StepUnavailable("stream ended"))
+                self._fail_all("stream ended")
             failures += 1
             await asyncio.sleep(min(0.05 * 2**failures, 1.0) * random.random())
             if not self._waiting:
@@ -359,13 +342,130 @@ class StreamingAccounts:
                 self._pump = None
                 return
 
-    def _fail_all(self, error: StepUnavailable) -> None:
+    def _fail_all(self, why: str) -> None:
         # Steps still in the outbox were never sent; they ride on the next stream.
         sent = set(self._waiting) - {step.step_id for step in self._outbox}
         for step_id in sent:
             future = self._waiting.pop(step_id)
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(_NoOutcome(why))
+
+
+class _NoOutcome(Exception):
+    """Carries an ``Undecided`` answer through a future."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.answer = Undecided(why)
+
+
+def _fill_currency(steps: Sequence[pb.Step], index: int, currency: str) -> None:
+    if index < len(steps):
+        step = steps[index]
+        field = step.WhichOneof("action")
+        request = getattr(step, field)
+        if field in ("reserve", "credit", "hold_credit") and not request.currency:
+            request.currency = currency
+
+
+# --- every replica --------------------------------------------------------------------------
+
+
+def parse_targets(target: str) -> list[str]:
+    """``HOST:PORT[,HOST:PORT...]`` (optionally prefixed ``ipv4:``/``ipv6:``) as addresses."""
+    for prefix in ("ipv4:", "ipv6:"):
+        target = target.removeprefix(prefix)
+    return [address.strip() for address in target.split(",") if address.strip()]
+
+
+def _rank(account_id: str, address: str) -> bytes:
+    return hashlib.blake2b(f"{address}|{account_id}".encode(), digest_size=8).digest()
+
+
+class StreamingAccounts:
+    """AccountsPort over every account-service replica, each account's steps to one."""
+
+    def __init__(self, streams: dict[str, StepStream]) -> None:
+        if not streams:
+            raise ValueError("no account service to call")
+        self._streams = streams
+        self._addresses = sorted(streams)
+
+    def address(self, account_id: str) -> str:
+        """The replica that decides ``account_id``: the first by rendezvous rank that
+        answers (the first of all when none seems to)."""
+        if len(self._addresses) == 1:
+            return self._addresses[0]
+        ranked = sorted(self._addresses, key=lambda a: _rank(account_id, a), reverse=True)
+        for address in ranked:
+            if self._streams[address].healthy:
+                return address
+        return ranked[0]
+
+    def replica(self, account_id: str) -> StepStream:
+        return self._streams[self.address(account_id)]
+
+    async def run(
+        self, steps: Sequence[AccountStep], reference: str, epoch: int, currency: str = ""
+    ) -> list[Answer]:
+        answers: list[Answer] = []
+        for piece in _pieces(steps, self.replica):
+            messages = [step_message(piece[0], reference, epoch, currency)]
+            # The rest take their currency from the step before them, on the server.
+            messages += [step_message(step, reference, epoch, "") for step in piece[1:]]
+            got = await self.replica(piece[0].account_id).run(messages)
+            answers += got
+            if len(got) < len(piece) or not isinstance(got[-1], Applied):
+                break
+            currency = got[-1].currency
+        return answers
+
+    async def close(self) -> None:
+        for stream in self._streams.values():
+            await stream.close()
+
+
+class UnaryAccounts:
+    """AccountsPort as one unary call per step: what a traced transfer uses, since a
+    stream's metadata (the trace context) is sent once, not per step."""
+
+    def __init__(self, channels: dict[str, grpc.aio.Channel], route, deadline: float = 5.0):
+        self._stubs = {a: account_pb2_grpc.ReservationServiceStub(c) for a, c in channels.items()}
+        self._route = route
+        self._deadline = deadline
+
+    async def run(
+        self, steps: Sequence[AccountStep], reference: str, epoch: int, currency: str = ""
+    ) -> list[Answer]:
+        answers: list[Answer] = []
+        for step in steps:
+            message = step_message(step, reference, epoch, currency)
+            field = message.WhichOneof("action")
+            stub = self._stubs[self._route(step.account_id)]
+            method = getattr(stub, "".join(part.title() for part in field.split("_")))
+            result = await self._call(method, getattr(message, field))
+            answers.append(result)
+            if not isinstance(result, Applied):
+                break
+            currency = result.currency
+        return answers
+
+    async def _call(self, method, request) -> Answer:
+        try:
+            account = await method(request, timeout=self._deadline)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code in _REFUSED_CREDENTIALS:
+                _warn_credentials(code, error.details())
+            info = error_info(error)
+            reason = info.reason if info is not None else code.name
+            if reason == "EPOCH_FENCED":
+                return Fenced(error.details() or reason)
+            if code in _UNDECIDED:
+                return Undecided(f"{code.name}: {error.details()}")
+            metadata = dict(info.metadata) if info is not None else {}
+            return Refused(reason, error.details() or reason, metadata)
+        return Applied(account.currency)
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -1,27 +1,33 @@
-"""Transfers stored as event streams, one per transfer (TransferRepository).
+"""Transfers stored as event streams, one per transfer, and who owns each (TransferRepository).
 
-``TransferRequested`` is tagged with both accounts, which is how transfers of an account are
-listed without a second table.
+``TransferRequested`` is tagged with every account of the transfer, which is how transfers
+of an account are listed without a second table.
+
+Ownership: every transfer that has not ended has a lease in the store, keyed by its id:
+the process driving it (owner), an epoch that goes up whenever another process takes it
+over, and an expiry the owner keeps pushing forward while it lives. The lease is created
+with the request, in the same transaction; every later record is conditional on the
+writer's epoch; the terminal record drops it. A pending transfer at rest keeps a lease
+with no owner that falls due when its hold expires (never, without an expiry). So the
+leases are also the list of unfinished transfers: a process claims those that fall due.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import socket
+import time
+import uuid
 from collections.abc import Sequence
 
-from event_store import AsyncEventStore, NewEvent, RecordedEvent
+from event_store import AsyncEventStore, LeaseChange, LeaseWrite, NewEvent, RecordedEvent
 from transfer_service import codec
-from transfer_service.domain import (
-    Transfer,
-    TransferCompleted,
-    TransferEvent,
-    TransferFailed,
-    TransferRequested,
-)
+from transfer_service.domain import Transfer, TransferEvent, TransferRequested, micros
 
 STREAM_PREFIX = "transfer-"
-_TERMINAL_TYPES = frozenset({TransferCompleted.__name__, TransferFailed.__name__})
-_REQUESTED_TYPE = TransferRequested.__name__
-_SCAN_PAGE = 5000
+# A rest that never falls due.
+NEVER = 2**62
 
 
 def stream_id(transfer_id: str) -> str:
@@ -32,12 +38,29 @@ def account_tag(account_id: str) -> str:
     return "account:" + account_id
 
 
+def new_owner() -> str:
+    """This process's name as an owner: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def now_micros() -> int:
+    return time.time_ns() // 1000
+
+
 def _new_event(event: TransferEvent) -> NewEvent:
     kind, data = codec.encode(event)
     tags: tuple[str, ...] = ()
     if isinstance(event, TransferRequested):
-        tags = (account_tag(event.from_account_id), account_tag(event.to_account_id))
+        accounts = {event.from_account_id, event.to_account_id} - {""}
+        accounts.update(str(a) for leg in event.legs for a in leg[:2])
+        tags = tuple(sorted(account_tag(a) for a in accounts))
     return NewEvent(kind, data, tags)
+
+
+def _due(transfer: Transfer) -> int:
+    """When a transfer at rest falls due: its hold's expiry, or never."""
+    expires = transfer.expires_at
+    return micros(expires) if expires is not None else NEVER
 
 
 def _fold(transfer_id: str, recorded: Sequence[RecordedEvent]) -> Transfer:
@@ -48,26 +71,79 @@ def _fold(transfer_id: str, recorded: Sequence[RecordedEvent]) -> Transfer:
 
 
 class StoredTransfers:
-    def __init__(self, store: AsyncEventStore) -> None:
+    def __init__(
+        self, store: AsyncEventStore, *, owner: str | None = None, lease_seconds: float = 5.0
+    ) -> None:
         self._store = store
+        self.owner = owner or new_owner()
+        self.lease_micros = int(lease_seconds * 1_000_000)
 
     async def load(self, transfer_id: str) -> Transfer | None:
         recorded = await self._store.read_stream(stream_id(transfer_id))
         return _fold(transfer_id, recorded) if recorded else None
 
-    async def record(self, transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
-        """Appends at the transfer's version; the transfer with the events applied."""
+    async def record(
+        self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int
+    ) -> Transfer:
+        """Appends at the transfer's version, if it is still owned at ``epoch``; the
+        transfer with the events applied. A request creates its lease (epoch 1)."""
+        after = copy.copy(transfer)
+        for event in events:
+            after.apply(event)
         recorded = await self._store.append(
-            stream_id(transfer.transfer_id), transfer.version, [_new_event(e) for e in events]
+            stream_id(transfer.transfer_id),
+            transfer.version,
+            [_new_event(e) for e in events],
+            lease=self._lease_write(transfer, after, epoch),
         )
         for event, stored in zip(events, recorded, strict=True):
             transfer.apply(event, stored.recorded_at)
         return transfer
 
+    def _lease_write(self, before: Transfer, after: Transfer, epoch: int) -> LeaseWrite:
+        if before.version == 0:
+            until = now_micros() + self.lease_micros
+            return LeaseWrite(LeaseChange.CREATE, owner=self.owner, until=until)
+        if after.is_terminal:
+            return LeaseWrite(LeaseChange.DROP, epoch)
+        if after.at_rest:
+            return LeaseWrite(LeaseChange.REST, epoch, until=_due(after))
+        return LeaseWrite(LeaseChange.KEEP, epoch)
+
+    # --- ownership ---
+
+    async def claim(self, transfer_id: str) -> int | None:
+        """Takes the transfer over if nobody drives it (or its driver stopped renewing);
+        its epoch then, or None."""
+        now = now_micros()
+        key = stream_id(transfer_id)
+        return await self._store.claim(key, self.owner, now, now + self.lease_micros)
+
+    async def claim_due(self, limit: int) -> list[tuple[str, int]]:
+        """Transfers whose lease fell due (a driver gone, a hold expired), now ours."""
+        now = now_micros()
+        claimed = await self._store.claim_due(self.owner, now, now + self.lease_micros, limit)
+        return [(key.removeprefix(STREAM_PREFIX), epoch) for key, epoch in claimed]
+
+    async def renew(self) -> dict[str, int]:
+        """Pushes this process's leases forward; the transfers it still owns, by epoch."""
+        owned = await self._store.renew(self.owner, now_micros() + self.lease_micros)
+        return {key.removeprefix(STREAM_PREFIX): epoch for key, epoch in owned.items()}
+
+    async def rest(self, transfer: Transfer, epoch: int) -> bool:
+        """Hands a pending transfer back to rest (nobody drives it until it falls due)."""
+        return await self._store.rest(stream_id(transfer.transfer_id), epoch, _due(transfer))
+
+    async def abandon(self) -> int:
+        """Makes every lease of this process due at once, for another process to take."""
+        return await self._store.abandon(self.owner, now_micros())
+
+    # --- listings ---
+
     async def of_account(
         self, account_id: str, before_position: int | None, limit: int
     ) -> list[tuple[int, Transfer]]:
-        """Transfers from or to the account, newest first, with their listing position."""
+        """Transfers with a leg on the account, newest first, with their listing position."""
         requested = await self._store.read_tag(
             account_tag(account_id), before_position=before_position, limit=limit
         )
@@ -78,20 +154,3 @@ class StoredTransfers:
             if transfer is not None:
                 page.append((event.position, transfer))
         return page
-
-    async def unfinished(self) -> list[str]:
-        """Ids of every transfer not yet COMPLETED or FAILED, oldest first."""
-        open_ids: dict[str, None] = {}
-        position = 0
-        while True:
-            page = await self._store.read_all(after_position=position, limit=_SCAN_PAGE)
-            for event in page:
-                if not event.stream_id.startswith(STREAM_PREFIX):
-                    continue
-                if event.type == _REQUESTED_TYPE:
-                    open_ids[event.stream_id] = None
-                elif event.type in _TERMINAL_TYPES:
-                    open_ids.pop(event.stream_id, None)
-            if len(page) < _SCAN_PAGE:
-                return [sid.removeprefix(STREAM_PREFIX) for sid in open_ids]
-            position = page[-1].position

@@ -30,6 +30,7 @@ from event_store import (
     SqliteEventStore,
 )
 from event_store.sql import MIGRATIONS, SCHEMA_VERSION, SqlEventStore, schema_version
+from tests.event_store.lease_conformance import LeaseConformance
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -56,7 +57,7 @@ json_values = st.recursive(
 )
 
 
-class EventStoreConformance:
+class EventStoreConformance(LeaseConformance):
     @pytest.fixture
     def store_factory(self) -> Callable[[], EventStore]:
         raise NotImplementedError("a backend's test class provides store_factory")
@@ -626,9 +627,9 @@ class EventStoreConformance:
         new = store_factory()
         new.migrate()
         with new.engine.connect() as conn:
-            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 3
+            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 4
             assert conn.execute(select(func.count()).select_from(schema_version)).scalar() == 1
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         assert new.read_all() == recorded
         assert new.read_stream("a") == recorded[:2]
         assert new.read_tag("x") == recorded[:1]
@@ -636,6 +637,7 @@ class EventStoreConformance:
         new.save_snapshot("a", 2, {"n": 2})
         assert old.load_snapshot("a") == Snapshot("a", 2, {"n": 2})
         assert [e.version for e in new.append("a", 2, [ev(n=4)])] == [3]
+        assert new.lease("a") is None  # the leases table came with the migration
         new.migrate()  # at the current version: nothing to do
         assert new.stream_version("a") == 3
 

@@ -61,6 +61,7 @@ def test_tables_live_in_the_schema_named_by_the_url(
             "event_tag_log",
             "snapshots",
             "schema_version",
+            "leases",
         }
 
 
