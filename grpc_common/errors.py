@@ -42,15 +42,22 @@ class Described(NamedTuple):
     metadata: Mapping[str, str]
 
 
-def rich_status(
+def status_message(
     code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
-) -> grpc.Status:
-    """A status whose details carry ``ErrorInfo{domain: bank.v1, reason, metadata}``."""
+) -> status_pb2.Status:
+    """A ``google.rpc.Status`` whose details carry ``ErrorInfo{domain: bank.v1, reason,
+    metadata}``."""
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=dict(metadata or {}))
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=code.value[0], message=message, details=[detail])
+
+
+def rich_status(
+    code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
+) -> grpc.Status:
+    """``status_message`` as the status a call ends with."""
+    return rpc_status.to_status(status_message(code, reason, message, metadata))
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
@@ -97,6 +104,14 @@ class ErrorTable:
             reason = str(getattr(exc, "reason", "")) or code.name
             code = self._codes_by_reason.get(reason, code)
         return Described(code, reason, str(exc) or reason, metadata)
+
+    def status_message_for(self, exc: BaseException) -> status_pb2.Status:
+        """``exc`` as a ``google.rpc.Status`` (an unknown one as ``INTERNAL``, logged)."""
+        described = self.describe(exc)
+        if described is None:
+            log.exception("unhandled error in %s", type(exc).__name__, exc_info=exc)
+            return status_message(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error")
+        return status_message(*described)
 
     def status_for(self, exc: BaseException) -> grpc.Status | None:
         described = self.describe(exc)

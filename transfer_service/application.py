@@ -1,28 +1,43 @@
-"""The transfer service's use cases: create (and wait for) a transfer, read, list, resume.
+"""The transfer service's use cases: create, post, void (and wait for the outcome), read,
+list; and the ownership of transfers between the processes that share the store.
 
-Each transfer is driven by one task in this process. The task belongs to the service, not
-to the call that started it: a caller that gives up does not stop the transfer, and a
-repeated ``CreateTransfer`` joins the task already running.
+Every transfer that has not ended is owned through a lease (see ``repository``): the
+process that records a request owns the transfer and drives it; a process that is asked
+about a transfer another one owns waits for that one's outcome, or takes the transfer over
+once its owner has stopped renewing. Each process, every ``sweep_interval``:
+
+- claims the leases that fell due (owners gone, pending holds expired) and drives those
+  transfers on (an expired hold is released first);
+- renews its own leases, and stops any driver whose lease another process has taken.
+
+A driver is a task of the service, not of the call that started it: a caller that gives up
+does not stop the transfer, and a repeated call joins the driver already running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from event_store import StoreUnavailable
+from event_store import ConcurrencyConflict, LeaseLost, StoreUnavailable
 from shared_kernel.errors import DomainError
-from transfer_service.domain import Transfer, TransferNotFound, TransferState
-from transfer_service.process import DEFAULT_BACKOFF, Backoff, TransferProcess
+from transfer_service.domain import (
+    Transfer,
+    TransferNotFound,
+    TransferRequested,
+    TransferState,
+)
+from transfer_service.process import DEFAULT_BACKOFF, Backoff, OwnershipLost, TransferProcess
 from transfer_service.repository import StoredTransfers
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+_POLL = (0.02, 0.25)  # first and longest wait between looks at another owner's transfer
 
 
 class TransferRefused(DomainError):
@@ -75,6 +90,10 @@ class TransferPage:
     next_cursor: int | None
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class Transfers:
     def __init__(
         self,
@@ -83,97 +102,82 @@ class Transfers:
         *,
         answer_within: float = 30.0,
         store_backoff: Backoff = DEFAULT_BACKOFF,
+        sweep_interval: float = 0.5,
         resume_concurrency: int = 64,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._repository = repository
         self._process = process
         self._answer_within = answer_within
         self._store_backoff = store_backoff
+        self._sweep_interval = sweep_interval
+        self._clock = clock
+        # Transfers taken up by the sweep and not finished yet, at most this many at once, so
+        # that a large backlog does not stampede the account service.
         self._resume_concurrency = resume_concurrency
+        self._taking_up = 0
         self._drivers: dict[str, asyncio.Task[Transfer]] = {}
         # Visibility for operators: when each driver started, and its current retries.
         self._started: dict[str, int] = {}
         self._sequence = itertools.count(1)
         self._retries: dict[str, Retry] = {}
+        self._loop_task: asyncio.Task[None] | None = None
 
-    async def create(
-        self,
-        transfer_id: str,
-        from_account_id: str,
-        to_account_id: str,
-        amount: int,
-        wait: float | None = None,
-    ) -> Transfer:
-        """Record the transfer (or find the same one recorded) and answer with its outcome.
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Takes up the transfers that fell due, then keeps doing so in the background."""
+        await self._sweep()
+        self._loop_task = asyncio.create_task(self._keep_sweeping())
+
+    async def close(self) -> None:
+        """Stops driving; hands this process's transfers to whoever claims them next."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._drivers.values()):
+            task.cancel()
+        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._repository.abandon()
+
+    # --- use cases ---
+
+    async def create(self, request: TransferRequested, wait: float | None = None) -> Transfer:
+        """Record the transfer (or find the same one recorded) and answer with its outcome:
+        ``COMPLETED``, or ``PENDING`` for a pending transfer.
 
         Raises ``TransferRefused`` when it failed, ``TransferPending`` when it did not end
         within ``wait`` seconds (it carries on), ``TransferAlreadyExists`` for an id reused
-        with other fields.
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        transfer = await self._process.request(transfer_id, from_account_id, to_account_id, amount)
-        if not transfer.is_terminal:
-            driver = self._driver(transfer_id, transfer)
-            limit = self._answer_within if wait is None else min(wait, self._answer_within)
-            # ``wait`` counts from the call's start: recording the request took some of it.
-            limit = max(limit - (loop.time() - started), 0.0)
-            try:
-                transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=limit)
-            except TimeoutError:
-                raise TransferPending(transfer_id) from None
-        if transfer.state is TransferState.FAILED:
-            raise TransferRefused(transfer)
-        return transfer
+        with other contents."""
+        deadline = self._deadline(wait)
+        transfer = Transfer.empty(request.transfer_id)
+        events = transfer.request(request)
+        try:
+            transfer = await self._process.record(transfer, events, 1)
+        except ConcurrencyConflict:
+            stored = await self._load(request.transfer_id)
+            stored.request(request)  # the same contents, or TransferAlreadyExists
+            return await self._outcome(stored, deadline)
+        return await self._answer(self._driver(transfer, 1), transfer.transfer_id, deadline)
+
+    async def post(self, transfer_id: str, amount: int, wait: float | None = None) -> Transfer:
+        """Post a pending transfer (``amount`` 0: all of it); its outcome."""
+        return await self._decide(transfer_id, lambda t: t.post(amount), self._deadline(wait))
+
+    async def void(self, transfer_id: str, wait: float | None = None) -> Transfer:
+        """Release a pending transfer's hold; the transfer once VOIDED."""
+        return await self._decide(transfer_id, lambda t: t.void(), self._deadline(wait))
 
     async def get(self, transfer_id: str) -> Transfer:
-        transfer = await self._repository.load(transfer_id)
-        if transfer is None:
-            raise TransferNotFound(transfer_id)
-        return transfer
+        return await self._load(transfer_id)
 
     async def of_account(self, account_id: str, before: int | None, page_size: int) -> TransferPage:
         entries = await self._repository.of_account(account_id, before, page_size + 1)
         page = entries[:page_size]
         more = len(entries) > page_size
         return TransferPage([t for _, t in page], page[-1][0] if more else None)
-
-    async def resume_unfinished(self) -> int:
-        """Start a driver for every transfer that is not terminal; how many there were."""
-        transfer_ids = await self._repository.unfinished()
-        # Bounded, so that a restart with a large backlog does not stampede the account
-        # service (or other replicas' work) with every unfinished transfer at once.
-        gate = asyncio.Semaphore(self._resume_concurrency)
-        for transfer_id in transfer_ids:
-            self._driver(transfer_id, gate=gate)
-        if transfer_ids:
-            log.info("resuming %d unfinished transfers", len(transfer_ids))
-        return len(transfer_ids)
-
-    async def close(self) -> None:
-        for task in list(self._drivers.values()):
-            task.cancel()
-        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
-
-    def _driver(
-        self,
-        transfer_id: str,
-        transfer: Transfer | None = None,
-        gate: asyncio.Semaphore | None = None,
-    ) -> asyncio.Task[Transfer]:
-        task = self._drivers.get(transfer_id)
-        if task is None:
-            drive = self._drive(transfer_id, transfer)
-            task = asyncio.create_task(drive if gate is None else _gated(gate, drive))
-            self._drivers[transfer_id] = task
-            self._started[transfer_id] = next(self._sequence)
-            task.add_done_callback(lambda _: self._forget(transfer_id))
-        return task
-
-    def _forget(self, transfer_id: str) -> None:
-        self._drivers.pop(transfer_id, None)
-        self._started.pop(transfer_id, None)
-        self._retries.pop(transfer_id, None)
 
     def note_retry(self, transfer_id: str, step: str, exc: Exception) -> None:
         """Records a failed attempt, for operators (``on_retry`` hook of the process)."""
@@ -189,33 +193,200 @@ class Transfers:
             transfer = await self._repository.load(transfer_id)
             if transfer is None or transfer.is_terminal:
                 continue
-            step = transfer.next_step
+            chain = transfer.next_steps()
+            step = chain[0][1][0].action.value if chain and chain[0][1] else ""
             retry = self._retries.get(transfer_id)
-            if retry is not None and step is not None and retry.step != step.value:
+            if retry is not None and retry.step != step:
                 retry = None  # the step that failed has since gone through
-            entries.append(Unfinished(transfer, step.value if step else "", retry))
+            entries.append(Unfinished(transfer, step, retry))
         more = len(started) > page_size
         return UnfinishedPage(entries, started[page_size - 1][0] if more else None)
 
-    async def _drive(self, transfer_id: str, transfer: Transfer | None) -> Transfer:
-        """Drive to a terminal state, outlasting outages of this service's own database."""
+    # --- deciding on a transfer someone may own ---
+
+    async def _decide(
+        self, transfer_id: str, decide: Callable[[Transfer], list[Any]], deadline: float
+    ) -> Transfer:
+        """A client's decision on a pending transfer, recorded by whoever owns it then."""
+        loop = asyncio.get_running_loop()
+        for delay in _polls():
+            transfer = await self._load(transfer_id)
+            events = decide(transfer)  # refusals (not pending, too much) raise here
+            if not events:
+                return await self._outcome(transfer, deadline)  # the same decision again
+            epoch = await self._repository.claim(transfer_id)
+            if epoch is not None:
+                driver = await self._record_and_drive(transfer, events, epoch)
+                if driver is not None:
+                    return await self._answer(driver, transfer_id, deadline)
+            elif loop.time() >= deadline:
+                raise TransferPending(transfer_id)
+            else:
+                await asyncio.sleep(delay)  # another process is deciding on it now
+        raise AssertionError("unreachable")
+
+    async def _record_and_drive(
+        self, transfer: Transfer, events: list[Any], epoch: int
+    ) -> asyncio.Task[Transfer] | None:
+        started = None
+        try:
+            recorded = await self._process.record(transfer, events, epoch)
+            started = self._driver(recorded, epoch)
+        except (ConcurrencyConflict, LeaseLost):
+            return None  # decided elsewhere meanwhile: look again
+        finally:
+            if started is None and transfer.transfer_id not in self._drivers:
+                # Claimed, but nothing to drive here: back to rest, for the next claimer.
+                with contextlib.suppress(Exception):
+                    await self._repository.rest(transfer, epoch)
+        return started
+
+    async def _outcome(self, transfer: Transfer, deadline: float) -> Transfer:
+        """The outcome of a recorded transfer: as it stands if it has ended or rests; else
+        the one its driver reaches, here or in the process that owns it (taking it over if
+        that one has stopped)."""
+        loop = asyncio.get_running_loop()
+        transfer_id = transfer.transfer_id
+        for delay in _polls():
+            if transfer.is_terminal or transfer.at_rest:
+                return _answered(transfer)
+            task = self._drivers.get(transfer_id)
+            if task is None:
+                epoch = await self._repository.claim(transfer_id)
+                if epoch is not None:
+                    task = self._driver(await self._load(transfer_id), epoch)
+            if task is not None:
+                return await self._answer(task, transfer_id, deadline)
+            if loop.time() >= deadline:
+                raise TransferPending(transfer_id)
+            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
+            transfer = await self._load(transfer_id)
+        raise AssertionError("unreachable")
+
+    async def _answer(
+        self, driver: asyncio.Task[Transfer], transfer_id: str, deadline: float
+    ) -> Transfer:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=max(remaining, 0))
+        except TimeoutError:
+            raise TransferPending(transfer_id) from None
+        except OwnershipLost:
+            # Another process took it over: its outcome, as that one reaches it.
+            return await self._outcome(await self._load(transfer_id), deadline)
+        return _answered(transfer)
+
+    # --- drivers ---
+
+    def _driver(self, transfer: Transfer, epoch: int) -> asyncio.Task[Transfer]:
+        transfer_id = transfer.transfer_id
+        task = self._drivers.get(transfer_id)
+        if task is None:
+            task = asyncio.create_task(self._drive(transfer_id, transfer, epoch))
+            self._drivers[transfer_id] = task
+            self._started[transfer_id] = next(self._sequence)
+            task.add_done_callback(lambda _: self._forget(transfer_id))
+        return task
+
+    def _forget(self, transfer_id: str) -> None:
+        self._drivers.pop(transfer_id, None)
+        self._started.pop(transfer_id, None)
+        self._retries.pop(transfer_id, None)
+
+    async def _drive(self, transfer_id: str, transfer: Transfer | None, epoch: int) -> Transfer:
+        """Drive to an end (or to rest), outlasting outages of this service's own database."""
         failures = 0
         while True:
             try:
                 if transfer is None:
-                    transfer = await self._repository.load(transfer_id)
-                    if transfer is None:
-                        raise TransferNotFound(transfer_id)
-                return await self._process.drive(transfer)
+                    transfer = await self._load(transfer_id)
+                return await self._process.drive(transfer, epoch)
             except StoreUnavailable as exc:
                 # The last record may or may not have been stored: start again from the store.
                 transfer = None
                 failures += 1
-                delay = self._store_backoff.delay(failures)
                 log.warning("transfer %s: database unavailable (%s)", transfer_id, exc)
-                await self._store_backoff.sleep(delay)
+                await self._store_backoff.sleep(self._store_backoff.delay(failures))
+            except OwnershipLost as lost:
+                log.info("transfer %s: %s; its new owner drives it", transfer_id, lost)
+                raise
+
+    # --- the sweep ---
+
+    async def _keep_sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                await self._renew()
+                await self._sweep()
+            except StoreUnavailable as exc:
+                log.warning("leases not swept: database unavailable (%s)", exc)
+            except Exception:
+                log.exception("leases not swept")
+
+    async def _renew(self) -> None:
+        owned = await self._repository.renew()
+        for transfer_id, task in list(self._drivers.items()):
+            if transfer_id not in owned and not task.done():
+                log.warning("transfer %s: taken over by another process; stopping", transfer_id)
+                task.cancel()
+
+    async def _sweep(self) -> int:
+        """Claims the transfers that fell due and drives them; how many."""
+        room = self._resume_concurrency - self._taking_up
+        if room <= 0:
+            return 0
+        claimed = await self._repository.claim_due(limit=room)
+        for transfer_id, epoch in claimed:
+            if transfer_id not in self._drivers:
+                self._spawn(self._take_up(transfer_id, epoch))
+        if claimed:
+            log.info("took up %d transfers", len(claimed))
+        return len(claimed)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._taking_up += 1
+        task = asyncio.create_task(work)
+        task.add_done_callback(self._taken_up)
+
+    def _taken_up(self, task: asyncio.Task[None]) -> None:
+        self._taking_up -= 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("taking up a transfer failed", exc_info=task.exception())
+
+    async def _take_up(self, transfer_id: str, epoch: int) -> None:
+        transfer = await self._load(transfer_id)
+        if transfer.at_rest:
+            events = transfer.expire(self._clock())
+            if not events:
+                await self._repository.rest(transfer, epoch)  # not due by our clock yet
+                return
+            transfer = await self._process.record(transfer, events, epoch)
+        with contextlib.suppress(OwnershipLost):
+            await self._driver(transfer, epoch)
+
+    # --- helpers ---
+
+    async def _load(self, transfer_id: str) -> Transfer:
+        transfer = await self._repository.load(transfer_id)
+        if transfer is None:
+            raise TransferNotFound(transfer_id)
+        return transfer
+
+    def _deadline(self, wait: float | None) -> float:
+        limit = self._answer_within if wait is None else min(wait, self._answer_within)
+        return asyncio.get_running_loop().time() + limit
 
 
-async def _gated(gate: asyncio.Semaphore, work: Coroutine[Any, Any, T]) -> T:
-    async with gate:
-        return await work
+def _answered(transfer: Transfer) -> Transfer:
+    if transfer.state is TransferState.FAILED:
+        raise TransferRefused(transfer)
+    return transfer
+
+
+def _polls():
+    """Waits between looks: growing from the first to the longest, then staying there."""
+    delay = _POLL[0]
+    while True:
+        yield delay
+        delay = min(delay * 2, _POLL[1])

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from account_service import domain
 from account_service.application import AccountView, HistoryEntry
 from bank.v1 import account_pb2 as pb
+from grpc_common.timestamps import timestamp
 
 _STATUS = {
     domain.AccountStatus.OPEN: pb.ACCOUNT_STATUS_OPEN,
@@ -26,17 +23,6 @@ _EVENT_TYPE = {
 }
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def timestamp(at: datetime | None) -> Timestamp | None:
-    """As ``Timestamp.FromDatetime`` (naive means UTC), for a fraction of its cost."""
-    if at is None:
-        return None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    delta = at - _EPOCH  # normalised: only days may be negative
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
 
 
 def account(view: AccountView) -> pb.Account:

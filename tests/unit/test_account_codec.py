@@ -28,7 +28,7 @@ from account_service.domain import (
     StepRefused,
     Withdrawn,
 )
-from account_service.grpc_api.messages import timestamp
+from grpc_common.timestamps import timestamp
 from shared_kernel.values import INT64_MAX
 
 ACCOUNT_ID = "6f1c3a52-8d0e-4f57-9a35-1b2c3d4e5f60"

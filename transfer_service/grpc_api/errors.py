@@ -12,13 +12,22 @@ from event_store import StoreUnavailable
 from grpc_common.errors import ErrorTable, Refusal
 from shared_kernel.errors import InvalidArgument
 from transfer_service.application import TransferPending, TransferRefused
-from transfer_service.domain import TransferAlreadyExists, TransferNotFound
+from transfer_service.domain import (
+    ExceedsPendingAmount,
+    PartialPostOfLegs,
+    TransferAlreadyExists,
+    TransferNotFound,
+    TransferNotPending,
+)
 
 ERRORS = ErrorTable(
     {
         InvalidArgument: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        PartialPostOfLegs: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
         TransferNotFound: Refusal(StatusCode.NOT_FOUND, "TRANSFER_NOT_FOUND"),
         TransferAlreadyExists: Refusal(StatusCode.ALREADY_EXISTS, "TRANSFER_ALREADY_EXISTS"),
+        TransferNotPending: Refusal(StatusCode.FAILED_PRECONDITION, "TRANSFER_NOT_PENDING"),
+        ExceedsPendingAmount: Refusal(StatusCode.FAILED_PRECONDITION, "EXCEEDS_PENDING_AMOUNT"),
         TransferRefused: Refusal(StatusCode.FAILED_PRECONDITION, None),
         TransferPending: Refusal(StatusCode.UNAVAILABLE, "TRANSFER_PENDING"),
         StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
@@ -27,5 +36,6 @@ ERRORS = ErrorTable(
         "ACCOUNT_NOT_FOUND": StatusCode.NOT_FOUND,
         "BALANCE_OUT_OF_RANGE": StatusCode.OUT_OF_RANGE,
         "INVALID_ARGUMENT": StatusCode.INVALID_ARGUMENT,
+        "PERMISSION_DENIED": StatusCode.PERMISSION_DENIED,
     },
 )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from account_service.grpc_api.messages import timestamp
 from bank.v1 import transfer_pb2 as pb
+from grpc_common.timestamps import timestamp
 from transfer_service.application import Unfinished
 from transfer_service.domain import Transfer, TransferState
 
@@ -13,6 +13,9 @@ _STATE = {
     TransferState.CREDITED: pb.TRANSFER_STATE_CREDITED,
     TransferState.COMPLETED: pb.TRANSFER_STATE_COMPLETED,
     TransferState.FAILED: pb.TRANSFER_STATE_FAILED,
+    TransferState.PENDING: pb.TRANSFER_STATE_PENDING,
+    TransferState.VOIDED: pb.TRANSFER_STATE_VOIDED,
+    TransferState.EXPIRED: pb.TRANSFER_STATE_EXPIRED,
 }
 
 
@@ -28,6 +31,17 @@ def transfer(t: Transfer) -> pb.Transfer:
         failure_reason=t.failure_reason,
         created_at=timestamp(t.created_at),
         updated_at=timestamp(t.updated_at),
+        pending=t.pending,
+        expires_at=timestamp(t.expires_at),
+        posted_amount=t.posted_amount,
+        legs=[
+            pb.Leg(
+                from_account_id=leg.from_account_id,
+                to_account_id=leg.to_account_id,
+                amount=leg.amount,
+            )
+            for leg in t.legs
+        ],
     )
 
 

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from bank.v1 import transfer_pb2 as pb
 from bank.v1 import transfer_pb2_grpc
 from shared_kernel import page_tokens
 from shared_kernel.errors import InvalidArgument
-from shared_kernel.values import (
-    parse_amount,
-    parse_id,
-    parse_optional_id,
-    parse_page_size,
-)
+from shared_kernel.values import parse_id, parse_page_size
 from transfer_service.application import Transfers
-from transfer_service.grpc_api import messages
+from transfer_service.grpc_api import messages, requests
 from transfer_service.grpc_api.errors import ERRORS
 
 Context = grpc.aio.ServicerContext
 # Leaves the caller time to receive "still pending" before its own deadline passes.
 _DEADLINE_MARGIN = 0.25
+MAX_BATCH = 1000
+
+
+def _wait(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining - _DEADLINE_MARGIN, 0.0)
 
 
 @ERRORS.guard
@@ -31,17 +34,38 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def CreateTransfer(
         self, request: pb.CreateTransferRequest, context: Context
     ) -> pb.Transfer:
-        transfer_id = parse_optional_id(request.transfer_id, "transfer_id")
-        from_account_id = parse_id(request.from_account_id, "from_account_id")
-        to_account_id = parse_id(request.to_account_id, "to_account_id")
-        if from_account_id == to_account_id:
-            raise InvalidArgument("to_account_id", "must differ from from_account_id")
-        amount = parse_amount(request.amount)
-        remaining = context.time_remaining()
-        wait = None if remaining is None else max(remaining - _DEADLINE_MARGIN, 0.0)
-        transfer = await self._transfers.create(
-            transfer_id, from_account_id, to_account_id, amount, wait=wait
-        )
+        requested = requests.transfer_request(request)
+        transfer = await self._transfers.create(requested, wait=_wait(context))
+        return messages.transfer(transfer)
+
+    async def CreateTransfers(
+        self, request: pb.CreateTransfersRequest, context: Context
+    ) -> pb.CreateTransfersResponse:
+        if not 1 <= len(request.transfers) <= MAX_BATCH:
+            raise InvalidArgument("transfers", f"a batch holds 1 to {MAX_BATCH} transfers")
+        wait = _wait(context)
+        results = await asyncio.gather(*(self._one(item, wait) for item in request.transfers))
+        return pb.CreateTransfersResponse(results=results)
+
+    async def _one(
+        self, item: pb.CreateTransferRequest, wait: float | None
+    ) -> pb.CreateTransferResult:
+        """One item of a batch: what CreateTransfer would have answered for it."""
+        try:
+            transfer = await self._transfers.create(requests.transfer_request(item), wait=wait)
+        except Exception as exc:
+            return pb.CreateTransferResult(error=ERRORS.status_message_for(exc))
+        return pb.CreateTransferResult(transfer=messages.transfer(transfer))
+
+    async def PostTransfer(self, request: pb.PostTransferRequest, context: Context) -> pb.Transfer:
+        transfer_id = parse_id(request.transfer_id, "transfer_id")
+        amount = requests.post_amount(request.amount)
+        transfer = await self._transfers.post(transfer_id, amount, wait=_wait(context))
+        return messages.transfer(transfer)
+
+    async def VoidTransfer(self, request: pb.VoidTransferRequest, context: Context) -> pb.Transfer:
+        transfer_id = parse_id(request.transfer_id, "transfer_id")
+        transfer = await self._transfers.void(transfer_id, wait=_wait(context))
         return messages.transfer(transfer)
 
     async def GetTransfer(self, request: pb.GetTransferRequest, context: Context) -> pb.Transfer:
