@@ -13,7 +13,7 @@ from account_service.grpc_api.servicers import AccountServicer, ReservationServi
 from account_service.naive import LOCK_TIMEOUT as NAIVE_LOCK_TIMEOUT
 from account_service.naive import naive_service
 from bank.v1 import account_pb2, account_pb2_grpc
-from event_store import AsyncEventStore
+from event_store import AsyncEventStore, open_async_store
 from grpc_common import metrics
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import ACCOUNT_POINTS, crash_point_from_env
@@ -104,4 +104,5 @@ async def run(
         naive_lock_timeout=naive_lock_timeout,
         snapshot_every=snapshot_every,
     )
-    await run_service(listen=listen, db=db, grace=grace, build=assemble, stop=stop)
+    store = await open_async_store(db, observer=metrics.store_observer())
+    await run_service(listen=listen, store=store, grace=grace, build=assemble, stop=stop)

@@ -27,6 +27,7 @@ from event_store import (
 )
 from grpc_common import logs, metrics, tracing
 from grpc_common.interceptors import DecodeGuard
+from grpc_common.rpc_metrics import ServerMetrics
 from grpc_common.server import observability_interceptors
 from tests.unit.fakes import FakeAccounts, InMemoryTransferRepository
 from transfer_service.accounts_client import GrpcAccounts
@@ -133,10 +134,9 @@ def _sample(m: metrics.Metrics, name: str, **labels: str) -> float:
 
 
 async def test_store_appends_and_group_commits_are_measured(measured):
-    store = AsyncEventStore(InMemoryEventStore())
+    store = AsyncEventStore(InMemoryEventStore(), observer=measured.event_store)
     await store.start()
     try:
-        measured.instrument_store(store)
         assert isinstance(store, AsyncEventStore)
         await store.append("s-1", 0, [NewEvent("A", {}), NewEvent("B", {})])
         await store.append("s-2", 0, [NewEvent("A", {})])
@@ -243,7 +243,7 @@ async def _account_server(interceptors: list) -> AsyncIterator[tuple[grpc.aio.Ch
 
 @pytest.fixture
 async def metered_server(measured) -> AsyncIterator[grpc.aio.Channel]:
-    async for channel, _ in _account_server([metrics.ServerMetrics(measured)]):
+    async for channel, _ in _account_server([ServerMetrics(measured)]):
         yield channel
 
 
