@@ -15,9 +15,12 @@ from operator import methodcaller
 import grpc
 from grpc import StatusCode
 
-from account_service.application import Accounts, AccountView, Decision, SequenceStep
+from account_service.application import Accounts
 from account_service.grpc_api import messages
 from account_service.grpc_api.errors import ERRORS, StepNotRun
+from account_service.mailboxes import Decision
+from account_service.sequences import SequenceStep
+from account_service.views import AccountView
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from grpc_common.step_order import STEP_ORDER_METADATA

@@ -3,11 +3,13 @@ over an in-memory store, the store and transfer hooks, the JSON log lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +17,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from account_service.application import Accounts
 from account_service.server import build as build_accounts
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
@@ -216,6 +219,45 @@ def test_open_reservations_are_read_when_scraped(measured):
     holds.clear()
     assert _sample(measured, "bank_reservations_open") == 0
     assert _sample(measured, "bank_reservation_oldest_age_seconds") == 0
+
+
+async def test_open_reservations_are_read_on_the_event_loop_when_scraped_elsewhere(measured):
+    store = AsyncEventStore(InMemoryEventStore())
+    await store.start()
+    try:
+        accounts = Accounts(store)
+        await accounts.execute(SRC, lambda account: account.open("Ada", "EUR"))
+        await accounts.execute(SRC, lambda account: account.deposit(100, "d"))
+        for reference in ("t-1", "t-2"):
+            await accounts.execute(SRC, lambda account, r=reference: account.reserve(10, r))
+        read_on: list[threading.Thread] = []
+
+        def hold_times() -> list[datetime | None]:
+            read_on.append(threading.current_thread())
+            return accounts.open_hold_times()
+
+        measured.watch_reservations(hold_times, asyncio.get_running_loop())
+        # From the HTTP server's side: another thread, which asks the loop.
+        assert await asyncio.to_thread(_sample, measured, "bank_reservations_open") == 2
+        # From the loop's own thread: read at once.
+        assert _sample(measured, "bank_reservation_age_seconds_bucket", le="+Inf") == 2
+        assert read_on == [threading.current_thread()] * 2
+    finally:
+        await store.close()
+
+
+def test_open_reservations_are_left_out_of_a_scrape_the_loop_does_not_answer(
+    measured, monkeypatch, caplog
+):
+    monkeypatch.setattr(metrics, "HOLD_TIMES_TIMEOUT", 0.05)
+    idle = asyncio.new_event_loop()  # never run: it never answers
+    try:
+        measured.watch_reservations(lambda: [None], idle)
+        with caplog.at_level(logging.WARNING, logger="grpc_common.metrics"):
+            assert measured.registry.get_sample_value("bank_reservations_open") is None
+        assert "did not answer" in caplog.text
+    finally:
+        idle.close()
 
 
 # --- the interceptors on a real server ---------------------------------------------------
