@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from account_service import domain
-from account_service.application import AccountView, HistoryEntry
+from account_service.views import AccountView, HistoryEntry
 from bank.v1 import account_pb2 as pb
 from grpc_common.timestamps import timestamp
 
