@@ -92,7 +92,9 @@ class SqlLeases:
             raise translate_error(exc) from exc
 
     def claim(self, key: str, owner: str, now: int, until: int) -> int | None:
-        rows = self._leases(_CLAIM, {"p_key": key, "p_owner": owner, "p_now": now, "p_until": until})
+        rows = self._leases(
+            _CLAIM, {"p_key": key, "p_owner": owner, "p_now": now, "p_until": until}
+        )
         return int(rows[0][0]) if rows else None
 
     def claim_due(self, owner: str, now: int, until: int, limit: int) -> list[tuple[str, int]]:
