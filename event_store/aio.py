@@ -391,7 +391,7 @@ class AsyncEventStore:
     async def rest(self, key: str, epoch: int, until: int) -> bool:
         return await self._thread.call(self.store.rest, key, epoch, until)
 
-    async def abandon(self, owner: str, now: int) -> int:
+    async def abandon(self, owner: str | None, now: int) -> int:
         return await self._thread.call(self.store.abandon, owner, now)
 
     async def lease(self, key: str) -> Lease | None:

@@ -73,6 +73,7 @@ _REST = (
     .returning(leases.c.key)
 )
 _ABANDON = update(leases).where(leases.c.owner == _OWNER).values(expires_at=bindparam("p_now"))
+_ABANDON_ALL = update(leases).where(leases.c.owner != "").values(expires_at=bindparam("p_now"))
 _LEASE = select(leases.c.key, leases.c.owner, leases.c.epoch, leases.c.expires_at).where(
     leases.c.key == bindparam("p_key")
 )
@@ -108,8 +109,11 @@ class SqlLeases:
     def rest(self, key: str, epoch: int, until: int) -> bool:
         return bool(self._leases(_REST, {"p_key": key, "p_epoch": epoch, "p_until": until}))
 
-    def abandon(self, owner: str, now: int) -> int:
-        (count,) = self._leases(_ABANDON, {"p_owner": owner, "p_now": now})
+    def abandon(self, owner: str | None, now: int) -> int:
+        if owner is None:
+            (count,) = self._leases(_ABANDON_ALL, {"p_now": now})
+        else:
+            (count,) = self._leases(_ABANDON, {"p_owner": owner, "p_now": now})
         return int(count)
 
     def lease(self, key: str) -> Lease | None:

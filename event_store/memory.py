@@ -222,11 +222,11 @@ class InMemoryEventStore:
             self._leases[key] = Lease(key, "", epoch, until)
             return True
 
-    def abandon(self, owner: str, now: int) -> int:
+    def abandon(self, owner: str | None, now: int) -> int:
         with self._lock:
-            owned = [v for v in self._leases.values() if v.owner == owner]
+            owned = [v for v in self._leases.values() if v.owner and owner in (None, v.owner)]
             for lease in owned:
-                self._leases[lease.key] = Lease(lease.key, owner, lease.epoch, now)
+                self._leases[lease.key] = Lease(lease.key, lease.owner, lease.epoch, now)
             return len(owned)
 
     def lease(self, key: str) -> Lease | None:

@@ -207,8 +207,9 @@ class EventStore(Protocol):
         """Hands the lease back (no owner) to fall due at ``until``, if held at ``epoch``."""
         ...
 
-    def abandon(self, owner: str, now: int) -> int:
-        """Makes every lease ``owner`` holds due at ``now``; how many."""
+    def abandon(self, owner: str | None, now: int) -> int:
+        """Makes every lease ``owner`` holds (None: every held lease) due at ``now``; how
+        many."""
         ...
 
     def lease(self, key: str) -> Lease | None: ...

@@ -234,9 +234,15 @@ class TransferMetrics:
         )
         self._retries = Counter(
             "bank_transfer_step_retries_total",
-            "Protocol steps retried, by step and what went wrong (StepUnavailable: no answer;"
-            " StepRefused: a capture or release refused, which the protocol rules out).",
+            "Protocol steps retried, by step and what went wrong (StepUnanswered: no answer;"
+            " SettlementRefused: settling a hold refused, which the protocol rules out).",
             ["step", "error"],
+            registry=registry,
+        )
+        self._holds = Counter(
+            "bank_holds_total",
+            "Holds of pending transfers, by what happened: placed, posted, voided, expired.",
+            ["outcome"],
             registry=registry,
         )
         # (state, reason) -> its label children, resolved once.
@@ -256,6 +262,9 @@ class TransferMetrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(max(seconds, 0.0))
+
+    def hold(self, outcome: str) -> None:
+        self._holds.labels(outcome).inc()
 
     def retried(self, transfer_id: str, step: str, exc: Exception) -> None:
         """``TransferProcess``'s ``on_retry`` hook."""

@@ -105,7 +105,10 @@ class Transfers:
         sweep_interval: float = 0.5,
         resume_concurrency: int = 64,
         clock: Callable[[], datetime] = _utcnow,
+        sole_owner: bool = False,
     ) -> None:
+        """``sole_owner``: no other process shares the store, so whatever an earlier
+        process owned is due at once (else it waits for those leases to run out)."""
         self._repository = repository
         self._process = process
         self._answer_within = answer_within
@@ -122,11 +125,14 @@ class Transfers:
         self._sequence = itertools.count(1)
         self._retries: dict[str, Retry] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._sole_owner = sole_owner
 
     # --- lifecycle ---
 
     async def start(self) -> None:
         """Takes up the transfers that fell due, then keeps doing so in the background."""
+        if self._sole_owner:
+            await self._repository.abandon(everyone=True)
         await self._sweep()
         self._loop_task = asyncio.create_task(self._keep_sweeping())
 

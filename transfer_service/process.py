@@ -158,6 +158,15 @@ class StepHeldUp(Exception):
     """Why a step has not gone through yet, for the retry hook and operators."""
 
 
+class StepUnanswered(StepHeldUp):
+    """The account side did not answer (down, a deadline): the chain is sent again."""
+
+
+class SettlementRefused(StepHeldUp):
+    """The account side refused to settle a hold this transfer placed, which the protocol
+    rules out: retried slowly until someone repairs the account side."""
+
+
 # --- the process --------------------------------------------------------------------------
 
 
@@ -240,8 +249,14 @@ class TransferProcess:
     ) -> int:
         """Waits before the chain is tried again; returns the count of failures in a row."""
         failures += 1
-        why = answer.why if isinstance(answer, Undecided) else f"refused: {answer}"
-        self._notify_retry(transfer, step, StepHeldUp(why))
+        held: StepHeldUp
+        if isinstance(answer, Undecided):
+            why = answer.why
+            held = StepUnanswered(why)
+        else:
+            why = f"refused: {answer}"
+            held = SettlementRefused(why)
+        self._notify_retry(transfer, step, held)
         if isinstance(answer, Undecided):
             delay = self._backoff.delay(failures)
             log.warning(

@@ -134,9 +134,10 @@ class StoredTransfers:
         """Hands a pending transfer back to rest (nobody drives it until it falls due)."""
         return await self._store.rest(stream_id(transfer.transfer_id), epoch, _due(transfer))
 
-    async def abandon(self) -> int:
-        """Makes every lease of this process due at once, for another process to take."""
-        return await self._store.abandon(self.owner, now_micros())
+    async def abandon(self, everyone: bool = False) -> int:
+        """Makes every lease of this process (``everyone``: of every process) due at once,
+        for another process to take."""
+        return await self._store.abandon(None if everyone else self.owner, now_micros())
 
     # --- listings ---
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-import os
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bank.v1 import transfer_pb2, transfer_pb2_grpc
@@ -13,35 +14,42 @@ from event_store import AsyncEventStore, open_async_store
 from grpc_common import metrics, tracing
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import crash_point_from_env
-from transfer_service.accounts_client import GrpcAccounts, StreamingAccounts, open_channel
+from transfer_service.accounts_client import (
+    StepStream,
+    StreamingAccounts,
+    UnaryAccounts,
+    open_channel,
+    parse_targets,
+)
 from transfer_service.application import Transfers
 from transfer_service.domain import (
+    AccountStep,
+    Answer,
     Transfer,
     TransferCompleted,
     TransferEvent,
+    TransferExpired,
     TransferFailed,
     TransferRequested,
+    TransferReserved,
+    TransferVoided,
 )
 from transfer_service.grpc_api.servicers import TransferServicer
-from transfer_service.process import (
-    POINTS,
-    Decided,
-    RetryHook,
-    TransferProcess,
-    TransferRepository,
-    one_by_one,
-)
+from transfer_service.process import POINTS, RetryHook, TransferProcess, TransferRepository
 from transfer_service.repository import StoredTransfers
 
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_DB = "sqlite:///transfers.db"
 DEFAULT_ACCOUNTS = "127.0.0.1:50051"
+# How long a process owns a transfer without renewing its lease: the time another replica
+# waits before it takes over the transfers of one that died.
+LEASE_SECONDS = 5.0
 _SERVICE = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name
 log = logging.getLogger(__name__)
 
 
 class _CountedTransfers:
-    """The repository as the process sees it, counting transfers as their ends are recorded."""
+    """The repository as the process sees it, counting transfers and holds as recorded."""
 
     def __init__(self, repository: TransferRepository, counts: metrics.TransferMetrics) -> None:
         self._repository = repository
@@ -50,77 +58,55 @@ class _CountedTransfers:
     async def load(self, transfer_id: str) -> Transfer | None:
         return await self._repository.load(transfer_id)
 
-    async def record(self, transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
-        recorded = await self._repository.record(transfer, events)
+    async def record(
+        self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int
+    ) -> Transfer:
+        pending = transfer.pending
+        recorded = await self._repository.record(transfer, events, epoch)
         for event in events:
             if isinstance(event, TransferRequested):
                 self._counts.requested()
+                pending = event.pending
+            elif isinstance(event, TransferReserved) and pending:
+                self._counts.hold("placed")
             elif isinstance(event, TransferCompleted | TransferFailed):
                 state = "COMPLETED" if isinstance(event, TransferCompleted) else "FAILED"
                 reason = event.reason if isinstance(event, TransferFailed) else ""
                 started, ended = recorded.created_at, recorded.updated_at
                 seconds = (ended - started).total_seconds() if started and ended else None
                 self._counts.ended(state, reason, seconds)
+                if pending and isinstance(event, TransferCompleted):
+                    self._counts.hold("posted")
+            elif isinstance(event, TransferVoided | TransferExpired):
+                self._counts.hold("voided" if isinstance(event, TransferVoided) else "expired")
         return recorded
 
 
-class _TracedProcess:
-    """The process as the application sees it, driving each transfer inside a span."""
+class _TracedProcess(TransferProcess):
+    """The process, driving each transfer inside a span."""
 
-    def __init__(self, process: TransferProcess) -> None:
-        self._process = process
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._process, name)
-
-    async def drive(self, transfer: Transfer) -> Transfer:
+    async def drive(self, transfer: Transfer, epoch: int) -> Transfer:
         with tracing.span("transfer", {tracing.TRANSFER_ID: transfer.transfer_id}) as span:
-            driven = await self._process.drive(transfer)
+            driven = await super().drive(transfer, epoch)
             if span is not None:
                 span.set_attribute("bank.transfer_state", driven.state.name if driven.state else "")
             return driven
 
 
 class _SampledSteps:
-    """AccountsPort for tracing over the ExecuteSteps stream.
+    """AccountsPort with tracing: a sampled transfer's steps go as unary calls, which
+    carry its trace context (a stream's metadata is sent once); all others keep to the
+    streams."""
 
-    The stream's metadata is sent once, so it cannot carry each step's trace context. The
-    steps of a transfer whose trace is sampled go as unary calls, which carry it (and
-    give the account side's spans); every other step keeps to the stream. With every
-    trace sampled, every step is a unary call.
-    """
-
-    def __init__(self, traced: GrpcAccounts, stream: StreamingAccounts) -> None:
+    def __init__(self, traced: UnaryAccounts, streams: StreamingAccounts) -> None:
         self._traced = traced
-        self._stream = stream
+        self._streams = streams
 
-    def _port(self) -> GrpcAccounts | StreamingAccounts:
-        return self._traced if tracing.sampled() else self._stream
-
-    # Each returns the chosen port's coroutine: no extra frame per step.
-    def reserve(self, account_id: str, reference: str, amount: int) -> Awaitable[str]:
-        return self._port().reserve(account_id, reference, amount)
-
-    def credit(
-        self, account_id: str, reference: str, amount: int, currency: str
-    ) -> Awaitable[None]:
-        return self._port().credit(account_id, reference, amount, currency)
-
-    def capture(self, account_id: str, reference: str) -> Awaitable[None]:
-        return self._port().capture(account_id, reference)
-
-    def release(self, account_id: str, reference: str) -> Awaitable[None]:
-        return self._port().release(account_id, reference)
-
-    def forward(
-        self, from_account_id: str, to_account_id: str, reference: str, amount: int
-    ) -> Awaitable[list[Decided]]:
-        if tracing.sampled():
-            return one_by_one(self._traced, from_account_id, to_account_id, reference, amount)
-        return self._stream.forward(from_account_id, to_account_id, reference, amount)
-
-    async def close(self) -> None:
-        await self._stream.close()
+    async def run(
+        self, steps: Sequence[AccountStep], reference: str, epoch: int, currency: str = ""
+    ) -> list[Answer]:
+        port = self._traced if tracing.sampled() else self._streams
+        return await port.run(steps, reference, epoch, currency)
 
 
 def _retry_hooks(*hooks: RetryHook) -> RetryHook:
@@ -131,47 +117,41 @@ def _retry_hooks(*hooks: RetryHook) -> RetryHook:
     return on_retry
 
 
-def builder(accounts_target: str, deadline: float, transport: str = "stream"):
+def builder(accounts_target: str, deadline: float, sole_owner: bool = False):
     def build(store: AsyncEventStore) -> Assembly:
         measured = metrics.configured()
         traced = tracing.enabled()
-        channel = open_channel(accounts_target)
-        repository = StoredTransfers(store)
-        accounts: GrpcAccounts | StreamingAccounts | _SampledSteps
-        # With tracing, unary calls go through a channel that sends their trace context.
-        unary_channel: Any = tracing.TracedChannel(channel) if traced else channel
-        if transport == "unary":
-            accounts = GrpcAccounts(unary_channel, deadline)
-        elif traced:
+        channels = {address: open_channel(address) for address in parse_targets(accounts_target)}
+        streams = StreamingAccounts(
+            {address: StepStream(channel, deadline) for address, channel in channels.items()}
+        )
+        accounts: Any = streams
+        if traced:
             log.info("tracing: steps of sampled transfers go as unary calls, with their context")
-            stream = StreamingAccounts(channel, deadline)
-            accounts = _SampledSteps(GrpcAccounts(unary_channel, deadline), stream)
-        else:
-            accounts = StreamingAccounts(channel, deadline)
+            unary = {address: tracing.TracedChannel(c) for address, c in channels.items()}
+            accounts = _SampledSteps(UnaryAccounts(unary, streams.address, deadline), streams)
+        repository = StoredTransfers(store, lease_seconds=LEASE_SECONDS)
         hooks: list[RetryHook] = [lambda *retry: transfers.note_retry(*retry)]
         if measured is not None:
             hooks.append(measured.transfers().retried)
         if traced:
             hooks.append(tracing.note_retry)
-        process = TransferProcess(
+        process_type = _TracedProcess if traced else TransferProcess
+        process = process_type(
             accounts,
             repository if measured is None else _CountedTransfers(repository, measured.transfers()),
             crash_point=crash_point_from_env(POINTS),
             on_retry=hooks[0] if len(hooks) == 1 else _retry_hooks(*hooks),
-            # BANK_OVERLAP_RECORDS=0 waits for every record before the next call (for
-            # measurement: see bank bench-variants).
-            overlap_records=os.environ.get("BANK_OVERLAP_RECORDS", "1") != "0",
-            # BANK_FORWARD_CALLS=0 makes and records the calls from REQUESTED one at a time.
-            forward_calls=os.environ.get("BANK_FORWARD_CALLS", "1") != "0",
         )
-        driver: Any = _TracedProcess(process) if traced else process
-        transfers = Transfers(repository, driver)
+        # On SQLite this is the only transfer service of the file (hold_sqlite_file): every
+        # lease left by an earlier process is due at once.
+        transfers = Transfers(repository, process, sole_owner=sole_owner)
 
         async def stop() -> None:
             await transfers.close()
-            if isinstance(accounts, StreamingAccounts | _SampledSteps):
-                await accounts.close()
-            await channel.close()
+            await streams.close()
+            for channel in channels.values():
+                await channel.close()
 
         return Assembly(
             services=[
@@ -181,11 +161,32 @@ def builder(accounts_target: str, deadline: float, transport: str = "stream"):
                     transfer_pb2_grpc.add_TransferServiceServicer_to_server,
                 )
             ],
-            on_start=[transfers.resume_unfinished],
+            on_start=[transfers.start],
             on_stop=[stop],
         )
 
     return build
+
+
+def hold_sqlite_file(db: str) -> Any:
+    """On SQLite, one transfer service per database file: its leases would otherwise be
+    every process's at once. Holds an exclusive lock on the file for the life of the
+    process (the returned handle); exits if another process holds it."""
+    if not db.startswith("sqlite:///"):
+        return None
+    path = Path(db.removeprefix("sqlite:///").partition("?")[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.critical(
+            "another transfer service uses %s: on SQLite one transfer service serves a"
+            " database file (run several on Postgres)",
+            path,
+        )
+        raise SystemExit(2) from None
+    return handle
 
 
 async def run(
@@ -195,8 +196,17 @@ async def run(
     grace: float,
     deadline: float = 5.0,
     stop: asyncio.Event | None = None,
-    transport: str = "stream",
 ) -> None:
-    build = builder(accounts, deadline, transport)
-    store = await open_async_store(db, observer=metrics.store_observer())
-    await run_service(listen=listen, store=store, grace=grace, build=build, stop=stop)
+    lock = hold_sqlite_file(db)
+    try:
+        store = await open_async_store(db, observer=metrics.store_observer())
+        await run_service(
+            listen=listen,
+            store=store,
+            grace=grace,
+            build=builder(accounts, deadline, sole_owner=lock is not None),
+            stop=stop,
+        )
+    finally:
+        if lock is not None:
+            lock.close()

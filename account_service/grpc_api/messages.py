@@ -23,8 +23,6 @@ _EVENT_TYPE = {
 }
 
 
-
-
 def account(view: AccountView) -> pb.Account:
     return pb.Account(
         account_id=view.account_id,

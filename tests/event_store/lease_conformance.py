@@ -179,3 +179,11 @@ class LeaseConformance:
         created(store, "w-1", owner="a", until=NOW * 2)
         assert store.abandon("a", NOW) == 1
         assert store.claim_due("b", NOW, NOW + 1, 10) == [("w-1", 2)]
+
+    def test_abandon_of_everyone_leaves_the_leases_at_rest_alone(self, store: EventStore) -> None:
+        created(store, "w-1", owner="a", until=NOW * 2)
+        created(store, "w-2", owner="b", until=NOW * 2)
+        created(store, "w-3", owner="b", until=NOW * 2)
+        store.append("w-3", 1, EVENT, LeaseWrite(LeaseChange.REST, 1, until=NOW * 3))
+        assert store.abandon(None, NOW) == 2
+        assert sorted(store.claim_due("c", NOW, NOW + 1, 10)) == [("w-1", 2), ("w-2", 2)]
