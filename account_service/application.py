@@ -95,11 +95,10 @@ class Accounts:
         return await self.execute(account_id, _existing, with_reservations=True)
 
     async def history(self, account_id: str, after_version: int, limit: int) -> list[HistoryEntry]:
-        """Up to ``limit`` events after ``after_version``, oldest first."""
-        page = await self._entries(account_id, after_version, limit)
-        if not page and after_version == 0:
-            raise AccountNotFound(account_id)
-        return page
+        """Up to ``limit`` events after ``after_version``, oldest first (also the refusals
+        stored before the account was opened; none for an account not opened)."""
+        await self.get(account_id)
+        return await self._entries(account_id, after_version, limit)
 
     async def _entries(self, account_id: str, after_version: int, limit: int) -> list[HistoryEntry]:
         page = await self._store.read_stream(
@@ -130,8 +129,7 @@ class Accounts:
         Commits in this process wake watchers at once; the poll catches commits made by
         other processes sharing the database.
         """
-        if await self._store.stream_version(stream_id(account_id)) == 0:
-            raise AccountNotFound(account_id)
+        await self.get(account_id)
         last = from_version
         while True:
             changed = self._changed.setdefault(account_id, asyncio.Event())

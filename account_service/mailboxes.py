@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from account_service.domain import Account, AccountEvent, Hold, Reserved
+from account_service.domain import Account, AccountEvent, Reserved
 from account_service.snapshots import SnapshotMark, Snapshots
 from account_service.streams import stored, stream_id
 from account_service.views import AccountView, view
@@ -259,6 +260,12 @@ class Mailboxes:
                     try:
                         events = decision(account)
                     except Exception as exc:
+                        # A step's refusal is stored with it (see the domain), and answered
+                        # once stored.
+                        events = getattr(exc, "record", ())
+                        for event in events:
+                            account.apply(event)
+                            new.append(stored(account, event))
                         outcomes.append(exc)
                         continue
                     for event in events:
@@ -279,8 +286,8 @@ class Mailboxes:
                     for index, reference in reserved:
                         hold = account.holds.get(reference)
                         if hold is not None:
-                            account.holds[reference] = Hold(
-                                hold.amount, recorded[index].recorded_at
+                            account.holds[reference] = replace(
+                                hold, reserved_at=recorded[index].recorded_at
                             )
                     self._crash_point(ACCOUNT_AFTER_APPEND)
                     self._on_stored(account_id)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
-from account_service.domain import Hold, Reserved
+from account_service.domain import Reserved
 from account_service.mailboxes import CrashPoint, Decision, Mailbox, Mailboxes
 from account_service.streams import stored, stream_id
 from account_service.views import AccountView, view
@@ -112,8 +113,8 @@ class Sequences:
                 assert account is not None
                 hold = account.holds.get(reference)
                 if hold is not None:
-                    account.holds[reference] = Hold(
-                        hold.amount, recorded[account_id][index].recorded_at
+                    account.holds[reference] = replace(
+                        hold, reserved_at=recorded[account_id][index].recorded_at
                     )
             self._crash_point(ACCOUNT_AFTER_APPEND)
         for account_id, mailbox in mailboxes.items():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from account_service.domain import Account, AccountEvent, AccountStatus, Hold
+from shared_kernel.values import INT64_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +22,13 @@ class AccountView:
     status: AccountStatus
     version: int
     reservations: tuple[tuple[str, Hold], ...] = ()
+    pending_credits: int = 0
+    overdraft_limit: int = 0
 
     @property
     def available(self) -> int:
-        return self.balance - self.reserved
+        # An overdraft limit near the top of int64 must not carry it past what int64 holds.
+        return min(self.balance - self.reserved + self.overdraft_limit, INT64_MAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +55,6 @@ def view(account: Account, with_reservations: bool = False) -> AccountView:
         status=account.status,
         version=account.version,
         reservations=tuple(account.holds.items()) if with_reservations else (),
+        pending_credits=account.pending_credits,
+        overdraft_limit=account.overdraft_limit,
     )

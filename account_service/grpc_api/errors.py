@@ -35,8 +35,16 @@ ERRORS = ErrorTable(
         ),
         domain.ReservationSettled: Refusal(StatusCode.FAILED_PRECONDITION, "RESERVATION_SETTLED"),
         domain.BalanceOutOfRange: Refusal(StatusCode.OUT_OF_RANGE, "BALANCE_OUT_OF_RANGE"),
+        domain.ExceedsHold: Refusal(StatusCode.FAILED_PRECONDITION, "EXCEEDS_PENDING_AMOUNT"),
+        domain.EpochFenced: Refusal(StatusCode.ABORTED, "EPOCH_FENCED"),
         StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
         ContentionTooHigh: Refusal(StatusCode.UNAVAILABLE, "CONTENTION"),
         StepNotRun: Refusal(StatusCode.ABORTED, "STEP_NOT_RUN"),
     }
 )
+
+
+def refusal_reason(error: str) -> str:
+    """The reason a stored refusal (``StepRefused.error``, a refusal's class name) had."""
+    refusal = ERRORS.refusal_for(domain.rebuilt(error, "", {}))
+    return refusal.reason if refusal is not None and refusal.reason else error

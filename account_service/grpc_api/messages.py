@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from account_service import domain
+from account_service.grpc_api.errors import refusal_reason
 from account_service.views import AccountView, HistoryEntry
 from bank.v1 import account_pb2 as pb
 from grpc_common.timestamps import timestamp
@@ -20,6 +21,11 @@ _EVENT_TYPE = {
     domain.ReservationCaptured: pb.ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED,
     domain.Credited: pb.ACCOUNT_EVENT_TYPE_CREDITED,
     domain.AccountClosed: pb.ACCOUNT_EVENT_TYPE_CLOSED,
+    domain.OverdraftLimitSet: pb.ACCOUNT_EVENT_TYPE_OVERDRAFT_LIMIT_SET,
+    domain.StepRefused: pb.ACCOUNT_EVENT_TYPE_STEP_REFUSED,
+    domain.CreditHeld: pb.ACCOUNT_EVENT_TYPE_CREDIT_HELD,
+    domain.CreditConfirmed: pb.ACCOUNT_EVENT_TYPE_CREDIT_CONFIRMED,
+    domain.CreditCancelled: pb.ACCOUNT_EVENT_TYPE_CREDIT_CANCELLED,
 }
 
 
@@ -35,22 +41,31 @@ def account(view: AccountView) -> pb.Account:
         version=view.version,
         reservations=[
             pb.Reservation(
-                reference=reference, amount=hold.amount, reserved_at=timestamp(hold.reserved_at)
+                reference=reference,
+                amount=hold.amount,
+                reserved_at=timestamp(hold.reserved_at),
+                expires_at=timestamp(hold.expires_at),
             )
             for reference, hold in view.reservations
         ],
+        pending_credits=view.pending_credits,
+        overdraft_limit=view.overdraft_limit,
     )
 
 
 def account_event(entry: HistoryEntry) -> pb.AccountEvent:
     event = entry.event
-    return pb.AccountEvent(
+    message = pb.AccountEvent(
         account_id=entry.account_id,
         version=entry.version,
         type=_EVENT_TYPE[type(event)],
-        amount=getattr(event, "amount", 0),
+        amount=getattr(event, "amount", getattr(event, "limit", 0)),
         reference=getattr(event, "reference", ""),
         balance_after=entry.balance_after,
         reserved_after=entry.reserved_after,
         occurred_at=timestamp(entry.occurred_at),
     )
+    if isinstance(event, domain.StepRefused):
+        message.reason = refusal_reason(event.error)
+        message.step = event.step
+    return message

@@ -67,6 +67,14 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         account_id = parse_id(request.account_id, "account_id")
         return messages.account(await self._accounts.execute(account_id, methodcaller("close")))
 
+    async def SetOverdraftLimit(
+        self, request: pb.SetOverdraftLimitRequest, context: Context
+    ) -> pb.Account:
+        account_id = parse_id(request.account_id, "account_id")
+        request_id = parse_key(request.request_id, "request_id")
+        decision = methodcaller("set_overdraft_limit", request.overdraft_limit, request_id)
+        return messages.account(await self._accounts.execute(account_id, decision))
+
     async def ListAccountEvents(
         self, request: pb.ListAccountEventsRequest, context: Context
     ) -> pb.ListAccountEventsResponse:
@@ -114,6 +122,15 @@ class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.Account:
         return messages.account(await self._accounts.execute(*steps.release(request)))
+
+    async def HoldCredit(self, request: pb.HoldCreditRequest, context: Context) -> pb.Account:
+        return messages.account(await self._accounts.execute(*steps.hold_credit(request)))
+
+    async def ConfirmCredit(self, request: pb.ConfirmCreditRequest, context: Context) -> pb.Account:
+        return messages.account(await self._accounts.execute(*steps.confirm_credit(request)))
+
+    async def CancelCredit(self, request: pb.CancelCreditRequest, context: Context) -> pb.Account:
+        return messages.account(await self._accounts.execute(*steps.cancel_credit(request)))
 
     async def ExecuteSteps(
         self, requests: AsyncIterator[pb.ExecuteStepsRequest], context: Context

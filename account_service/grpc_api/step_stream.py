@@ -2,11 +2,12 @@
 
 Steps go to their accounts' mailboxes as they arrive; outcomes go back as they finish,
 batched into as few messages as the pace allows. A step with ``after_step_id`` waits,
-unparsed, until the step it follows has an outcome: then it starts (credit taking that
-step's currency if it has none of its own), or, if that step did not succeed, is answered
-STEP_NOT_RUN with its own followers. An ``after_step_id`` that names no earlier step of the
-same request is answered INVALID_ARGUMENT. The outcomes of a chain of steps (each followed
-by one other) are sent together when it ends: its caller waits for the whole of it anyway.
+unparsed, until the step it follows has an outcome: then it starts (a reserve, credit or
+credit hold taking that step's currency if it has none of its own), or, if that step did
+not succeed, is answered STEP_NOT_RUN with its own followers. An ``after_step_id`` that
+names no earlier step of the same request is answered INVALID_ARGUMENT. The outcomes of a
+chain of steps (each followed by one other) are sent together when it ends: its caller
+waits for the whole of it anyway.
 A chain whose accounts are idle is first offered to ``submit_sequence``, which decides it
 whole and stores it in one append; where it declines, or its append fails, the chain runs
 step by step. The call ends once the caller is done sending (or reading is stopped) and
@@ -26,7 +27,7 @@ from grpc import StatusCode
 
 from account_service.grpc_api import messages
 from account_service.grpc_api.errors import ERRORS, StepNotRun
-from account_service.grpc_api.steps import STEPS, decision_after
+from account_service.grpc_api.steps import STEPS, decision_after, fill_currency
 from account_service.mailboxes import Decision
 from account_service.sequences import SequenceStep
 from account_service.views import AccountView
@@ -184,9 +185,8 @@ class StepStream:
         kind = step.WhichOneof("action")
         try:
             if kind is None:
-                raise InvalidArgument("action", "a step needs reserve, credit, capture or release")
-            if kind == "credit" and currency and not step.credit.currency:
-                step.credit.currency = currency
+                raise InvalidArgument("action", "a step needs one of the protocol's actions")
+            fill_currency(step, kind, currency)
             account_id, decision = STEPS[kind](getattr(step, kind))
             future = self._accounts.submit(account_id, decision)
         except Exception as exc:

@@ -33,7 +33,8 @@ from grpc_common.interceptors import DecodeGuard
 from grpc_common.rpc_metrics import ServerMetrics
 from grpc_common.server import observability_interceptors
 from tests.unit.fakes import FakeAccounts, InMemoryTransferRepository
-from transfer_service.accounts_client import GrpcAccounts
+from transfer_service.accounts_client import UnaryAccounts
+from transfer_service.domain import AccountStep, Action, Applied, Leg, Refused, Transfer, requested
 from transfer_service.process import Backoff, TransferProcess
 from transfer_service.server import _CountedTransfers, _SampledSteps
 
@@ -186,10 +187,15 @@ async def test_transfers_are_counted_by_end_state_and_reason(measured):
         backoff=Backoff(sleep=_no_sleep),
         on_retry=counts.retried,
     )
-    accounts.fail_next("credit", times=2)
-    done = await process.drive(await process.request(TID, SRC, DST, 60))
-    refused_id = "44444444-4444-4444-8444-444444444444"
-    failed = await process.drive(await process.request(refused_id, SRC, DST, 500))
+    accounts.fail_next(Action.CREDIT, times=2)
+
+    async def run(transfer_id: str, amount: int) -> Transfer:
+        request = requested(transfer_id, [Leg(SRC, DST, amount)])
+        recorded = await process.record(Transfer.empty(transfer_id), [request], 1)
+        return await process.drive(recorded, 1)
+
+    done = await run(TID, 60)
+    failed = await run("44444444-4444-4444-8444-444444444444", 500)
     assert (done.state.name, failed.state.name) == ("COMPLETED", "FAILED")
 
     assert _sample(measured, "bank_transfers_requested_total") == 2
@@ -200,9 +206,7 @@ async def test_transfers_are_counted_by_end_state_and_reason(measured):
     assert _sample(measured, "bank_transfer_duration_seconds_count", state="COMPLETED") == 1
     assert _sample(measured, "bank_transfer_duration_seconds_sum", state="COMPLETED") > 0
     assert (
-        _sample(
-            measured, "bank_transfer_step_retries_total", step="credit", error="StepUnavailable"
-        )
+        _sample(measured, "bank_transfer_step_retries_total", step="credit", error="StepUnanswered")
         == 2
     )
 
@@ -384,11 +388,13 @@ async def test_client_and_server_spans_share_the_transfer_trace(exporter):
             pb.DepositRequest(account_id=opened.account_id, amount=100, request_id="d")
         )
         traced = tracing.TracedChannel(grpc.aio.insecure_channel(address))
-        steps = GrpcAccounts(traced, deadline=5)
+        steps = UnaryAccounts({address: traced}, lambda _, a=address: a, deadline=5)
         with tracing.span("transfer", {tracing.TRANSFER_ID: TID}):
-            assert await steps.reserve(opened.account_id, TID, 30) == "EUR"
-            with pytest.raises(Exception, match="INSUFFICIENT_FUNDS"):
-                await steps.reserve(opened.account_id, "another", 1000)
+            reserve = [AccountStep(Action.RESERVE, opened.account_id, 30)]
+            assert await steps.run(reserve, TID, 1) == [Applied("EUR")]
+            too_much = [AccountStep(Action.RESERVE, opened.account_id, 1000)]
+            (refused,) = await steps.run(too_much, "another", 1)
+            assert isinstance(refused, Refused) and refused.reason == "INSUFFICIENT_FUNDS"
         await traced.close()
     by_name: dict[str, list] = {}
     for span in exporter.get_finished_spans():
@@ -457,12 +463,9 @@ class _Port:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    async def reserve(self, account_id: str, reference: str, amount: int) -> str:
+    async def run(self, steps, reference: str, epoch: int, currency: str = "") -> list:
         self.calls.append(reference)
-        return "EUR"
-
-    async def close(self) -> None:
-        return None
+        return [Applied("EUR")]
 
 
 @pytest.mark.parametrize(("sampler", "unary_calls"), [("always_on", 1), ("always_off", 0)])
@@ -476,7 +479,9 @@ async def test_steps_of_sampled_transfers_leave_the_stream(monkeypatch, sampler,
         unary, stream = _Port(), _Port()
         steps = _SampledSteps(unary, stream)  # type: ignore[arg-type]
         with tracing.span("transfer", {tracing.TRANSFER_ID: TID}):
-            assert await steps.reserve(SRC, TID, 1) == "EUR"
+            assert await steps.run([AccountStep(Action.RESERVE, SRC, 1)], TID, 1) == [
+                Applied("EUR")
+            ]
     finally:
         tracing.shutdown()
     assert (len(unary.calls), len(stream.calls)) == (unary_calls, 1 - unary_calls)
@@ -503,8 +508,9 @@ async def test_a_trace_not_sampled_makes_no_span_on_either_side(monkeypatch):
                 assert not tracing.sampled()
                 with tracing.span("inner") as inner:
                     assert inner is None  # under a dropped trace: not even made
-                steps = GrpcAccounts(traced, deadline=5)
-                assert await steps.reserve(opened.account_id, TID, 30) == "EUR"
+                steps = UnaryAccounts({address: traced}, lambda _, a=address: a, deadline=5)
+                reserve = [AccountStep(Action.RESERVE, opened.account_id, 30)]
+                assert await steps.run(reserve, TID, 1) == [Applied("EUR")]
             await traced.close()
     finally:
         tracing.shutdown()
