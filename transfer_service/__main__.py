@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 from grpc_common.settings import (
@@ -22,15 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = common_parser(
         "transfer_service", "Serve bank.v1.TransferService.", DEFAULT_LISTEN, DEFAULT_DB
     )
-    env_flag(parser, "--accounts", "BANK_ACCOUNTS", DEFAULT_ACCOUNTS, "account service address")
-    env_flag(parser, "--call-deadline", "BANK_CALL_DEADLINE", "5", "seconds per call to accounts")
-    parser.add_argument(
-        "--accounts-transport",
-        choices=["stream", "unary"],
-        default=os.environ.get("BANK_ACCOUNTS_TRANSPORT", "stream"),
-        help="protocol steps over one ExecuteSteps stream, or one unary call each"
-        " ($BANK_ACCOUNTS_TRANSPORT; default stream)",
+    env_flag(
+        parser,
+        "--accounts",
+        "BANK_ACCOUNTS",
+        DEFAULT_ACCOUNTS,
+        "account service address: HOST:PORT, or several, comma-separated (each account's"
+        " steps go to one of them)",
     )
+    env_flag(parser, "--call-deadline", "BANK_CALL_DEADLINE", "5", "seconds per call to accounts")
     add_security_flags(parser, accounts_client=True)
     add_observability_flags(parser)
     args = parser.parse_args(argv)
@@ -38,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_security(parser, args)
     configure_observability(parser, args, "transfer-service")
     grace, deadline = float(args.grace), float(args.call_deadline)
-    transport = args.accounts_transport
-    run_async(run(args.listen, args.db, args.accounts, grace, deadline, transport=transport))
+    run_async(run(args.listen, args.db, args.accounts, grace, deadline))
     return 0
 
 

@@ -255,7 +255,19 @@ def test_transfer_more_than_available_fails_with_insufficient_funds(bank, open_a
         tpb.TRANSFER_STATE_FAILED,
         "INSUFFICIENT_FUNDS",
     )
-    assert _version(bank, alice.account_id) == alice.version
+    # The refusal is stored on the account, for every repeat to be answered the same.
+    assert _version(bank, alice.account_id) == alice.version + 1
+    history = bank.accounts.ListAccountEvents(
+        apb.ListAccountEventsRequest(account_id=alice.account_id)
+    )
+    refused = history.events[-1]
+    assert (refused.type, refused.reason, refused.step, refused.reference) == (
+        apb.ACCOUNT_EVENT_TYPE_STEP_REFUSED,
+        "INSUFFICIENT_FUNDS",
+        "reserve",
+        transfer_id,
+    )
+    assert (refused.balance_after, refused.amount) == (10, 11)
 
 
 def test_transfer_to_a_closed_account_is_released_and_fails_with_account_closed(bank, open_account):

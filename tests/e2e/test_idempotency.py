@@ -5,8 +5,12 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
+import pytest
+
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
+from grpc_common.errors import error_info
 
 
 def _events(bank, account_id: str) -> list[apb.AccountEvent]:
@@ -41,14 +45,22 @@ def test_repeated_deposit_and_withdraw_store_once(bank, open_account):
 def test_reservation_calls_are_idempotent_by_reference(bank, open_account):
     source, target = open_account(100), open_account()
     rs = bank.reservations
+    reserve = apb.ReserveRequest(account_id=source.account_id, reference="t1", amount=40)
+    rs.Reserve(reserve)
     for _ in range(2):
-        rs.Reserve(apb.ReserveRequest(account_id=source.account_id, reference="t1", amount=40))
+        rs.Reserve(reserve)  # while held: a repeat
         rs.Credit(
             apb.CreditRequest(
                 account_id=target.account_id, reference="t1", amount=40, currency="EUR"
             )
         )
+    for _ in range(2):
         rs.Capture(apb.CaptureRequest(account_id=source.account_id, reference="t1"))
+    # Once settled, a reference never holds money again: the repeat is told so.
+    with pytest.raises(grpc.RpcError) as settled:
+        rs.Reserve(reserve)
+    assert settled.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(settled.value).reason == "RESERVATION_SETTLED"
     assert len(_events(bank, source.account_id)) == 4
     assert len(_events(bank, target.account_id)) == 2
     src = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=source.account_id))

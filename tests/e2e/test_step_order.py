@@ -11,8 +11,8 @@ import pytest
 
 from bank.v1 import account_pb2 as apb
 from tests.e2e.conftest import new_account
-from transfer_service.accounts_client import StreamingAccounts
-from transfer_service.process import StepRefused, StepUnavailable
+from transfer_service.accounts_client import StepStream, StreamingAccounts
+from transfer_service.domain import AccountStep, Action, Applied, Refused
 
 pytestmark = pytest.mark.e2e
 
@@ -61,9 +61,12 @@ def test_a_whole_transfer_in_one_request_moves_the_money_once(bank):
     # The credit took the reserve's currency.
     assert outcomes[2].account.currency == "EUR"
     assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
-    # The same request again repeats every step and changes nothing.
+    # The same request again changes nothing: the settled hold is not placed again, and
+    # the steps after it do not run.
     outcomes, _ = _run(bank, apb.ExecuteStepsRequest(steps=steps))
-    assert [outcomes[i].WhichOneof("result") for i in (1, 2, 3)] == ["account"] * 3
+    assert outcomes[1].error.reason == "RESERVATION_SETTLED"
+    assert outcomes[1].error.metadata["outcome"] == "captured"
+    assert [outcomes[i].error.reason for i in (2, 3)] == ["STEP_NOT_RUN"] * 2
     assert _balances(bank, ada, bob) == [(70, 0), (30, 0)]
 
 
@@ -164,25 +167,32 @@ def test_the_transfer_services_client_sends_the_three_calls_as_one_sequence(bank
     carol = new_account(bank).account_id
     bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=carol))
 
+    def transfer(source: str, target: str, amount: int) -> list[AccountStep]:
+        return [
+            AccountStep(Action.RESERVE, source, amount),
+            AccountStep(Action.CREDIT, target, amount),
+            AccountStep(Action.CAPTURE, source),
+        ]
+
     async def scenario() -> tuple[list, list, list]:
         async with grpc.aio.insecure_channel(bank.account.address) as channel:
-            accounts = StreamingAccounts(channel)
+            stream = StepStream(channel)
+            accounts = StreamingAccounts({bank.account.address: stream})
             try:
-                # Until the stream has said it can, the calls go one at a time.
-                first = await accounts.forward(ada, bob, str(uuid.uuid4()), 10)
-                assert accounts._ordered
-                whole = await accounts.forward(ada, bob, str(uuid.uuid4()), 20)
-                refused = await accounts.forward(ada, carol, "to-carol", 5)
+                # Until the stream has said it can, the steps go one at a time.
+                first = await accounts.run(transfer(ada, bob, 10), str(uuid.uuid4()), 1)
+                assert stream._ordered
+                whole = await accounts.run(transfer(ada, bob, 20), str(uuid.uuid4()), 1)
+                refused = await accounts.run(transfer(ada, carol, 5), "to-carol", 1)
                 return first, whole, refused
             finally:
                 await accounts.close()
 
     first, whole, refused = asyncio.run(scenario())
-    assert first == ["EUR", None, None]
-    assert whole == ["EUR", None, None]
-    assert refused[0] == "EUR" and len(refused) == 2
-    assert isinstance(refused[1], StepRefused) and refused[1].reason == "ACCOUNT_CLOSED"
-    assert not isinstance(refused[1], StepUnavailable)
+    assert first == [Applied("EUR")] * 3
+    assert whole == [Applied("EUR")] * 3
+    assert refused[0] == Applied("EUR") and len(refused) == 2
+    assert isinstance(refused[1], Refused) and refused[1].reason == "ACCOUNT_CLOSED"
     assert _balances(bank, ada, bob) == [(70, 5), (30, 0)]
     bank.reservations.Release(apb.ReleaseRequest(account_id=ada, reference="to-carol"))
     assert _balances(bank, ada) == [(70, 0)]
