@@ -18,9 +18,9 @@ from bank.experimental.v1 import naive_pb2, naive_pb2_grpc
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from bank_cli.bench_variants import VARIANTS
+from bank_cli.harness import ServiceProcess
 from grpc_common.errors import error_info
 from tests.e2e.conftest import new_account
-from tests.e2e.harness import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
