@@ -9,7 +9,7 @@ import sys
 # Modules that define ``register(subparsers)``; each adds one or more commands whose
 # parser sets ``func`` to a callable taking the parsed arguments and returning an exit code.
 # A module may also define ``EPILOG``, text shown at the end of ``bank --help``.
-COMMAND_MODULES: list[str] = ["commands", "audit", "bench", "bench_variants", "chaos"]
+COMMAND_MODULES: list[str] = ["commands", "audit", "bench", "chaos"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,13 +86,8 @@ def tune_gc() -> None:
     all the process had imported (modules, classes, descriptors). Here the objects alive
     at start are frozen (``gc.freeze``: never scanned, never freed) and the youngest
     generation is collected every 10,000 net allocations; cycles are still found and freed,
-    only later. ``BANK_GC=python`` keeps Python's defaults (for comparison).
+    only later.
     """
-    setting = os.environ.get("BANK_GC", "tuned")
-    if setting == "python":
-        return
-    if setting != "tuned":
-        sys.exit(f"BANK_GC={setting!r}: expected tuned or python")
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -104,11 +99,7 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
 
     ``BANK_EVENT_LOOP=asyncio`` forces the standard loop (for comparison or debugging).
     """
-    try:
-        tune_gc()
-    except SystemExit:
-        main.close()  # never started: stop without a "never awaited" warning
-        raise
+    tune_gc()
     if os.environ.get("BANK_EVENT_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop

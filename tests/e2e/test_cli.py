@@ -22,7 +22,7 @@ import pytest
 
 from bank.v1 import account_pb2 as apb
 from bank_cli.__main__ import main
-from tests.e2e.harness import free_port
+from bank_cli.harness import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,9 @@ from sqlalchemy import make_url
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
+from bank_cli.harness import ServiceProcess, free_port
 from tests.e2e.conftest import new_account, refusal
-from tests.e2e.harness import Bank, ServiceProcess, free_port
+from tests.e2e.harness import Bank
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

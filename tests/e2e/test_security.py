@@ -29,8 +29,9 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.__main__ import main as cli_main
+from bank_cli.harness import ServiceProcess
 from tests.e2e.conftest import refusal
-from tests.e2e.harness import Bank, ServiceProcess
+from tests.e2e.harness import Bank
 
 pytestmark = pytest.mark.e2e
 
