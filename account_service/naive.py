@@ -16,25 +16,61 @@ the locked target, so a refused deposit never leaves the money withdrawn.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from operator import methodcaller
 
 import grpc
 from grpc import StatusCode
 
 from account_service import domain
-from account_service.application import Accounts, ContentionTooHigh, LockTimeout
+from account_service.application import Accounts
 from account_service.grpc_api import messages
+from account_service.mailboxes import ContentionTooHigh, Decision
+from account_service.views import AccountView
 from bank.experimental.v1 import naive_pb2 as pb
 from bank.experimental.v1 import naive_pb2_grpc
 from event_store import StoreUnavailable
 from grpc_common.errors import ErrorTable, Refusal
 from grpc_common.server import Service
-from shared_kernel.errors import InvalidArgument
+from shared_kernel.errors import DomainError, InvalidArgument
 from shared_kernel.values import parse_amount, parse_id, parse_optional_id
 
 # The lock wait of the original design.
 LOCK_TIMEOUT = 5.0
+
+
+class LockTimeout(DomainError):
+    """An account stayed locked by another caller for longer than the caller would wait."""
+
+    def __init__(self, account_id: str, timeout: float) -> None:
+        super().__init__(
+            f"account {account_id} stayed locked for {timeout:g}s", account_id=account_id
+        )
+
+
+@contextlib.asynccontextmanager
+async def exclusive(
+    accounts: Accounts,
+    account_id: str,
+    timeout: float,  # noqa: ASYNC109 - a lock wait, not a deadline
+) -> AsyncIterator[Callable[[Decision], Awaitable[AccountView]]]:
+    """Holds the account's lock (waiting at most ``timeout``) for several commands.
+
+    Yields a function that decides and stores one command while the lock is held.
+    Commands of other callers queue meanwhile. Holding two of these at once is how
+    the naive transfer strategy works, and why it deadlocks.
+    """
+    try:
+        held = await asyncio.wait_for(accounts.hold(account_id), timeout)
+    except TimeoutError:
+        raise LockTimeout(account_id, timeout) from None
+    try:
+        yield held.execute
+    finally:
+        held.release()
+
 
 NAIVE_ERRORS = ErrorTable(
     {
@@ -93,9 +129,9 @@ class NaiveTransferServicer(naive_pb2_grpc.NaiveTransferServiceServicer):
             raise InvalidArgument("to_account_id", "must differ from from_account_id")
         amount = parse_amount(request.amount)
         accounts, timeout = self._accounts, self._lock_timeout
-        async with accounts.exclusive(target, timeout) as on_target:
+        async with exclusive(accounts, target, timeout) as on_target:
             checked = await on_target(_deposit_would_succeed(amount, transfer_id))
-            async with accounts.exclusive(source, timeout) as on_source:
+            async with exclusive(accounts, source, timeout) as on_source:
                 withdraw = methodcaller("withdraw", amount, transfer_id)
                 after_source = await on_source(_same_currency(checked.currency, withdraw))
             after_target = await on_target(methodcaller("deposit", amount, transfer_id))

@@ -1,14 +1,15 @@
 """Append-only event streams with optimistic concurrency, behind one port.
 
 Backends: SQLite (embedded default), Postgres, in-memory (tests). ``open_store`` picks one
-by URL; ``AsyncEventStore`` runs any of them for asyncio code with group commit.
+by URL; ``AsyncEventStore`` runs any of them for asyncio code with group commit, and
+``open_async_store`` opens one that way, ready to use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .aio import AsyncEventStore, default_writers
+from .aio import AppendObserver, AsyncEventStore
 from .memory import InMemoryEventStore
 from .port import (
     AppendRequest,
@@ -24,6 +25,7 @@ from .postgres import PostgresEventStore
 from .sqlite import SqliteEventStore
 
 __all__ = [
+    "AppendObserver",
     "AppendRequest",
     "AsyncEventStore",
     "ConcurrencyConflict",
@@ -36,7 +38,7 @@ __all__ = [
     "Snapshot",
     "SqliteEventStore",
     "StoreUnavailable",
-    "default_writers",
+    "open_async_store",
     "open_store",
 ]
 
@@ -62,3 +64,19 @@ def open_store(url: str, **options: Any) -> EventStore:
         f"unsupported event store URL {url!r}: use sqlite:///<file>, "
         "postgresql+psycopg://..., or memory://"
     )
+
+
+async def open_async_store(url: str, *, observer: AppendObserver | None = None) -> AsyncEventStore:
+    """The store named by ``url`` for asyncio code, started, its schema created or migrated
+    once the database answers (it waits for that as long as it takes).
+
+    ``observer``: told of every append (see ``AsyncEventStore``).
+    """
+    store = AsyncEventStore(open_store(url), observer=observer)
+    await store.start()
+    try:
+        await store.migrate_when_ready()
+    except BaseException:
+        await store.close()
+        raise
+    return store

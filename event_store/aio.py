@@ -9,26 +9,27 @@ one fsync, for every caller that arrived while the previous batch was committing
 load batches grow by themselves; when idle a lone append is written immediately, so
 there is no added latency to trade for it.
 
-A writer takes its next batch on the loop, after answering the callers of the last one,
+The writer takes its next batch on the loop, after answering the callers of the last one,
 and not at once: it first lets the loop run a few rounds (``linger``, 4 by default). The
 callers it has just answered are mostly protocol steps whose next step is another append
 (a reserve stored, the account service starts the credit that follows; a sequence
 answered, the transfer service records it); a few rounds is what those take to queue their
 appends. Taken at once, the next batch would hold only what arrived during the commit, and
-each follow-up would wait a whole extra commit. With the rounds, on the benchmark machine,
-the hot pair at 100 in flight went from 1,843 to 2,039 transfers/s on SQLite (+11 %; +5 %,
-and uniform +9 %, when measured again) and from 1,416 to 1,596 on Postgres (means of
-alternating runs on the same services); a lone append waits only for the rounds of an idle
-loop, a few microseconds.
+each follow-up would wait a whole extra commit. The rounds raise the rate of transfers
+on both databases (docs/performance.md has the figures); a lone append waits only for the
+rounds of an idle loop, a few microseconds.
 
-Writer threads that took their next batch themselves, straight after each commit, were
-tried: on Postgres the hot-pair rate at 100 in flight fell by 10-30 % (three alternating
-pairs of runs on the benchmark machine) and SQLite gained nothing measurable, so this
-simpler arrangement stays.
+One writer, not several: SQLite has a single writer per file and Postgres appends commit
+one at a time under their lock (see ``postgres``), so more writers only make smaller
+batches that queue on the same lock. Writer threads that took their next batch
+themselves, straight after each commit, were slower on Postgres and no faster on SQLite.
 
 ``append_batch()`` appends to several streams all or nothing, as the port's does: its
 requests go into a batch together and stand or fall together. If one request of a batch
 conflicts, the batch is written again caller by caller, so only the callers at fault fail.
+
+An observer (``AppendObserver``), when given, hears of every append and every commit; with
+none, the appends run exactly as they would without the hook.
 
 Reads go straight to a thread pool; only appends are batched. Snapshots are saved by a
 thread of their own, one at a time: off the group commit (a large snapshot never delays
@@ -41,12 +42,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .port import (
     AppendRequest,
@@ -61,7 +64,9 @@ from .port import (
     check_batch,
 )
 
-__all__ = ["AsyncEventStore", "default_writers"]
+__all__ = ["AppendObserver", "AsyncEventStore"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -69,45 +74,49 @@ T = TypeVar("T")
 _Pending = tuple[tuple[AppendRequest, ...], "asyncio.Future[list[list[RecordedEvent]]]"]
 
 
-def default_writers(store: EventStore) -> int:
-    """Writer tasks that suit the backend: 1 for every backend today.
+class AppendObserver(Protocol):
+    """Hears of the appends of an ``AsyncEventStore`` (metrics, for one)."""
 
-    SQLite has a single writer per file, so more writer tasks only queue on its lock.
-    Postgres appends also commit one at a time (see ``postgres``); with several writers
-    each batch is smaller while they still queue on that lock, so one writer with large
-    batches does more per second and costs less CPU (measured: 526 → 674 transfers/s on
-    the seed experiment at 100 in flight, with a third less CPU per transfer).
-    """
-    return 1
+    def appended(
+        self, requests: Sequence[AppendRequest], seconds: float, error: BaseException | None
+    ) -> None:
+        """After each ``append`` (one request) or ``append_batch``, on the loop: the seconds
+        its caller waited (its turn and the commit), and the error if nothing was stored."""
+
+    def committed(self, appends: int, seconds: float) -> None:
+        """After each transaction the writer makes, in the writer's thread: how many
+        appends (requests) it held and the seconds it took, whether it committed or not."""
 
 
 class AsyncEventStore:
     """Runs a synchronous ``EventStore`` for asyncio code; appends are group-committed.
 
-    ``writers`` writer tasks each own a one-thread executor, so each has at most one
-    batch in flight; ``readers`` threads serve reads. Pass ``default_writers(store)`` to
-    pick the writer count by backend. ``linger``: loop rounds a writer lets pass before it
-    takes a batch, whether it has just answered one or was woken from idle (see the module).
-    Use ``start()``/``close()`` or ``async with``.
+    One writer task hands its batches to a thread of its own, so at most one batch is in
+    flight (a single writer per database: see ``postgres`` and ``sqlite``); ``readers``
+    threads serve reads. ``linger``: loop rounds the writer lets pass before it takes a
+    batch, whether it has just answered one or was woken from idle (see the module).
+    ``observer``: told of every append and commit. Use ``start()``/``close()`` or
+    ``async with``.
     """
 
     def __init__(
         self,
         store: EventStore,
         *,
-        writers: int = 1,
         readers: int = 4,
         max_batch: int = 256,
         linger: int = 4,
+        observer: AppendObserver | None = None,
     ) -> None:
-        if writers < 1 or readers < 1 or max_batch < 1:
-            raise ValueError("writers, readers and max_batch must be >= 1")
+        if readers < 1 or max_batch < 1:
+            raise ValueError("readers and max_batch must be >= 1")
         if linger < 0:
             raise ValueError("linger must be >= 0")
         self.store = store
         self.max_batch = max_batch
         self.linger = linger
-        self._writers = [_Thread(f"event-store-writer-{i}") for i in range(writers)]
+        self._observer = observer
+        self._thread = _Thread("event-store-writer")
         self._readers = ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="event-store-reader"
         )
@@ -119,7 +128,7 @@ class AsyncEventStore:
         # so requests of one stream are written in arrival order and never race each other.
         self._busy_streams: set[str] = set()
         self._wakeup: asyncio.Event | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
 
@@ -131,17 +140,14 @@ class AsyncEventStore:
         await self.close()
 
     async def start(self) -> None:
-        """Start the writer tasks on the running loop."""
-        if self._tasks or self._closing:
-            raise RuntimeError("AsyncEventStore already started" if self._tasks else "closed")
+        """Start the writer task on the running loop."""
+        if self._task is not None or self._closing:
+            raise RuntimeError("AsyncEventStore already started" if self._task else "closed")
         self._wakeup = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._writer(thread), name=f"event-store-writer-{i}")
-            for i, thread in enumerate(self._writers)
-        ]
+        self._task = asyncio.create_task(self._writer(), name="event-store-writer")
 
     async def close(self) -> None:
-        """Write every pending append, stop the writers, close the store and the threads."""
+        """Write every pending append, stop the writer, close the store and the threads."""
         if self._closed is None:
             self._closing = True  # from now on append() refuses
             self._closed = asyncio.ensure_future(self._close())
@@ -149,16 +155,15 @@ class AsyncEventStore:
         await asyncio.shield(self._closed)
 
     async def _close(self) -> None:
-        if self._tasks:
+        if self._task is not None:
             assert self._wakeup is not None
             self._wakeup.set()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(self._task, return_exceptions=True)
         # Reads may still be running in the pool; wait for them off the loop.
         await asyncio.get_running_loop().run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
-        for thread in self._writers:
-            thread.shutdown()
+        self._thread.shutdown()
         self._readers.shutdown(wait=True)
         self._snapshots.shutdown(wait=True)
         self.store.close()
@@ -168,24 +173,44 @@ class AsyncEventStore:
     async def append(
         self, stream_id: str, expected_version: int, events: Sequence[NewEvent]
     ) -> list[RecordedEvent]:
+        requests = (AppendRequest(stream_id, expected_version, events),)
+        if self._observer is not None:
+            return (await self._observed(self._observer, requests))[0]
         # Rejected here so that one malformed request never reaches (and fails) a batch.
         check_append(stream_id, expected_version, events)
-        (recorded,) = await self._queue((AppendRequest(stream_id, expected_version, events),))
+        (recorded,) = await self._queue(requests)
         return recorded
 
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         """Appends to several streams in one transaction, all or nothing (see the module)."""
         if not requests:
             return []
+        if self._observer is not None:
+            return await self._observed(self._observer, tuple(requests))
         check_batch(requests)
         return await self._queue(tuple(requests))
+
+    async def _observed(
+        self, observer: AppendObserver, requests: tuple[AppendRequest, ...]
+    ) -> list[list[RecordedEvent]]:
+        """An append as its caller sees it, from the check of its input to its answer,
+        told to the observer."""
+        start = time.perf_counter()
+        try:
+            check_batch(requests)
+            recorded = await self._queue(requests)
+        except BaseException as exc:
+            observer.appended(requests, time.perf_counter() - start, exc)
+            raise
+        observer.appended(requests, time.perf_counter() - start, None)
+        return recorded
 
     def _queue(
         self, requests: tuple[AppendRequest, ...]
     ) -> asyncio.Future[list[list[RecordedEvent]]]:
         if self._closing:
             raise EventStoreError("AsyncEventStore is closed")
-        if not self._tasks:
+        if self._task is None:
             raise RuntimeError("AsyncEventStore.start() has not been called")
         assert self._wakeup is not None
         future: asyncio.Future[list[list[RecordedEvent]]] = (
@@ -218,16 +243,16 @@ class AsyncEventStore:
         self._busy_streams |= streams
         return batch
 
-    async def _writer(self, thread: _Thread) -> None:
+    async def _writer(self) -> None:
         assert self._wakeup is not None
         wakeup = self._wakeup
+        thread = self._thread
         while True:
             for _ in range(self.linger):
                 await asyncio.sleep(0)  # one round of the loop: see the module
             batch = self._take_batch()
             if not batch:
                 if self._closing and not self._pending and not self._busy_streams:
-                    wakeup.set()  # let the other writers see that the work is done
                     return
                 wakeup.clear()
                 await wakeup.wait()
@@ -248,7 +273,7 @@ class AsyncEventStore:
                 self._busy_streams.difference_update(
                     r.stream_id for requests in groups for r in requests
                 )
-                # Requests held back for these streams may go now; wake a writer for them.
+                # Requests held back for these streams may go now.
                 wakeup.set()
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():  # cancelled caller; its append may still have committed
@@ -264,7 +289,7 @@ class AsyncEventStore:
         """Runs in the writer's thread: one batch of every caller's requests, or caller by
         caller to single out the losers. An outcome per caller."""
         try:
-            recorded = self.store.append_batch([r for requests in groups for r in requests])
+            recorded = self._commit([r for requests in groups for r in requests])
         except StoreUnavailable as exc:
             return _shared_error(exc, len(groups))
         except (ConcurrencyConflict, ValueError) as exc:
@@ -284,10 +309,21 @@ class AsyncEventStore:
         outcomes = []
         for requests in groups:
             try:
-                outcomes.append(self.store.append_batch(requests))
+                outcomes.append(self._commit(requests))
             except Exception as exc:  # handed to that caller
                 outcomes.append(exc)
         return outcomes
+
+    def _commit(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
+        """One transaction of the store, in the writer's thread, told to the observer."""
+        observer = self._observer
+        if observer is None:
+            return self.store.append_batch(requests)
+        start = time.perf_counter()
+        try:
+            return self.store.append_batch(requests)
+        finally:
+            observer.committed(len(requests), time.perf_counter() - start)
 
     # --- everything else -------------------------------------------------------------
 
@@ -297,6 +333,18 @@ class AsyncEventStore:
 
     async def migrate(self) -> None:
         await self._run(self.store.migrate)
+
+    async def migrate_when_ready(self, max_delay: float = 5.0) -> None:
+        """Creates or migrates the schema, waiting for the database if it is not up yet."""
+        delay = 0.2
+        while True:
+            try:
+                await self.migrate()
+                return
+            except StoreUnavailable as exc:
+                log.warning("database not ready (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
 
     async def ping(self) -> None:
         await self._run(self.store.ping)

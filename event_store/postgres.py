@@ -4,7 +4,7 @@ Positions come from an identity column, and a sequence hands out numbers in the 
 transactions *ask*, not the order they *commit*. A reader of ``read_all`` could then see
 position 12 committed while 11 is still in flight, move past 11, and miss it forever.
 Each append therefore takes a transaction-scoped advisory lock (one per schema) before
-it checks versions and inserts, so append transactions commit in position order. The
+it inserts, so append transactions commit in position order. The
 commit is the costly part either way; callers batch appends (see ``aio``) to share it.
 
 Every connection plans each statement for the values it is run with
@@ -24,78 +24,43 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import (
-    URL,
-    BigInteger,
-    Connection,
-    String,
-    and_,
-    bindparam,
-    create_engine,
-    event,
-    func,
-    make_url,
-    select,
-    text,
-)
+from sqlalchemy import URL, Connection, create_engine, event, make_url, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import ARRAY
 
-from .port import AppendRequest, ConcurrencyConflict, EventStoreError, StoreUnavailable
-from .sql import SqlEventStore, check_versions, events, tag_rows_for, translate_error
+from .port import AppendRequest, ConcurrencyConflict
+from .sql import SqlEventStore, check_versions, tag_rows_for, translate_error
 
 __all__ = ["PostgresEventStore", "postgres_url"]
 
 # Advisory lock keys: (class, hashtext(schema)). Distinct classes so that a long
 # migration and appends do not look like the same lock in pg_locks.
-_APPEND_LOCK = text(
-    "SELECT pg_advisory_xact_lock(720501, hashtext(coalesce(current_schema(), '')))"
-)
+_APPEND_LOCK = "SELECT pg_advisory_xact_lock(720501, hashtext(coalesce(current_schema(), '')))"
 _MIGRATE_LOCK = text(
     "SELECT pg_advisory_xact_lock(720502, hashtext(coalesce(current_schema(), '')))"
 )
 
-# Keys as two arrays joined against the table: one statement text whatever the batch
-# size, so the server-side prepared plan is reused.
-_KEYS = (
-    func.unnest(
-        bindparam("stream_ids", type_=ARRAY(String)),
-        bindparam("versions", type_=ARRAY(BigInteger)),
-    )
-    .table_valued("stream_id", "version")
-    .render_derived()
-    .alias("k")
-)
-_EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).select_from(
-    _KEYS.join(
-        events,
-        and_(events.c.stream_id == _KEYS.c.stream_id, events.c.version == _KEYS.c.version),
-    )
-)
-
 DEFAULT_CONNECT_TIMEOUT_S = 10
 
-# The driver path's statements: the same checks and inserts as the Core path, each one
-# statement text whatever the batch size (not VALUES lists), so psycopg prepares each once
-# per connection. The inserts take their rows as one JSON text (``json_to_recordset``):
+# The append's statements, each one statement text whatever the batch size (not VALUES
+# lists), so psycopg prepares each once per connection and the server reuses its plan.
+# The inserts take their rows as one JSON text (``json_to_recordset``):
 # psycopg dumps a list parameter element by element in Python, which made the arrays the
 # writer's largest cost (a third of its time holding the interpreter lock), while the
 # json module's C encoder writes the rows in one call. The version check keeps its two
 # small arrays: joined against ``json_to_recordset``, whose row count the planner cannot
 # see (it assumes 100), the check was planned as a hash join over a sequential scan of
 # ``events`` while the table was small, and the server's CPU per transfer doubled.
-_DRIVER_EXISTING_VERSIONS = (
+_EXISTING_VERSIONS = (
     "SELECT e.stream_id, e.version FROM unnest(%s::varchar[], %s::bigint[]) AS k(s, v)"
     " JOIN events AS e ON e.stream_id = k.s AND e.version = k.v"
 )
-_DRIVER_APPEND_LOCK = str(_APPEND_LOCK)
-_DRIVER_INSERT_EVENTS = (
+_INSERT_EVENTS = (
     "INSERT INTO events (stream_id, version, type, data, recorded_at)"
     " SELECT stream_id, version, type, data, recorded_at FROM json_to_recordset(%s::json)"
     " AS r(stream_id varchar, version bigint, type varchar, data text, recorded_at bigint)"
     " RETURNING position, stream_id, version"
 )
-_DRIVER_INSERT_TAGS = (
+_INSERT_TAGS = (
     "INSERT INTO event_tags (tag, position)"
     " SELECT tag, position FROM json_to_recordset(%s::json) AS t(tag varchar, position bigint)"
 )
@@ -125,8 +90,6 @@ class PostgresEventStore(SqlEventStore):
     ``?options=-csearch_path%3Dmyschema`` selects the schema.
     """
 
-    ordered_returning = True
-
     def __init__(
         self,
         url: str | URL,
@@ -135,12 +98,8 @@ class PostgresEventStore(SqlEventStore):
         max_overflow: int = 10,
         pool_timeout: float = 30.0,
         connect_args: dict[str, Any] | None = None,
-        driver_appends: bool = True,
         **engine_options: Any,
     ) -> None:
-        """``driver_appends=False`` writes appends through SQLAlchemy Core, statement by
-        statement (slower; kept so that both paths stay tested)."""
-        self.driver_appends = driver_appends
         parsed = postgres_url(url)
         args = dict(connect_args or {})
         if "connect_timeout" not in parsed.query:
@@ -159,15 +118,6 @@ class PostgresEventStore(SqlEventStore):
         # Reads are single statements: autocommit saves the BEGIN and ROLLBACK round trips.
         super().__init__(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
 
-    def _existing_versions(
-        self, conn: Connection, keys: list[tuple[str, int]]
-    ) -> set[tuple[str, int]]:
-        params = {"stream_ids": [k[0] for k in keys], "versions": [k[1] for k in keys]}
-        return {(s, v) for s, v in conn.execute(_EXISTING_VERSIONS, params)}
-
-    def _lock_appends(self, conn: Connection) -> None:
-        conn.execute(_APPEND_LOCK)
-
     def _lock_migrations(self, conn: Connection) -> None:
         conn.execute(_MIGRATE_LOCK)
 
@@ -181,16 +131,13 @@ class PostgresEventStore(SqlEventStore):
 
         The version check, the lock and the insert go out together (psycopg's pipeline
         mode); once their answers are back and the check passed, the tags and the commit
-        go together. Same statements and checks as the Core path, without a round trip
-        and SQLAlchemy's machinery per statement.
+        go together, without SQLAlchemy's machinery per statement.
 
         The connection is kept between appends (by the one thread that appends at a time,
         the store's writer), which saves the pool's checkout and its liveness ping. If it
         turns out dead before the commit was sent, nothing was written: the append is
         made once more on a fresh connection, as the ping would have done.
         """
-        if not self.driver_appends:
-            return super()._write(requests, keys, rows)
         with self._kept.turn() as keep:
             kept = self._kept.take() if keep else None
             if kept is not None:
@@ -206,7 +153,7 @@ class PostgresEventStore(SqlEventStore):
         except sa_exc.SQLAlchemyError as exc:
             raise translate_error(exc) from exc
         except psycopg.Error as exc:  # the pool lets the driver's connect errors through
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
 
     def _write_on(
         self,
@@ -226,16 +173,16 @@ class PostgresEventStore(SqlEventStore):
             try:
                 with conn.pipeline():
                     found = conn.execute(
-                        _DRIVER_EXISTING_VERSIONS, ([k[0] for k in keys], [k[1] for k in keys])
+                        _EXISTING_VERSIONS, ([k[0] for k in keys], [k[1] for k in keys])
                     )
-                    conn.execute(_DRIVER_APPEND_LOCK)
-                    inserted = conn.execute(_DRIVER_INSERT_EVENTS, (_rows_json(rows),))
+                    conn.execute(_APPEND_LOCK)
+                    inserted = conn.execute(_INSERT_EVENTS, (_rows_json(rows),))
                     # The check ran before the insert; if it fails, nothing is committed.
                     check_versions(requests, {(s, v) for s, v in found.fetchall()})
                     positions = {(s, v): p for p, s, v in inserted.fetchall()}
                     tag_rows = tag_rows_for(requests, positions)
                     if tag_rows:
-                        conn.execute(_DRIVER_INSERT_TAGS, (_rows_json(tag_rows),))
+                        conn.execute(_INSERT_TAGS, (_rows_json(tag_rows),))
                     committing = True
                     conn.commit()
             except BaseException:
@@ -253,7 +200,7 @@ class PostgresEventStore(SqlEventStore):
             pooled.close()
             if kept and not committing and isinstance(exc, psycopg.OperationalError):
                 raise _DeadBeforeCommit(exc) from exc
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
         except BaseException:
             pooled.invalidate()
             pooled.close()
@@ -276,12 +223,3 @@ def _plan_for_the_values(dbapi_connection: psycopg.Connection[Any], _record: Any
 class _DeadBeforeCommit(Exception):
     """The kept connection failed before the commit was sent: nothing of the append is
     stored, and it may be made again on another connection."""
-
-
-def _translate(exc: psycopg.Error) -> EventStoreError:
-    """The driver's errors as the port's, the way ``translate_error`` maps SQLAlchemy's."""
-    lines = str(exc).strip().splitlines()
-    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return StoreUnavailable(detail)
-    return EventStoreError(detail)

@@ -1,9 +1,11 @@
-"""The SQLAlchemy Core implementation of the event store shared by the SQL backends.
+"""The SQLAlchemy implementation of the event store shared by the SQL backends.
 
 Owns the schema (``events``, ``event_tags``, ``event_tag_log``, ``snapshots``,
-``schema_version``), its migration steps, the prebuilt statements, and the append/read
-logic. Backends subclass ``SqlEventStore`` to configure the engine and the locking that
-keeps positions in commit order.
+``schema_version``), its migration steps, the prebuilt statements, the reads, the
+preparation of an append (its rows, the version keys it checks, what it returns) and the
+one translation of database errors into the port's. Backends subclass ``SqlEventStore`` to
+configure the engine and to write an append's transaction (``_write``) on their driver's
+connection, with the locking that keeps positions in commit order.
 
 Tags are found through two tables: ``event_tags``, keyed by ``(tag, position)``, and
 ``event_tag_log``, rows in the order they were appended with no index of their own. An
@@ -25,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -45,7 +47,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    tuple_,
     union_all,
 )
 from sqlalchemy import exc as sa_exc
@@ -174,10 +175,6 @@ _EVENT_COLUMNS = (
     events.c.recorded_at,
 )
 
-_EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).where(
-    tuple_(events.c.stream_id, events.c.version).in_(bindparam("keys", expanding=True))
-)
-_INSERT_TAGS = insert(event_tags)
 # ORDER BY .. LIMIT 1 rather than max(): one seek to the end of the stream's index range
 # on every planner, however long the stream.
 _STREAM_VERSION = (
@@ -245,9 +242,14 @@ def _upsert_snapshot(dialect: str) -> Any:
 _CURRENT_SCHEMA_VERSION = select(func.max(schema_version.c.version))
 _PING = text("SELECT 1")
 
+# PEP 249 gives every driver these two: the database unreachable, down, or locked beyond
+# the busy timeout, which waiting and retrying may cure.
+_UNAVAILABLE = frozenset({"OperationalError", "InterfaceError"})
 
-def translate_error(exc: sa_exc.SQLAlchemyError) -> EventStoreError:
-    """Map a SQLAlchemy error to the port's errors; raw database errors never escape."""
+
+def translate_error(exc: Exception) -> EventStoreError:
+    """A database error, SQLAlchemy's or the driver's own (appends run on the driver's
+    connection), as the port's; raw database errors never escape."""
     source = getattr(exc, "orig", None) or exc
     # The driver's message without SQLAlchemy's appended statement and parameters.
     lines = str(source).strip().splitlines()
@@ -256,22 +258,13 @@ def translate_error(exc: sa_exc.SQLAlchemyError) -> EventStoreError:
     # (migrate() not called), not an outage.
     if getattr(source, "sqlite_errorname", None) == "SQLITE_ERROR":
         return EventStoreError(detail)
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free
         return StoreUnavailable(detail)
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return StoreUnavailable(detail)
+    if any(cls.__name__ in _UNAVAILABLE for cls in type(exc).__mro__):
+        return StoreUnavailable(detail)
     return EventStoreError(detail)
-
-
-def is_unique_violation(exc: sa_exc.IntegrityError) -> bool:
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
-    if sqlstate is not None:
-        return sqlstate == "23505"
-    errorname = getattr(orig, "sqlite_errorname", None)  # sqlite3
-    if errorname is not None:
-        return errorname in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY")
-    return "unique" in str(orig).lower()
 
 
 def check_versions(requests: Sequence[AppendRequest], found: set[tuple[str, int]]) -> None:
@@ -365,41 +358,31 @@ class SqlEventStore:
     single-statement reads, which subclasses point at a cheaper mode (no explicit BEGIN).
     """
 
-    # Whether RETURNING must come back in parameter order. Rows are matched to their
-    # events by (stream_id, version) anyway; Postgres sets it because its ordered form
-    # (INSERT .. SELECT .. ORDER BY) also makes positions follow versions.
-    ordered_returning: ClassVar[bool] = False
-
     def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
         self.engine = engine
-        # The writer's connection, kept between appends by backends that append on the
-        # driver connection (``_write``).
+        # The writer's connection, kept between appends (see ``KeptConnection``).
         self._kept = KeptConnection()
         self.read_engine = read_engine if read_engine is not None else engine
-        self._insert_events = insert(events).returning(
-            events.c.position,
-            events.c.stream_id,
-            events.c.version,
-            sort_by_parameter_order=self.ordered_returning,
-        )
         self._upsert_snapshot = _upsert_snapshot(engine.dialect.name)
 
     # --- backend hooks -----------------------------------------------------------------
 
-    def _lock_appends(self, conn: Connection) -> None:
-        """Serialise appends from here to commit, so positions become visible in order.
-
-        Called after the version check, right before the inserts."""
-
     def _lock_migrations(self, conn: Connection) -> None:
         """Serialise ``migrate()`` across processes."""
 
-    def _existing_versions(
-        self, conn: Connection, keys: list[tuple[str, int]]
-    ) -> set[tuple[str, int]]:
-        """Which of the (stream_id, version) keys exist. Backends override this with a
-        form their planner answers with one index probe per key."""
-        return {(s, v) for s, v in conn.execute(_EXISTING_VERSIONS, {"keys": keys})}
+    def _write(
+        self,
+        requests: Sequence[AppendRequest],
+        keys: list[tuple[str, int]],
+        rows: list[dict[str, Any]],
+    ) -> dict[tuple[str, int], int]:
+        """One transaction: check the versions (``keys``, see ``_append``), insert the rows
+        and their tags (``tag_rows_for``), with positions committed in order.
+
+        Returns each row's position by (stream_id, version); raises ``ConcurrencyConflict``
+        (``check_versions``, ``_conflict_after_race``) or the port's errors
+        (``translate_error``)."""
+        raise NotImplementedError
 
     # --- EventStore ----------------------------------------------------------------------
 
@@ -548,35 +531,6 @@ class SqlEventStore:
                 )
             results.append(recorded)
         return results
-
-    def _write(
-        self,
-        requests: Sequence[AppendRequest],
-        keys: list[tuple[str, int]],
-        rows: list[dict[str, Any]],
-    ) -> dict[tuple[str, int], int]:
-        """One transaction: check the versions, insert the rows and their tags.
-
-        Returns each row's position by (stream_id, version). Backends may override it
-        with a cheaper path to the same statements."""
-        try:
-            with self.engine.begin() as conn:
-                found = self._existing_versions(conn, keys)
-                check_versions(requests, found)
-                # After the check: events are never deleted, so a version seen to exist
-                # still does, and one that appears meanwhile trips the unique key.
-                self._lock_appends(conn)
-                positions = {(s, v): p for p, s, v in conn.execute(self._insert_events, rows)}
-                tag_rows = tag_rows_for(requests, positions)
-                if tag_rows:
-                    conn.execute(_INSERT_TAGS, tag_rows)
-        except sa_exc.IntegrityError as exc:
-            if is_unique_violation(exc):
-                raise self._conflict_after_race(requests) from exc
-            raise translate_error(exc) from exc
-        except sa_exc.SQLAlchemyError as exc:
-            raise translate_error(exc) from exc
-        return positions
 
     def _conflict_after_race(self, requests: Sequence[AppendRequest]) -> ConcurrencyConflict:
         """Name the request that lost a race the existence check could not see."""

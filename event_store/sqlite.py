@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy import (
     URL,
-    Connection,
     Text,
     and_,
     bindparam,
@@ -32,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.pool import QueuePool
 
-from .port import AppendRequest, ConcurrencyConflict, EventStoreError, StoreUnavailable
+from .port import AppendRequest, ConcurrencyConflict
 from .sql import (
     _STREAM_VERSION,
     SqlEventStore,
@@ -41,6 +40,7 @@ from .sql import (
     event_tags,
     events,
     tag_rows_for,
+    translate_error,
 )
 
 __all__ = ["SqliteEventStore"]
@@ -49,8 +49,8 @@ __all__ = ["SqliteEventStore"]
 # each SELECT in autocommit: no BEGIN, so readers never queue behind the writer.
 _READ_ONLY = "event_store_read_only"
 
-# SQLite plans a row-value IN list as a scan of the whole index; a join against the
-# keys, passed as one JSON array, probes the unique index once per key instead.
+# The keys, passed as one JSON array, joined against the table: SQLite plans a row-value
+# IN list as a scan of the whole index, and this join probes the unique index once per key.
 _KEYS = func.json_each(bindparam("keys", type_=Text)).table_valued("value").alias("k")
 _EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).select_from(
     _KEYS.join(
@@ -61,11 +61,9 @@ _EXISTING_VERSIONS = select(events.c.stream_id, events.c.version).select_from(
         ),
     )
 )
-# How many of the keys exist, as one row: the driver path's version check (see ``_write``).
+# How many of the keys exist, as one row: the version check (see ``_check_versions``).
 _COUNT_EXISTING = select(func.count()).select_from(_EXISTING_VERSIONS.subquery())
 
-# INSERT .. RETURNING (the Core path), which hands back the positions of one append in one
-# statement.
 MIN_SQLITE_VERSION = (3, 35, 0)
 
 # The append's statements as the driver takes them (see ``SqliteEventStore._write``).
@@ -121,23 +119,18 @@ class SqliteEventStore(SqlEventStore):
         pool_size: int = 5,
         max_overflow: int = 10,
         busy_timeout_ms: int = 5000,
-        driver_appends: bool = True,
         tag_log_rows: int = 4096,
         **engine_options: Any,
     ) -> None:
-        """``driver_appends=False`` writes appends through SQLAlchemy Core like the other
-        SQL backends (slower; kept to measure the difference and to test both paths).
-
-        ``tag_log_rows``: how many tag rows the driver path lets gather in
-        ``event_tag_log`` before the append that reaches that many moves them into the
-        index; 0 writes them straight into the index, as the Core path does. A tag read
-        scans the log, so this bounds what that scan costs."""
+        """``tag_log_rows``: how many tag rows appends let gather in ``event_tag_log``
+        before the append that reaches that many moves them into the index; 0 writes them
+        straight into the index. A tag read scans the log, so this bounds what that scan
+        costs."""
         if tag_log_rows < 0:
             raise ValueError("tag_log_rows must be >= 0")
         if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:  # pragma: no cover - platform
             raise RuntimeError(f"SQLite >= 3.35 is required, found {sqlite3.sqlite_version}")
         self.busy_timeout_ms = int(busy_timeout_ms)
-        self.driver_appends = driver_appends
         self.tag_log_rows = tag_log_rows
         engine = create_engine(
             sqlite_url(url),
@@ -150,16 +143,10 @@ class SqliteEventStore(SqlEventStore):
         event.listen(engine, "connect", self._on_connect)
         event.listen(engine, "begin", _on_begin)
         super().__init__(engine, engine.execution_options(**{_READ_ONLY: True}))
-        # The shared statements, compiled once for the driver (see ``_write``).
+        # The version check's statements, compiled once for the driver (see ``_write``).
         self._existing_versions_sql = _for_driver(_EXISTING_VERSIONS, engine.dialect)
         self._count_existing_sql = _for_driver(_COUNT_EXISTING, engine.dialect)
         self._stream_version_sql = _for_driver(_STREAM_VERSION, engine.dialect)
-
-    def _existing_versions(
-        self, conn: Connection, keys: list[tuple[str, int]]
-    ) -> set[tuple[str, int]]:
-        params = {"keys": json.dumps(keys, ensure_ascii=False)}
-        return {(s, v) for s, v in conn.execute(_EXISTING_VERSIONS, params)}
 
     def _write(
         self,
@@ -169,10 +156,8 @@ class SqliteEventStore(SqlEventStore):
     ) -> dict[tuple[str, int], int]:
         """The append's transaction on the pooled driver connection itself.
 
-        Same checks and rows as the shared path, minus SQLAlchemy's per-statement
-        machinery: on a one-event append that machinery cost more than the durable commit
-        (about 0.6 ms against 0.35 ms on the benchmark machine), and every protocol step
-        waits for one append.
+        Written without SQLAlchemy's per-statement machinery, which on a one-event append
+        cost more than the durable commit, and every protocol step waits for one append.
 
         It is also written for few driver calls, whatever the batch holds: the driver
         lets go of the interpreter lock in every call and for every row it steps through,
@@ -191,15 +176,13 @@ class SqliteEventStore(SqlEventStore):
         or that is left inside a transaction, is invalidated instead, and the next append
         takes a fresh one.
         """
-        if not self.driver_appends:
-            return super()._write(requests, keys, rows)
         with self._kept.turn() as keep:
             pooled = self._kept.take() if keep else None
             if pooled is None:
                 try:
                     pooled = self.engine.raw_connection()
                 except sqlite3.Error as exc:
-                    raise _translate(exc) from exc
+                    raise translate_error(exc) from exc
             return self._write_on(pooled, requests, rows, keep)
 
     def _write_on(
@@ -229,10 +212,10 @@ class SqliteEventStore(SqlEventStore):
         except sqlite3.IntegrityError as exc:
             if exc.sqlite_errorname in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"):
                 raise self._conflict_after_race(requests) from exc
-            raise EventStoreError(f"IntegrityError: {exc}") from exc
+            raise translate_error(exc) from exc
         except sqlite3.Error as exc:
             pooled.invalidate()
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
         finally:
             if pooled.is_valid and driver.in_transaction:
                 pooled.invalidate()  # left mid-transaction: never used again
@@ -347,16 +330,6 @@ def _values_sql(head: str, width: int, rows: int) -> str:
     """``head`` followed by ``rows`` placeholder tuples of ``width`` values."""
     row = "(" + ", ".join(["?"] * width) + ")"
     return head + ", ".join([row] * rows)
-
-
-def _translate(exc: sqlite3.Error) -> EventStoreError:
-    """The driver's errors as the port's, the way ``translate_error`` maps SQLAlchemy's."""
-    lines = str(exc).strip().splitlines()
-    detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    # A missing table is a usage error (migrate() not called), not an outage.
-    if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorname != "SQLITE_ERROR":
-        return StoreUnavailable(detail)
-    return EventStoreError(detail)
 
 
 def _on_begin(conn: Any) -> None:

@@ -3,6 +3,9 @@
 Health answers NOT_SERVING until the service's probe (its database) answers, SERVING after,
 and NOT_SERVING again while the probe fails or once SIGTERM starts the drain.
 
+``run_service`` serves a service on the store its composition root opened: the store is
+probed for health and closed after the stop, nothing more is asked of it here.
+
 Security (``grpc_common.tls.ServerSecurity``) is optional: with none, the server listens in
 plaintext and installs no interceptor beyond the decode guard. So are metrics and tracing
 (``grpc_common.metrics``, ``grpc_common.tracing``): their interceptors are installed, and
@@ -14,11 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -27,9 +29,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from event_store import AsyncEventStore, StoreUnavailable, default_writers, open_store
 from grpc_common import metrics, tls, tracing
 from grpc_common.interceptors import DecodeGuard
+from grpc_common.rpc_metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +156,7 @@ def observability_interceptors() -> list[grpc.aio.ServerInterceptor]:
     found: list[grpc.aio.ServerInterceptor] = []
     measured = metrics.configured()
     if measured is not None:
-        found.append(metrics.ServerMetrics(measured))
+        found.append(ServerMetrics(measured))
     if tracing.enabled():
         found.append(tracing.ServerTracing())
     return found
@@ -220,7 +222,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 
 @dataclass
 class Assembly:
-    """What a service's composition root builds on top of its event store."""
+    """What a service's composition root builds on top of its store."""
 
     services: Sequence[Service]
     on_start: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -229,44 +231,31 @@ class Assembly:
     on_drain: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def migrate_when_ready(store: AsyncEventStore, max_delay: float = 5.0) -> None:
-    """Creates or migrates the schema, waiting for the database if it is not up yet."""
-    delay = 0.2
-    while True:
-        try:
-            await store.migrate()
-            return
-        except StoreUnavailable as exc:
-            log.warning("database not ready (%s); retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay)
+class Store(Protocol):
+    """What serving asks of a service's store: a probe of its database, and a close."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Store)
 
 
 async def run_service(
     *,
     listen: str,
-    db: str,
+    store: S,
     grace: float,
-    build: Callable[[AsyncEventStore], Assembly],
+    build: Callable[[S], Assembly],
     stop: asyncio.Event | None = None,
     security: tls.ServerSecurity | None = None,
 ) -> None:
-    """Open the store, migrate it, build the service on it and serve until stopped.
+    """Build the service on ``store`` (opened, ready to use) and serve until stopped.
 
+    Health follows ``store.ping``; the store is closed after the service's own stop hooks.
     ``security``: None means the process's configured security (plaintext if none).
     """
-    options: dict[str, Any] = {}
-    if os.environ.get("BANK_STORE_APPENDS") == "core" and not db.startswith("memory"):
-        options["driver_appends"] = False  # for measurement: see bank bench-variants
-    sync_store = open_store(db, **options)
-    # BANK_STORE_WRITERS overrides the number of group-committing writers (for measurement).
-    writers = int(os.environ.get("BANK_STORE_WRITERS", 0)) or default_writers(sync_store)
-    store = AsyncEventStore(sync_store, writers=writers)
-    await store.start()
-    measured = metrics.configured()
-    if measured is not None:
-        measured.instrument_store(store)
-    await migrate_when_ready(store)
     assembly = build(store)
     for hook in assembly.on_start:
         await hook()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from bank.v1 import transfer_pb2, transfer_pb2_grpc
-from event_store import AsyncEventStore
+from event_store import AsyncEventStore, open_async_store
 from grpc_common import metrics, tracing
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import crash_point_from_env
@@ -198,4 +198,5 @@ async def run(
     transport: str = "stream",
 ) -> None:
     build = builder(accounts, deadline, transport)
-    await run_service(listen=listen, db=db, grace=grace, build=build, stop=stop)
+    store = await open_async_store(db, observer=metrics.store_observer())
+    await run_service(listen=listen, store=store, grace=grace, build=build, stop=stop)

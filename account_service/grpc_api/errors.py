@@ -5,7 +5,7 @@ from __future__ import annotations
 from grpc import StatusCode
 
 from account_service import domain
-from account_service.application import ContentionTooHigh
+from account_service.mailboxes import ContentionTooHigh
 from event_store import StoreUnavailable
 from grpc_common.errors import ErrorTable, Refusal
 from shared_kernel.errors import DomainError, InvalidArgument

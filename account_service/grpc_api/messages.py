@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from account_service import domain
-from account_service.application import AccountView, HistoryEntry
+from account_service.views import AccountView, HistoryEntry
 from bank.v1 import account_pb2 as pb
 
 _STATUS = {

@@ -1,28 +1,24 @@
 """AccountService and ReservationService: parse the request, call the application, answer.
 
-Refusals are raised as domain errors and answered through the one error table.
+Refusals are raised as domain errors and answered through the one error table. An
+ExecuteSteps call is a ``StepStream`` (``account_service.grpc_api.step_stream``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import itertools
-import logging
 from collections.abc import AsyncIterator
 from operator import methodcaller
 
 import grpc
-from grpc import StatusCode
 
-from account_service.application import Accounts, AccountView, Decision, SequenceStep
-from account_service.grpc_api import messages
-from account_service.grpc_api.errors import ERRORS, StepNotRun
+from account_service.application import Accounts
+from account_service.grpc_api import messages, steps
+from account_service.grpc_api.errors import ERRORS
+from account_service.grpc_api.step_stream import StepStream
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from grpc_common.step_order import STEP_ORDER_METADATA
 from shared_kernel import page_tokens
-from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import (
     parse_amount,
     parse_currency,
@@ -35,7 +31,6 @@ from shared_kernel.values import (
 )
 
 Context = grpc.aio.ServicerContext
-log = logging.getLogger(__name__)
 
 
 @ERRORS.guard
@@ -97,251 +92,37 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             yield messages.account_event(entry)
 
 
-def _reserve(request: pb.ReserveRequest) -> tuple[str, Decision]:
-    account_id = parse_id(request.account_id, "account_id")
-    reference = parse_key(request.reference, "reference")
-    amount = parse_amount(request.amount)
-    return account_id, methodcaller("reserve", amount, reference)
-
-
-def _credit(request: pb.CreditRequest) -> tuple[str, Decision]:
-    account_id = parse_id(request.account_id, "account_id")
-    reference = parse_key(request.reference, "reference")
-    amount = parse_amount(request.amount)
-    currency = parse_currency(request.currency)
-    return account_id, methodcaller("credit", amount, reference, currency)
-
-
-def _capture(request: pb.CaptureRequest) -> tuple[str, Decision]:
-    account_id = parse_id(request.account_id, "account_id")
-    return account_id, methodcaller("capture", parse_key(request.reference, "reference"))
-
-
-def _release(request: pb.ReleaseRequest) -> tuple[str, Decision]:
-    account_id = parse_id(request.account_id, "account_id")
-    return account_id, methodcaller("release", parse_key(request.reference, "reference"))
-
-
-_STEPS = {"reserve": _reserve, "credit": _credit, "capture": _capture, "release": _release}
-
-
-def _decision(step: pb.Step, kind: str, before: AccountView | None) -> Decision:
-    """A step's decision in a sequence; a credit without a currency takes the one of the
-    account the step before it left (as a follower started step by step does)."""
-    if kind == "credit" and before is not None and not step.credit.currency:
-        step.credit.currency = before.currency
-    return _STEPS[kind](getattr(step, kind))[1]
-
-
-def _step_error(exc: BaseException) -> pb.StepError:
-    described = ERRORS.describe(exc)
-    if described is None:
-        log.error("step failed unexpectedly", exc_info=exc)
-        return pb.StepError(code=StatusCode.INTERNAL.value[0], message="internal error")
-    code, reason, message, metadata = described
-    return pb.StepError(code=code.value[0], message=message, reason=reason, metadata=metadata)
-
-
 @ERRORS.guard
 class ReservationServicer(account_pb2_grpc.ReservationServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
-        self._readers: set[asyncio.Task[None]] = set()
+        self._streams: set[StepStream] = set()
 
     async def drain(self) -> None:
         """Stops taking steps on open streams; they end once their steps are answered."""
-        for reader in list(self._readers):
-            reader.cancel()
+        for stream in list(self._streams):
+            stream.stop_reading()
 
     async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.Account:
-        return messages.account(await self._accounts.execute(*_reserve(request)))
+        return messages.account(await self._accounts.execute(*steps.reserve(request)))
 
     async def Credit(self, request: pb.CreditRequest, context: Context) -> pb.Account:
-        return messages.account(await self._accounts.execute(*_credit(request)))
+        return messages.account(await self._accounts.execute(*steps.credit(request)))
 
     async def Capture(self, request: pb.CaptureRequest, context: Context) -> pb.Account:
-        return messages.account(await self._accounts.execute(*_capture(request)))
+        return messages.account(await self._accounts.execute(*steps.capture(request)))
 
     async def Release(self, request: pb.ReleaseRequest, context: Context) -> pb.Account:
-        return messages.account(await self._accounts.execute(*_release(request)))
+        return messages.account(await self._accounts.execute(*steps.release(request)))
 
     async def ExecuteSteps(
         self, requests: AsyncIterator[pb.ExecuteStepsRequest], context: Context
     ) -> AsyncIterator[pb.ExecuteStepsResponse]:
-        """Steps go to their accounts' mailboxes as they arrive; outcomes go back as they
-        finish, batched into as few messages as the pace allows."""
         await context.send_initial_metadata((STEP_ORDER_METADATA,))
-        stream = _StepStream(self._accounts)
-        reader = asyncio.create_task(stream.read(requests))
-        self._readers.add(reader)
-        reader.add_done_callback(self._readers.discard)
+        stream = StepStream(self._accounts)
+        self._streams.add(stream)
         try:
-            async for response in stream.responses(reader):
+            async for response in stream.answer(requests):
                 yield response
         finally:
-            reader.cancel()
-
-
-class _StepStream:
-    """The state of one ExecuteSteps call: steps in flight and outcomes not yet sent.
-
-    A step with ``after_step_id`` waits, unparsed, until the step it follows has an
-    outcome: then it starts (credit taking that step's currency if it has none of its
-    own), or, if that step did not succeed, is answered STEP_NOT_RUN with its own
-    followers. The outcomes of a chain of steps (each followed by one other) are sent
-    together when it ends: its caller waits for the whole of it anyway. A chain whose
-    accounts are idle is first offered to ``Accounts.submit_sequence``, which decides it
-    whole and stores it in one append; where it declines, or its append fails, the chain
-    runs step by step.
-    """
-
-    def __init__(self, accounts: Accounts) -> None:
-        self._accounts = accounts
-        self._outcomes: list[pb.StepOutcome] = []
-        self._ready = asyncio.Event()
-        self._in_flight = 0  # started or waiting for the step they follow
-        self._followers: dict[int, list[pb.Step]] = {}
-        self._held: dict[int, list[pb.StepOutcome]] = {}
-
-    async def read(self, requests: AsyncIterator[pb.ExecuteStepsRequest]) -> None:
-        try:
-            async for request in requests:
-                # Followers are placed before any step starts, so that a step refused at
-                # once still finds (and answers) the steps that follow it.
-                earlier: set[int] = set()
-                first: list[pb.Step] = []
-                for step in request.steps:
-                    after = step.after_step_id
-                    if not after:
-                        first.append(step)
-                    elif after in earlier:
-                        self._in_flight += 1
-                        self._followers.setdefault(after, []).append(step)
-                    else:
-                        error = InvalidArgument(
-                            "after_step_id", "must name an earlier step of the same request"
-                        )
-                        self._send(pb.StepOutcome(step_id=step.step_id, error=_step_error(error)))
-                        continue
-                    earlier.add(step.step_id)
-                for step in first:
-                    self._start_first(step)
-        finally:
-            self._ready.set()
-
-    def _start_first(self, step: pb.Step) -> None:
-        chain = self._chain(step)
-        if chain is None or not self._submit_sequence(chain):
-            self._start(step)
-
-    def _chain(self, step: pb.Step) -> list[pb.Step] | None:
-        """``step`` and the steps after it, if each is followed by exactly one other.
-
-        None also where a step id comes back (ids are the client's to choose, and a step
-        may name an earlier one with its own id): step by step copes with that."""
-        chain = [step]
-        seen = {step.step_id}
-        while followers := self._followers.get(chain[-1].step_id):
-            if len(followers) != 1 or followers[0].step_id in seen:
-                return None
-            chain.append(followers[0])
-            seen.add(followers[0].step_id)
-        return chain if len(chain) > 1 else None
-
-    def _submit_sequence(self, chain: list[pb.Step]) -> bool:
-        """Offers the chain to Accounts.submit_sequence; False if it declines."""
-        steps: list[SequenceStep] = []
-        for step in chain:
-            kind = step.WhichOneof("action")
-            if kind is None:
-                return False
-            try:
-                account_id = parse_id(getattr(step, kind).account_id, "account_id")
-            except InvalidArgument:
-                return False
-            steps.append((account_id, functools.partial(_decision, step, kind)))
-        future = self._accounts.submit_sequence(steps)
-        if future is None:
-            return False
-        # The chain's followers, counted in flight when read, are now part of it.
-        for step in chain[:-1]:
-            del self._followers[step.step_id]
-        self._in_flight -= len(chain) - 2
-        future.add_done_callback(functools.partial(self._sequence_done, chain))
-        return True
-
-    def _sequence_done(
-        self, chain: list[pb.Step], future: asyncio.Future[list[AccountView]]
-    ) -> None:
-        if future.cancelled() or future.exception() is not None:
-            # Nothing of it is stored: step by step, as if it had never been offered.
-            for step, follower in itertools.pairwise(chain):
-                self._followers[step.step_id] = [follower]
-            self._in_flight += len(chain) - 2
-            self._start(chain[0])
-            return
-        self._in_flight -= 1
-        self._send(
-            *(
-                pb.StepOutcome(step_id=step.step_id, account=messages.account(view))
-                for step, view in zip(chain, future.result(), strict=True)
-            )
-        )
-
-    def _start(self, step: pb.Step, currency: str = "") -> None:
-        kind = step.WhichOneof("action")
-        try:
-            if kind is None:
-                raise InvalidArgument("action", "a step needs reserve, credit, capture or release")
-            if kind == "credit" and currency and not step.credit.currency:
-                step.credit.currency = currency
-            account_id, decision = _STEPS[kind](getattr(step, kind))
-            future = self._accounts.submit(account_id, decision)
-        except Exception as exc:
-            self._finish(step.step_id, None, exc)
-            return
-        self._in_flight += 1
-        future.add_done_callback(functools.partial(self._finished, step.step_id))
-
-    def _finished(self, step_id: int, future: asyncio.Future[AccountView]) -> None:
-        self._in_flight -= 1
-        exc = future.exception()
-        self._finish(step_id, None if exc is not None else future.result(), exc)
-
-    def _finish(self, step_id: int, view: AccountView | None, exc: BaseException | None) -> None:
-        if exc is None and view is not None:
-            outcome = pb.StepOutcome(step_id=step_id, account=messages.account(view))
-        else:
-            view = None
-            outcome = pb.StepOutcome(step_id=step_id, error=_step_error(exc))
-        # Outcomes of the steps before this one in its sequence, not sent yet.
-        outcomes = [*self._held.pop(step_id, ()), outcome]
-        followers = self._followers.pop(step_id, ())
-        if view is not None and len(followers) == 1:
-            # The sequence goes on: its outcomes travel together once it ends.
-            (follower,) = followers
-            self._held[follower.step_id] = outcomes
-            self._in_flight -= 1
-            self._start(follower, view.currency)
-            return
-        self._send(*outcomes)
-        for follower in followers:
-            self._in_flight -= 1
-            if view is not None:
-                self._start(follower, view.currency)
-            else:
-                self._finish(follower.step_id, None, StepNotRun(step_id))
-
-    def _send(self, *outcomes: pb.StepOutcome) -> None:
-        self._outcomes.extend(outcomes)
-        self._ready.set()
-
-    async def responses(self, reader: asyncio.Task[None]) -> AsyncIterator[pb.ExecuteStepsResponse]:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            if self._outcomes:
-                outcomes, self._outcomes = self._outcomes, []
-                yield pb.ExecuteStepsResponse(outcomes=outcomes)
-            if reader.done() and not self._in_flight and not self._outcomes:
-                return
+            self._streams.discard(stream)

@@ -15,7 +15,8 @@ import grpc
 import pytest
 from grpc import StatusCode
 
-from account_service.application import SNAPSHOT_COST_RATIO, stream_id
+from account_service.snapshots import SNAPSHOT_COST_RATIO
+from account_service.streams import stream_id
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from event_store import SqliteEventStore

@@ -22,7 +22,6 @@ from event_store import (
     Snapshot,
     SqliteEventStore,
     StoreUnavailable,
-    default_writers,
 )
 
 
@@ -69,7 +68,7 @@ def recording(backend: EventStore) -> Recording:
 
 @pytest.fixture
 async def aio(recording: Recording) -> AsyncIterator[AsyncEventStore]:
-    store = AsyncEventStore(recording, writers=default_writers(recording.inner))  # type: ignore[arg-type]
+    store = AsyncEventStore(recording)  # type: ignore[arg-type]
     await store.start()
     yield store
     await store.close()
@@ -217,7 +216,7 @@ async def test_invalid_append_fails_only_its_caller(aio: AsyncEventStore) -> Non
 
 
 async def test_a_cancelled_caller_does_not_break_the_writer(recording: Recording) -> None:
-    aio = AsyncEventStore(recording, writers=1)
+    aio = AsyncEventStore(recording)
     await aio.start()
     recording.gate = threading.Event()
     blocked = asyncio.create_task(aio.append("first", 0, ev()))
@@ -241,7 +240,7 @@ async def test_appends_of_callers_just_answered_join_the_next_batch(
 ) -> None:
     """A protocol step answered by one batch usually appends its follow-up at once: with
     ``linger`` rounds the writer waits for those before taking its next batch."""
-    aio = AsyncEventStore(recording, writers=1, linger=linger)
+    aio = AsyncEventStore(recording, linger=linger)
     await aio.start()
 
     async def chain(n: int) -> None:
@@ -336,8 +335,8 @@ async def test_save_snapshot_after_close_is_refused(aio: AsyncEventStore) -> Non
         await aio.save_snapshot("a", 1, {})
 
 
-async def test_several_writers_keep_each_stream_in_order(recording: Recording) -> None:
-    async with AsyncEventStore(recording, writers=4, max_batch=16) as store:
+async def test_small_batches_keep_each_stream_in_order(recording: Recording) -> None:
+    async with AsyncEventStore(recording, max_batch=16) as store:
 
         async def extend(stream_id: str) -> None:
             for version in range(5):
@@ -348,11 +347,42 @@ async def test_several_writers_keep_each_stream_in_order(recording: Recording) -
             assert [e.data["v"] for e in await store.read_stream(f"s{n}")] == [1, 2, 3, 4, 5]
 
 
-def test_default_writers_by_backend(tmp_path: Any) -> None:
-    assert default_writers(InMemoryEventStore()) == 1
-    sqlite = SqliteEventStore(f"sqlite:///{tmp_path}/events.db")
-    assert default_writers(sqlite) == 1
-    sqlite.close()
-    postgres = PostgresEventStore("postgresql+psycopg://postgres@127.0.0.1:1/test")
-    assert default_writers(postgres) == 1
-    postgres.close()
+class Observer:
+    """Keeps what an ``AsyncEventStore`` tells its observer."""
+
+    def __init__(self) -> None:
+        self.appends: list[tuple[list[str], str | None]] = []
+        self.commits: list[int] = []
+        self.threads: set[str] = set()
+
+    def appended(
+        self, requests: Sequence[AppendRequest], seconds: float, error: BaseException | None
+    ) -> None:
+        assert seconds >= 0
+        failed = None if error is None else type(error).__name__
+        self.appends.append(([r.stream_id for r in requests], failed))
+
+    def committed(self, appends: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.commits.append(appends)
+        self.threads.add(threading.current_thread().name)
+
+
+async def test_an_observer_hears_of_every_append_and_every_commit(recording: Recording) -> None:
+    observer = Observer()
+    async with AsyncEventStore(recording, observer=observer) as store:
+        await store.append("a", 0, ev())
+        with pytest.raises(ConcurrencyConflict):
+            await store.append("a", 0, ev())
+        with pytest.raises(ValueError):
+            await store.append("b", 0, [])
+        await store.append_batch([AppendRequest("c", 0, ev()), AppendRequest("d", 0, ev())])
+    assert observer.appends == [
+        (["a"], None),
+        (["a"], "ConcurrencyConflict"),
+        (["b"], "ValueError"),
+        (["c", "d"], None),
+    ]
+    # The refused input never reached the store; the conflict did, and was a commit too.
+    assert observer.commits == [1, 1, 2]
+    assert observer.threads == {"event-store-writer"}

@@ -38,22 +38,6 @@ class TestPostgresEventStore(EventStoreConformance):
             store.close()
 
 
-class TestPostgresEventStoreCoreAppends(EventStoreConformance):
-    """The same suite with appends through SQLAlchemy Core, statement by statement."""
-
-    @pytest.fixture
-    def store_factory(self, postgres_url: str) -> Iterator[Callable[[], EventStore]]:
-        opened: list[PostgresEventStore] = []
-
-        def open_handle() -> EventStore:
-            opened.append(PostgresEventStore(postgres_url, pool_size=2, driver_appends=False))
-            return opened[-1]
-
-        yield open_handle
-        for store in opened:
-            store.close()
-
-
 @pytest.fixture
 def store(postgres_url: str) -> Iterator[PostgresEventStore]:
     store = PostgresEventStore(postgres_url, pool_size=2)

@@ -44,14 +44,6 @@ class TestSqliteEventStore(EventStoreConformance):
         yield from handles(sqlite_url)
 
 
-class TestSqliteEventStoreCoreAppends(EventStoreConformance):
-    """The same suite with appends through SQLAlchemy Core instead of the driver."""
-
-    @pytest.fixture
-    def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
-        yield from handles(sqlite_url, driver_appends=False)
-
-
 class TestSqliteEventStoreShortTagLog(EventStoreConformance):
     """The same suite with a tag log of two rows: most appends with tags move it into the
     index, and reads find tags in both."""

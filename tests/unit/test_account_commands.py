@@ -19,8 +19,13 @@ from typing import Any
 import pytest
 
 from account_service import codec
-from account_service.application import Accounts, AccountView, Decision, SequenceStep, stream_id
+from account_service.application import Accounts
 from account_service.domain import Account, AccountEvent, InsufficientFunds
+from account_service.mailboxes import Decision
+from account_service.naive import exclusive
+from account_service.sequences import SequenceStep
+from account_service.streams import stream_id
+from account_service.views import AccountView
 from event_store import (
     AppendRequest,
     AsyncEventStore,
@@ -188,7 +193,7 @@ async def test_exclusive_waits_for_a_burst_being_stored(store) -> None:
     inside = asyncio.Event()
 
     async def hold_the_lock() -> int:
-        async with accounts.exclusive("acc", timeout=5) as run:
+        async with exclusive(accounts, "acc", timeout=5) as run:
             inside.set()
             assert deposit.done()
             view = await run(_withdraw(15, "all"))
@@ -208,7 +213,7 @@ async def test_commands_queued_behind_a_held_lock_wait_for_it(store) -> None:
     appends, aio = store
     accounts = Accounts(aio)
     await _opened(accounts, "acc", 10)
-    async with accounts.exclusive("acc", timeout=5) as run:
+    async with exclusive(accounts, "acc", timeout=5) as run:
         waiting = accounts.submit("acc", _deposit(1, "queued"))
         for _ in range(20):
             await asyncio.sleep(0)
@@ -275,7 +280,7 @@ async def test_a_sequence_is_declined_unless_every_account_is_cached_and_idle(st
     queued = accounts.submit("bob", _deposit(1, "d-1"))
     assert accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
     await queued
-    async with accounts.exclusive("ada", timeout=5):
+    async with exclusive(accounts, "ada", timeout=5):
         assert accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
     before = len(appends.requests)
     for _ in range(20):
@@ -319,7 +324,7 @@ async def test_commands_for_its_accounts_wait_until_the_sequence_is_stored(store
     entered = asyncio.Event()
 
     async def hold_the_lock() -> int:
-        async with accounts.exclusive("bob", timeout=5) as run:
+        async with exclusive(accounts, "bob", timeout=5) as run:
             entered.set()
             assert sequence.done()
             return (await run(_withdraw(30, "w-2"))).balance
@@ -376,3 +381,28 @@ async def test_a_sequence_that_loses_to_another_writer_stores_nothing(store) -> 
     # Step by step, on the stored state, the reserve is refused.
     with pytest.raises(InsufficientFunds):
         await one.execute("ada", _transfer("ada", "bob", 30, "t-1")[0][1](None))
+
+
+# --- open reservations -------------------------------------------------------------------
+
+
+async def test_open_hold_times_lists_when_each_open_reservation_of_the_cache_was_made(
+    store,
+) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await _opened(accounts, "bob", 100)
+    assert accounts.open_hold_times() == []
+    await accounts.execute("ada", lambda account: account.reserve(10, "t-1"))
+    await accounts.execute("bob", lambda account: account.reserve(20, "t-2"))
+    await accounts.execute("bob", lambda account: account.reserve(30, "t-3"))
+    reserved_at = {
+        e.data["reference"]: e.recorded_at for e in appends.inner.read_all() if e.type == "Reserved"
+    }
+    assert sorted(accounts.open_hold_times()) == sorted(
+        [reserved_at["t-1"], reserved_at["t-2"], reserved_at["t-3"]]
+    )
+    await accounts.execute("bob", lambda account: account.capture("t-2"))
+    await accounts.execute("ada", lambda account: account.release("t-1"))
+    assert accounts.open_hold_times() == [reserved_at["t-3"]]

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from account_service import codec
-from account_service.application import Accounts, ContentionTooHigh, stream_id
+from account_service.application import Accounts
 from account_service.domain import (
     SNAPSHOT_FORMAT,
     Account,
@@ -34,6 +34,8 @@ from account_service.domain import (
     Reserved,
     SnapshotUnusable,
 )
+from account_service.mailboxes import ContentionTooHigh
+from account_service.streams import stream_id
 from event_store import AsyncEventStore, InMemoryEventStore, RecordedEvent, StoreUnavailable
 from event_store.port import decode_data, encode_data
 from shared_kernel.errors import DomainError
@@ -377,7 +379,7 @@ async def test_an_unusable_snapshot_means_a_full_replay(watched, caplog) -> None
         store.inner.save_snapshot(stream_id(ACCOUNT_ID), version, data)
         store.reads.clear()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="account_service.application"):
+        with caplog.at_level(logging.WARNING, logger="account_service.snapshots"):
             assert await Accounts(aio, snapshot_every=0).get(ACCOUNT_ID) == expected
         assert (stream_id(ACCOUNT_ID), 0) in store.reads, (version, data)
         assert caplog.records, (version, data)
@@ -405,7 +407,7 @@ async def test_a_failed_save_is_logged_and_tried_again_later(watched, caplog) ->
     store, aio = watched
     store.fail_with = StoreUnavailable("disk full")
     accounts = Accounts(aio, snapshot_every=10)
-    with caplog.at_level(logging.WARNING, logger="account_service.application"):
+    with caplog.at_level(logging.WARNING, logger="account_service.snapshots"):
         await _open_and_deposit(accounts, 14)
         await asyncio.sleep(0.1)
     assert "not saved" in caplog.text

@@ -3,11 +3,13 @@ over an in-memory store, the store and transfer hooks, the JSON log lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +17,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from account_service.application import Accounts
 from account_service.server import build as build_accounts
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
@@ -27,6 +30,7 @@ from event_store import (
 )
 from grpc_common import logs, metrics, tracing
 from grpc_common.interceptors import DecodeGuard
+from grpc_common.rpc_metrics import ServerMetrics
 from grpc_common.server import observability_interceptors
 from tests.unit.fakes import FakeAccounts, InMemoryTransferRepository
 from transfer_service.accounts_client import GrpcAccounts
@@ -133,10 +137,9 @@ def _sample(m: metrics.Metrics, name: str, **labels: str) -> float:
 
 
 async def test_store_appends_and_group_commits_are_measured(measured):
-    store = AsyncEventStore(InMemoryEventStore())
+    store = AsyncEventStore(InMemoryEventStore(), observer=measured.event_store)
     await store.start()
     try:
-        measured.instrument_store(store)
         assert isinstance(store, AsyncEventStore)
         await store.append("s-1", 0, [NewEvent("A", {}), NewEvent("B", {})])
         await store.append("s-2", 0, [NewEvent("A", {})])
@@ -218,6 +221,45 @@ def test_open_reservations_are_read_when_scraped(measured):
     assert _sample(measured, "bank_reservation_oldest_age_seconds") == 0
 
 
+async def test_open_reservations_are_read_on_the_event_loop_when_scraped_elsewhere(measured):
+    store = AsyncEventStore(InMemoryEventStore())
+    await store.start()
+    try:
+        accounts = Accounts(store)
+        await accounts.execute(SRC, lambda account: account.open("Ada", "EUR"))
+        await accounts.execute(SRC, lambda account: account.deposit(100, "d"))
+        for reference in ("t-1", "t-2"):
+            await accounts.execute(SRC, lambda account, r=reference: account.reserve(10, r))
+        read_on: list[threading.Thread] = []
+
+        def hold_times() -> list[datetime | None]:
+            read_on.append(threading.current_thread())
+            return accounts.open_hold_times()
+
+        measured.watch_reservations(hold_times, asyncio.get_running_loop())
+        # From the HTTP server's side: another thread, which asks the loop.
+        assert await asyncio.to_thread(_sample, measured, "bank_reservations_open") == 2
+        # From the loop's own thread: read at once.
+        assert _sample(measured, "bank_reservation_age_seconds_bucket", le="+Inf") == 2
+        assert read_on == [threading.current_thread()] * 2
+    finally:
+        await store.close()
+
+
+def test_open_reservations_are_left_out_of_a_scrape_the_loop_does_not_answer(
+    measured, monkeypatch, caplog
+):
+    monkeypatch.setattr(metrics, "HOLD_TIMES_TIMEOUT", 0.05)
+    idle = asyncio.new_event_loop()  # never run: it never answers
+    try:
+        measured.watch_reservations(lambda: [None], idle)
+        with caplog.at_level(logging.WARNING, logger="grpc_common.metrics"):
+            assert measured.registry.get_sample_value("bank_reservations_open") is None
+        assert "did not answer" in caplog.text
+    finally:
+        idle.close()
+
+
 # --- the interceptors on a real server ---------------------------------------------------
 
 
@@ -243,7 +285,7 @@ async def _account_server(interceptors: list) -> AsyncIterator[tuple[grpc.aio.Ch
 
 @pytest.fixture
 async def metered_server(measured) -> AsyncIterator[grpc.aio.Channel]:
-    async for channel, _ in _account_server([metrics.ServerMetrics(measured)]):
+    async for channel, _ in _account_server([ServerMetrics(measured)]):
         yield channel
 
 

@@ -1,0 +1,314 @@
+"""Per-account mailboxes: commands on one account, decided in bursts, one append per burst.
+
+Each account has a mailbox. Commands for one account queue there and one task works the
+queue, so commands on an account are serialized inside the process (the analogue of a
+process per aggregate) while different accounts proceed concurrently. The task takes every
+command waiting, decides them in order against the in-memory aggregate, appends all their
+events in one append and only then answers each caller: one commit per burst instead of one
+per command. Across processes, the expected-version check of the append keeps the stream
+consistent; on a conflict the aggregate is reloaded and the burst decided again.
+
+The mailboxes are also the cache of accounts: a mailbox keeps its account as stored, and
+past ``cache_size`` accounts the least recently used idle ones are dropped. A sequence
+(``account_service.sequences``) decides on cached accounts and stores its events while
+their mailboxes hold their commands back; a holder (``hold``, the naive strategy's lock)
+keeps the account's commands waiting while it runs its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from account_service.domain import Account, AccountEvent, Hold, Reserved
+from account_service.snapshots import SnapshotMark, Snapshots
+from account_service.streams import stored, stream_id
+from account_service.views import AccountView, view
+from event_store import AsyncEventStore, ConcurrencyConflict, NewEvent, RecordedEvent
+from shared_kernel.crash import ACCOUNT_AFTER_APPEND
+from shared_kernel.errors import DomainError
+
+Decision = Callable[[Account], list[AccountEvent]]
+CrashPoint = Callable[[str], None]
+# Called with the account's id once events of it are stored (watchers wake on it).
+OnStored = Callable[[str], None]
+
+_Command = tuple[Decision, bool, "asyncio.Future[AccountView]"]
+_MAX_ATTEMPTS = 8
+
+
+class ContentionTooHigh(DomainError):
+    """Other writers kept changing the account's stream; the caller may retry."""
+
+
+class Mailbox:
+    """One account's queue of commands, and the account as stored, when it is cached."""
+
+    __slots__ = ("account", "lock", "queue", "running", "snapshot", "storing")
+
+    def __init__(self) -> None:
+        self.account: Account | None = None
+        self.queue: list[_Command] = []
+        # A worker task is (or will be) working the queue, or a sequence is being stored.
+        self.running = False
+        # The append of a sequence holding events of this account.
+        self.storing: asyncio.Future[list[list[RecordedEvent]]] | None = None
+        # Held while a burst is decided and stored, or by a holder (Mailboxes.hold).
+        self.lock = asyncio.Lock()
+        self.snapshot = SnapshotMark()
+
+    def idle(self) -> bool:
+        """Cached, and nothing queued, running, being stored or holding the lock."""
+        account = self.account
+        return (
+            account is not None
+            and account.exists
+            and not self.running
+            and not self.queue
+            and not self.lock.locked()
+        )
+
+    def settled(self) -> Account | None:
+        """The cached account if it is exactly what is stored: a burst applies its events
+        under the lock, and a sequence before its append, so neither may be under way."""
+        if self.lock.locked() or self.storing is not None:
+            return None
+        return self.account
+
+
+class HeldAccount:
+    """An account's lock, held by one caller for several commands (see ``Mailboxes.hold``)."""
+
+    __slots__ = ("_account_id", "_mailbox", "_mailboxes")
+
+    def __init__(self, mailboxes: Mailboxes, account_id: str, mailbox: Mailbox) -> None:
+        self._mailboxes = mailboxes
+        self._account_id = account_id
+        self._mailbox = mailbox
+
+    async def execute(self, decision: Decision) -> AccountView:
+        """Decides and stores one command now; the state after it."""
+        future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
+        await self._mailboxes._decide_and_store(
+            self._account_id, self._mailbox, [(decision, False, future)]
+        )
+        return await future
+
+    def release(self) -> None:
+        """Lets the account's queued commands run again."""
+        self._mailbox.lock.release()
+
+
+class Mailboxes:
+    """Every account's mailbox, the cache of accounts they keep, and their workers."""
+
+    def __init__(
+        self,
+        store: AsyncEventStore,
+        snapshots: Snapshots,
+        *,
+        max_batch: int,
+        cache_size: int,
+        crash_point: CrashPoint,
+        on_stored: OnStored,
+    ) -> None:
+        self._store = store
+        self._snapshots = snapshots
+        self._max_batch = max_batch
+        self._cache_size = cache_size
+        self._crash_point = crash_point
+        self._on_stored = on_stored
+        self._mailboxes: OrderedDict[str, Mailbox] = OrderedDict()
+        self._workers: set[asyncio.Future[Any]] = set()
+
+    def submit(
+        self, account_id: str, decision: Decision, with_reservations: bool = False
+    ) -> asyncio.Future[AccountView]:
+        """Queue ``decision`` for the account; a future of the state after it is stored."""
+        mailbox = self._mailbox(account_id)
+        future: asyncio.Future[AccountView] = asyncio.get_running_loop().create_future()
+        mailbox.queue.append((decision, with_reservations, future))
+        if not mailbox.running:
+            self._start_worker(account_id, mailbox)
+        return future
+
+    async def hold(self, account_id: str) -> HeldAccount:
+        """Takes the account's lock for the caller's commands, until ``release()``.
+
+        Waits for the lock, and for a sequence being stored with events of the account
+        (which holds them without the lock). Commands of other callers queue meanwhile.
+        """
+        mailbox = self._mailbox(account_id)
+        await mailbox.lock.acquire()
+        try:
+            while mailbox.storing is not None:
+                await asyncio.wait([mailbox.storing])
+        except BaseException:
+            mailbox.lock.release()
+            raise
+        return HeldAccount(self, account_id, mailbox)
+
+    # -- for sequences ----------------------------------------------------------------
+
+    def idle(self, account_id: str) -> Mailbox | None:
+        """The account's mailbox if it is cached and idle (``Mailbox.idle``), else None."""
+        mailbox = self._mailboxes.get(account_id)
+        return mailbox if mailbox is not None and mailbox.idle() else None
+
+    def storing_sequence(
+        self, mailboxes: Iterable[Mailbox], appended: asyncio.Future[list[list[RecordedEvent]]]
+    ) -> None:
+        """The accounts' events are in a sequence's ``appended``: their commands wait."""
+        for mailbox in mailboxes:
+            mailbox.running = True
+            mailbox.storing = appended
+        self._track(appended)
+
+    def sequence_ended(self, account_id: str, mailbox: Mailbox, stored: bool) -> None:
+        """The sequence's append is over: the cached account is now what is stored, or,
+        if nothing was, it is forgotten (the next command loads it)."""
+        mailbox.storing = None
+        mailbox.running = False
+        if not stored:
+            mailbox.account = None
+        else:
+            self._on_stored(account_id)
+            assert mailbox.account is not None
+            self._snapshots.save_if_due(account_id, mailbox, mailbox.account)
+        if mailbox.queue:
+            self._start_worker(account_id, mailbox)
+
+    # -- queries ----------------------------------------------------------------------
+
+    def open_hold_times(self) -> list[datetime | None]:
+        """When each open reservation of the cached accounts was made (None: being
+        stored right now)."""
+        return [
+            hold.reserved_at
+            for mailbox in self._mailboxes.values()
+            if mailbox.account is not None
+            for hold in mailbox.account.holds.values()
+        ]
+
+    # -- the cache --------------------------------------------------------------------
+
+    def _mailbox(self, account_id: str) -> Mailbox:
+        mailbox = self._mailboxes.get(account_id)
+        if mailbox is None:
+            mailbox = self._mailboxes[account_id] = Mailbox()
+            self._evict()
+        else:
+            self._mailboxes.move_to_end(account_id)
+        return mailbox
+
+    def _evict(self) -> None:
+        excess = len(self._mailboxes) - self._cache_size
+        if excess <= 0:
+            return
+        for account_id in list(self._mailboxes)[: excess * 2]:
+            if excess <= 0:
+                break
+            mailbox = self._mailboxes[account_id]
+            if not mailbox.running and not mailbox.queue:
+                del self._mailboxes[account_id]
+                excess -= 1
+
+    # -- the workers ------------------------------------------------------------------
+
+    def _start_worker(self, account_id: str, mailbox: Mailbox) -> None:
+        mailbox.running = True
+        self._track(asyncio.create_task(self._work(account_id, mailbox)))
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _work(self, account_id: str, mailbox: Mailbox) -> None:
+        try:
+            while mailbox.queue:
+                async with mailbox.lock:
+                    batch = mailbox.queue[: self._max_batch]
+                    del mailbox.queue[: self._max_batch]
+                    await self._decide_and_store(account_id, mailbox, batch)
+        finally:
+            mailbox.running = False
+            if mailbox.account is not None and not mailbox.account.exists:
+                # Commands for accounts that do not exist should not fill the cache.
+                self._mailboxes.pop(account_id, None)
+
+    async def _decide_and_store(
+        self,
+        account_id: str,
+        mailbox: Mailbox,
+        batch: Sequence[_Command],
+    ) -> None:
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                loaded = mailbox.account is None
+                if loaded:
+                    mailbox.account = await self._snapshots.load(account_id, mailbox)
+                account = mailbox.account
+                expected = account.version
+                outcomes: list[AccountView | BaseException] = []
+                new: list[NewEvent] = []
+                reserved: list[tuple[int, str]] = []
+                for decision, with_reservations, _ in batch:
+                    try:
+                        events = decision(account)
+                    except Exception as exc:
+                        outcomes.append(exc)
+                        continue
+                    for event in events:
+                        # Applied before the commit: a failed append drops the aggregate.
+                        account.apply(event)
+                        new.append(stored(account, event))
+                        if isinstance(event, Reserved):
+                            reserved.append((len(new) - 1, event.reference))
+                    outcomes.append(view(account, with_reservations))
+                if not new and not loaded and await self._is_stale(account_id, expected):
+                    # Nothing to append, so no version check vouches for the cached state
+                    # these refusals and repeats were decided on: another process may have
+                    # written. Decide again on the stored state.
+                    mailbox.account = None
+                    continue
+                if new:
+                    recorded = await self._store.append(stream_id(account_id), expected, new)
+                    for index, reference in reserved:
+                        hold = account.holds.get(reference)
+                        if hold is not None:
+                            account.holds[reference] = Hold(
+                                hold.amount, recorded[index].recorded_at
+                            )
+                    self._crash_point(ACCOUNT_AFTER_APPEND)
+                    self._on_stored(account_id)
+                    self._snapshots.save_if_due(account_id, mailbox, account)
+            except ConcurrencyConflict:
+                mailbox.account = None
+                continue
+            except BaseException as exc:
+                mailbox.account = None
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            return
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(
+                    ContentionTooHigh(f"account {account_id} kept changing; retry")
+                )
+
+    async def _is_stale(self, account_id: str, version: int) -> bool:
+        return await self._store.stream_version(stream_id(account_id)) != version

@@ -1,0 +1,126 @@
+"""A sequence of commands over idle accounts, decided at once and stored in one transaction.
+
+The forward steps of a transfer (reserve on one account, credit another, capture on the
+first) can skip the mailboxes: when every account the sequence touches is cached, nothing
+is queued for it and nothing of it is being stored, the steps are decided at once, in
+order, and their events stored in one append across the accounts' streams. Where many
+commands meet on one account, its mailbox already gathers them into one append; over many
+quiet accounts, each command would otherwise be an append of its own and every step would
+wait for one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Sequence
+
+from account_service.domain import Hold, Reserved
+from account_service.mailboxes import CrashPoint, Decision, Mailbox, Mailboxes
+from account_service.streams import stored, stream_id
+from account_service.views import AccountView, view
+from event_store import AppendRequest, AsyncEventStore, EventStoreError, NewEvent, RecordedEvent
+from shared_kernel.crash import ACCOUNT_AFTER_APPEND
+
+# One step of a sequence: its account, and its decision made from the state the step before
+# left (None for the first step).
+SequenceStep = tuple[str, Callable[[AccountView | None], Decision]]
+
+
+class Sequences:
+    """Decides sequences on the accounts cached in ``mailboxes`` and stores them whole."""
+
+    def __init__(
+        self, store: AsyncEventStore, mailboxes: Mailboxes, *, crash_point: CrashPoint
+    ) -> None:
+        self._store = store
+        self._mailboxes = mailboxes
+        self._crash_point = crash_point
+
+    def submit(self, steps: Sequence[SequenceStep]) -> asyncio.Future[list[AccountView]] | None:
+        """Decides ``steps`` now, in order, and stores their events in one append, if it can.
+
+        Only when every account the steps touch is cached and idle (see the module), and
+        every step decides new events. Then the future has the state after each step, once
+        all of them are stored, or fails with nothing stored (the accounts are forgotten,
+        so the next command loads them). Otherwise nothing is stored and None is returned:
+        a refusal or a repeat, decided on a cached account, is only answered after the
+        account is checked against the store, which the step-by-step path does.
+        """
+        mailboxes: dict[str, Mailbox] = {}
+        expected: dict[str, int] = {}
+        for account_id, _ in steps:
+            mailbox = self._mailboxes.idle(account_id)
+            if mailbox is None:
+                return None
+            assert mailbox.account is not None
+            mailboxes[account_id] = mailbox
+            expected[account_id] = mailbox.account.version
+        new: dict[str, list[NewEvent]] = {}
+        holds: list[tuple[str, int, str]] = []  # (account, index in its events, reference)
+        views: list[AccountView] = []
+        after: AccountView | None = None
+        for account_id, decide in steps:
+            account = mailboxes[account_id].account
+            assert account is not None
+            try:
+                events = decide(after)(account)
+            except Exception:
+                events = []
+            if not events:
+                for changed in new:  # applied, never to be stored: load them again
+                    mailboxes[changed].account = None
+                return None
+            events_of_account = new.setdefault(account_id, [])
+            for event in events:
+                account.apply(event)
+                events_of_account.append(stored(account, event))
+                if isinstance(event, Reserved):
+                    holds.append((account_id, len(events_of_account) - 1, event.reference))
+            after = view(account)
+            views.append(after)
+        requests = [
+            AppendRequest(stream_id(account_id), expected[account_id], events)
+            for account_id, events in new.items()
+        ]
+        appended = asyncio.ensure_future(self._store.append_batch(requests))
+        self._mailboxes.storing_sequence(mailboxes.values(), appended)
+        answer: asyncio.Future[list[AccountView]] = asyncio.get_running_loop().create_future()
+        appended.add_done_callback(
+            functools.partial(self._stored, mailboxes, list(new), holds, views, answer)
+        )
+        return answer
+
+    def _stored(
+        self,
+        mailboxes: dict[str, Mailbox],
+        changed: list[str],
+        holds: list[tuple[str, int, str]],
+        views: list[AccountView],
+        answer: asyncio.Future[list[AccountView]],
+        appended: asyncio.Future[list[list[RecordedEvent]]],
+    ) -> None:
+        failure: BaseException | None
+        if appended.cancelled():
+            failure = EventStoreError("append interrupted; it may or may not be stored")
+        else:
+            failure = appended.exception()
+        if failure is None:
+            recorded = dict(zip(changed, appended.result(), strict=True))
+            for account_id, index, reference in holds:
+                account = mailboxes[account_id].account
+                assert account is not None
+                hold = account.holds.get(reference)
+                if hold is not None:
+                    account.holds[reference] = Hold(
+                        hold.amount, recorded[account_id][index].recorded_at
+                    )
+            self._crash_point(ACCOUNT_AFTER_APPEND)
+        for account_id, mailbox in mailboxes.items():
+            self._mailboxes.sequence_ended(account_id, mailbox, stored=failure is None)
+        if answer.done():
+            return
+        if failure is not None:
+            answer.set_exception(failure)
+        else:
+            answer.set_result(views)
