@@ -1,12 +1,14 @@
 """Append-only event streams with optimistic concurrency, behind one port.
 
 Backends: SQLite (embedded default), Postgres, in-memory (tests). ``open_store`` picks one
-by URL; ``AsyncEventStore`` runs any of them for asyncio code with group commit.
+by URL; ``AsyncEventStore`` runs any of them for asyncio code with group commit. The SQL
+backends (SQLAlchemy, psycopg) are imported when first used, so that code which only
+reads recorded events (the audit's checks) or drives a store it is given loads neither.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .aio import AsyncEventStore, default_writers
 from .memory import InMemoryEventStore
@@ -20,8 +22,10 @@ from .port import (
     Snapshot,
     StoreUnavailable,
 )
-from .postgres import PostgresEventStore
-from .sqlite import SqliteEventStore
+
+if TYPE_CHECKING:
+    from .postgres import PostgresEventStore
+    from .sqlite import SqliteEventStore
 
 __all__ = [
     "AppendRequest",
@@ -55,10 +59,27 @@ def open_store(url: str, **options: Any) -> EventStore:
             raise TypeError(f"memory:// takes no options, got {sorted(options)}")
         return InMemoryEventStore()
     if backend == "sqlite":
+        from .sqlite import SqliteEventStore
+
         return SqliteEventStore(url, **options)
     if backend in ("postgresql", "postgres"):
+        from .postgres import PostgresEventStore
+
         return PostgresEventStore(url, **options)
     raise ValueError(
         f"unsupported event store URL {url!r}: use sqlite:///<file>, "
         "postgresql+psycopg://..., or memory://"
     )
+
+
+def __getattr__(name: str) -> Any:
+    """The SQL backends' classes, imported on first use (see the module's docstring)."""
+    if name == "SqliteEventStore":
+        from .sqlite import SqliteEventStore
+
+        return SqliteEventStore
+    if name == "PostgresEventStore":
+        from .postgres import PostgresEventStore
+
+        return PostgresEventStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
