@@ -41,6 +41,7 @@ from bank_cli.options import (
 from grpc_common import auth, tls
 from grpc_common.errors import error_info
 from grpc_common.tls import SecurityConfigError
+from shared_kernel.errors import InvalidArgument
 
 LOOKUP_TIMEOUT = 5.0
 
@@ -571,6 +572,21 @@ class Cli:
 
     def note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+    def refuse(self, error: InvalidArgument) -> int:
+        """A bad argument found here, before any call: told as the service would tell it."""
+        failure = Failure(
+            EXIT_USAGE,
+            f"invalid argument: {error.message}",
+            grpc.StatusCode.INVALID_ARGUMENT.name,
+            "INVALID_ARGUMENT",
+            error.message,
+            error.metadata,
+        )
+        if self.json:
+            self.emit({"error": failure.to_dict()})
+        self.note(f"bank {self.args.command}: {failure.message}")
+        return failure.exit_status
 
     def fail(self, failed: CallFailed) -> int:
         facts = complete(self.client, self.facts, failed.error)

@@ -94,7 +94,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--owner", required=True, help="the account holder's name")
     p.add_argument(
-        "--currency", required=True, type=str.upper, help="three letters, ISO 4217 (EUR)"
+        "--currency",
+        required=True,
+        type=str.upper,
+        help="an ISO 4217 currency code: EUR, USD, JPY, ...",
     )
     p.add_argument("--account-id", metavar="UUID", help="the new account's id (idempotent)")
 

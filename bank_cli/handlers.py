@@ -18,6 +18,8 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.client import EXIT_OK, CallFailed, Cli, Facts, to_dict
 from bank_cli.display import Progress, age, enum_name, fields, money, table, timestamp
+from shared_kernel.errors import InvalidArgument
+from shared_kernel.values import parse_currency
 
 _CREDIT = {apb.ACCOUNT_EVENT_TYPE_DEPOSITED, apb.ACCOUNT_EVENT_TYPE_CREDITED}
 _DEBIT = {apb.ACCOUNT_EVENT_TYPE_WITHDRAWN, apb.ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED}
@@ -31,9 +33,13 @@ def open_account(cli: Cli) -> int:
     args = cli.args
     account_id = args.account_id or str(uuid.uuid4())
     cli.facts = Facts(account_id=account_id, retry=f"--account-id {account_id}")
+    try:
+        currency = parse_currency(args.currency)
+    except InvalidArgument as exc:
+        return cli.refuse(exc)
     account = cli.client.account(
         "OpenAccount",
-        apb.OpenAccountRequest(account_id=account_id, owner=args.owner, currency=args.currency),
+        apb.OpenAccountRequest(account_id=account_id, owner=args.owner, currency=currency),
     )
     if cli.json:
         cli.emit(to_dict(account))
