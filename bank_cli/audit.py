@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bank_cli.audit_checks import AuditReport
+    from bank_cli.audit_report import AuditReport
     from event_store import RecordedEvent
 
 PAGE = 5000
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report: AuditReport, args: argparse.Namespace) -> None:
-    from bank_cli.audit_checks import summarize
+    from bank_cli.audit_report import summarize
 
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
