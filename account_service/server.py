@@ -18,6 +18,8 @@ from grpc_common import metrics
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import ACCOUNT_POINTS, crash_point_from_env
 
+# How the service names itself: in its log lines, its traces, and its claim on its database.
+SERVICE_NAME = "account-service"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "sqlite:///accounts.db"
 _SERVICES = account_pb2.DESCRIPTOR.services_by_name

@@ -33,6 +33,8 @@ from transfer_service.process import (
 )
 from transfer_service.repository import StoredTransfers
 
+# How the service names itself: in its log lines, its traces, and its claim on its database.
+SERVICE_NAME = "transfer-service"
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_DB = "sqlite:///transfers.db"
 DEFAULT_ACCOUNTS = "127.0.0.1:50051"
