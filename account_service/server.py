@@ -106,4 +106,6 @@ async def run(
         naive_lock_timeout=naive_lock_timeout,
         snapshot_every=snapshot_every,
     )
-    await run_service(listen=listen, db=db, grace=grace, build=assemble, stop=stop)
+    await run_service(
+        listen=listen, db=db, grace=grace, build=assemble, stop=stop, service=SERVICE_NAME
+    )

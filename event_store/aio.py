@@ -295,8 +295,8 @@ class AsyncEventStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
 
-    async def migrate(self) -> None:
-        await self._run(self.store.migrate)
+    async def migrate(self, owner: str | None = None) -> None:
+        await self._run(self.store.migrate, owner)
 
     async def ping(self) -> None:
         await self._run(self.store.ping)

@@ -27,7 +27,13 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from event_store import AsyncEventStore, StoreUnavailable, default_writers, open_store
+from event_store import (
+    AsyncEventStore,
+    OwnedByAnother,
+    StoreUnavailable,
+    default_writers,
+    open_store,
+)
 from grpc_common import metrics, tls, tracing
 from grpc_common.interceptors import DecodeGuard
 
@@ -149,6 +155,13 @@ class _Health:
         await self.servicer.enter_graceful_shutdown()
 
 
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port bound; ``RuntimeError`` when the address cannot be bound."""
+    if credentials is None:
+        return server.add_insecure_port(listen)
+    return server.add_secure_port(listen, credentials)
+
+
 def observability_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The metrics and tracing interceptors the process configured; none when both are off."""
     found: list[grpc.aio.ServerInterceptor] = []
@@ -175,16 +188,22 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     health = _Health(health_servicer, names)
     await health.set(False)
 
+    try:
+        port = _bind(server, config.listen, security.credentials)
+    except RuntimeError:
+        log.critical(
+            "cannot listen on %s: the address is in use (another process serving on it?)"
+            " or not this machine's",
+            config.listen,
+        )
+        raise SystemExit(2) from None
     if security.credentials is None:
-        port = server.add_insecure_port(config.listen)
         if not tls.is_loopback(config.listen):
             log.warning(
                 "serving plaintext on %s, reachable from other machines: anyone on the"
                 " network can read and alter the calls; use --tls-cert and --tls-key",
                 config.listen,
             )
-    else:
-        port = server.add_secure_port(config.listen, security.credentials)
     host = config.listen.rsplit(":", 1)[0]
     try:
         metrics_http = metrics.start_http_server()
@@ -229,12 +248,16 @@ class Assembly:
     on_drain: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def migrate_when_ready(store: AsyncEventStore, max_delay: float = 5.0) -> None:
-    """Creates or migrates the schema, waiting for the database if it is not up yet."""
+async def migrate_when_ready(
+    store: AsyncEventStore, max_delay: float = 5.0, owner: str | None = None
+) -> None:
+    """Creates or migrates the schema, waiting for the database if it is not up yet.
+
+    ``owner``: the service, which claims the database or finds it its own."""
     delay = 0.2
     while True:
         try:
-            await store.migrate()
+            await store.migrate(owner)
             return
         except StoreUnavailable as exc:
             log.warning("database not ready (%s); retrying in %.1f s", exc, delay)
@@ -250,10 +273,13 @@ async def run_service(
     build: Callable[[AsyncEventStore], Assembly],
     stop: asyncio.Event | None = None,
     security: tls.ServerSecurity | None = None,
+    service: str | None = None,
 ) -> None:
     """Open the store, migrate it, build the service on it and serve until stopped.
 
     ``security``: None means the process's configured security (plaintext if none).
+    ``service``: the service's name, which claims the database; a database another
+    service claimed stops the process (exit status 2).
     """
     options: dict[str, Any] = {}
     if os.environ.get("BANK_STORE_APPENDS") == "core" and not db.startswith("memory"):
@@ -266,7 +292,17 @@ async def run_service(
     measured = metrics.configured()
     if measured is not None:
         measured.instrument_store(store)
-    await migrate_when_ready(store)
+    try:
+        await migrate_when_ready(store, owner=service)
+    except OwnedByAnother as exc:
+        log.critical(
+            "%s: each service keeps its events in a database of its own; give %s another"
+            " --db (on Postgres, a schema of its own: ?options=-csearch_path%%3D<schema>)",
+            exc,
+            service,
+        )
+        await store.close()
+        raise SystemExit(2) from None
     assembly = build(store)
     for hook in assembly.on_start:
         await hook()

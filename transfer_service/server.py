@@ -200,4 +200,6 @@ async def run(
     transport: str = "stream",
 ) -> None:
     build = builder(accounts, deadline, transport)
-    await run_service(listen=listen, db=db, grace=grace, build=build, stop=stop)
+    await run_service(
+        listen=listen, db=db, grace=grace, build=build, stop=stop, service=SERVICE_NAME
+    )

@@ -76,6 +76,7 @@ def test_tables_live_in_the_schema_named_by_the_url(
             "event_tags",
             "event_tag_log",
             "snapshots",
+            "store_owner",
             "schema_version",
         }
 
