@@ -88,9 +88,9 @@ class Service:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            # Its own process group: Ctrl-C reaches run alone, which stops the services.
-            process_group=0,
             preexec_fn=_die_with_parent(),
+            # Its own process group: Ctrl-C reaches run alone, which stops the services.
+            **({"process_group": 0} if os.name == "posix" else {}),
         )
         self._echo: threading.Thread | None = None
 
@@ -156,7 +156,10 @@ def _die_with_parent() -> Any:
     return arm
 
 
-# Set by SIGTERM, SIGINT or SIGHUP: ``run`` stops the services and ends.
+# Set by one of these signals: ``run`` stops the services and ends.
+STOP_SIGNALS = [
+    s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None
+]
 STOPPING = threading.Event()
 
 
@@ -200,7 +203,7 @@ def run(argv: list[str]) -> int:
         transfers_db = f"sqlite:///{data / 'transfers.db'}"
         where = f"SQLite files in {data}"
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _stop_requested)
     services: list[Service] = []
     try:
@@ -224,6 +227,7 @@ def run(argv: list[str]) -> int:
             for service in services:
                 code = service.ended()
                 if code is not None:
+                    service.wait(STOP_TIMEOUT)  # its last lines
                     print(service.report(f"stopped (exit status {code})"), file=sys.stderr)
                     return 1
             time.sleep(0.2)
@@ -272,7 +276,7 @@ def _stop_all(services: list[Service]) -> bool:
         for service in services:
             service.kill()
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, kill_now)
     running = [service for service in services if service.ended() is None]
     for service in reversed(running):  # the transfer service first: it calls accounts

@@ -3,6 +3,7 @@ site-packages), as a real process, with its services as real processes."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import socket
@@ -76,6 +77,15 @@ class DevRun:
     def children(self) -> list[int]:
         pid = self.process.pid
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def child(self, module: str) -> int:
+        """The pid of the service started with ``python -m <module>``."""
+        (pid,) = [
+            pid
+            for pid in self.children()
+            if module in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2].decode()
+        ]
+        return pid
 
     def wait(self, timeout: float = 60.0) -> int:
         code = self.process.wait(timeout)
@@ -161,6 +171,19 @@ def test_services_stop_when_dev_py_is_killed(dev_runs, tmp_path):
     run.process.kill()
     run.process.wait()
     assert all(gone(pid) for pid in children)
+
+
+@pytest.mark.skipif(not LINUX, reason="finds the services through /proc")
+def test_a_service_that_dies_ends_the_run_and_stops_the_other(dev_runs, tmp_path):
+    run = DevRun(tmp_path / "data")
+    dev_runs.append(run)
+    run.wait_banner()
+    account, transfer = run.child("account_service"), run.child("transfer_service")
+    os.kill(account, signal.SIGKILL)
+    assert run.wait() == 1, run.output
+    assert "dev.py run: the account service stopped (exit status -9)" in run.output
+    assert gone(transfer)
+    assert "transfer-service grpc_common.server: stopped" in run.output
 
 
 def test_a_port_in_use_names_the_service_and_why(dev_runs, tmp_path):
