@@ -35,11 +35,12 @@ def common_parser(prog: str, description: str, listen: str, db: str) -> argparse
     return parser
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """The process's log on stderr: ``text`` lines, or ``json`` (``grpc_common.logs``)."""
+def configure_logging(level: str, log_format: str = "text", service: str = "-") -> None:
+    """The process's log on stderr: ``text`` lines, or ``json`` (``grpc_common.logs``),
+    each naming ``service``."""
     if log_format not in logs.FORMATS:
         sys.exit(f"--log-format {log_format!r}: expected one of {', '.join(logs.FORMATS)}")
-    logs.configure(level, log_format)
+    logs.configure(level, log_format, service)
 
 
 def add_observability_flags(parser: argparse.ArgumentParser) -> None:

@@ -293,6 +293,7 @@ def test_not_found(bank_cli):
         (["show", "not-a-uuid"], "account_id"),
         (["deposit", "not-a-uuid", "5"], "account_id"),
         (["open", "--owner", "Ada", "--currency", "EURO"], "currency"),
+        (["open", "--owner", "Ada", "--currency", "XYZ"], "currency"),
         (["open", "--owner", " ", "--currency", "EUR"], "owner"),
     ],
 )

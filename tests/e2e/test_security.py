@@ -526,7 +526,9 @@ def test_plaintext_beyond_loopback_is_warned_about(tmp_path):
     for service in (warned, quiet):
         service.start()
         assert service.stop() == 0
-    assert "WARNING grpc_common.server: serving plaintext on 0.0.0.0" in warned.log()
+    assert "WARNING account-service grpc_common.server: serving plaintext on 0.0.0.0" in (
+        warned.log()
+    )
     assert "plaintext" not in quiet.log().replace("security: plaintext", "")
 
 
