@@ -230,11 +230,6 @@ def shown_url(url: str) -> str:
         return url
 
 
-def schema_url(url: str, schema: str) -> str:
-    """``url`` with every connection's search_path set to ``schema``."""
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-
-
 class Schemas:
     """Throwaway schemas on one Postgres server, ``<prefix>_[<label>_]<random hex>``: each
     ``new`` one empty, and all of them dropped, with everything in them, by ``drop``."""
@@ -258,6 +253,8 @@ class Schemas:
     def new(self, label: str = "") -> str:
         """Creates an empty schema; a URL whose connections all work in it."""
         from psycopg import sql
+
+        from event_store.schemas import schema_url
 
         schema = "_".join(part for part in (self.prefix, label, uuid.uuid4().hex) if part)
         with self._connect() as conn:

@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy import make_url
 
-from tests.e2e.harness import free_port
+from bank_cli.harness import free_port
 from tests.pg import base_url, skip_or_fail
 
 pytestmark = pytest.mark.e2e

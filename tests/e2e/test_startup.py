@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
-from tests.e2e.harness import ServiceProcess, free_port
+from bank_cli.harness import ServiceProcess, free_port
 
 pytestmark = pytest.mark.e2e
 

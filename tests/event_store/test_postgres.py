@@ -214,8 +214,9 @@ def test_schemas_are_created_once_and_their_urls_keep_each_store_in_its_own(
             finally:
                 store.close()
     finally:
-        for name in names:
-            pg.drop_schema(name)
+        throwaway = pg.schemas()
+        throwaway.names.extend(names)
+        throwaway.drop()
 
 
 def test_a_schema_url_keeps_the_other_options_of_the_url() -> None:
