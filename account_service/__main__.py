@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, run
+from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, SERVICE_NAME, run
 from grpc_common.settings import (
     add_observability_flags,
     add_security_flags,
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     add_security_flags(parser, reservation=True)
     add_observability_flags(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format, SERVICE_NAME)
     configure_security(parser, args)
-    configure_observability(parser, args, "account-service")
+    configure_observability(parser, args, SERVICE_NAME)
     naive = args.experimental_naive_transfers
     lock_timeout = float(args.experimental_naive_lock_timeout)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 
 from account_service.application import Accounts
 from account_service.grpc_api.servicers import AccountServicer, ReservationServicer
@@ -11,11 +12,14 @@ from account_service.naive import LOCK_TIMEOUT as NAIVE_LOCK_TIMEOUT
 from account_service.naive import naive_service
 from account_service.snapshots import DEFAULT_SNAPSHOT_EVERY
 from bank.v1 import account_pb2, account_pb2_grpc
-from event_store import AsyncEventStore, open_async_store
+from event_store import AsyncEventStore, OwnedByAnother, open_async_store
 from grpc_common import metrics
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import ACCOUNT_POINTS, crash_point_from_env
 
+# How the service names itself: in its log lines, its traces, and its claim on its database.
+SERVICE_NAME = "account-service"
+log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DB = "sqlite:///accounts.db"
 _SERVICES = account_pb2.DESCRIPTOR.services_by_name
@@ -76,5 +80,9 @@ async def run(
         naive_lock_timeout=naive_lock_timeout,
         snapshot_every=snapshot_every,
     )
-    store = await open_async_store(db, observer=metrics.store_observer())
+    try:
+        store = await open_async_store(db, owner=SERVICE_NAME, observer=metrics.store_observer())
+    except OwnedByAnother as exc:
+        log.critical("%s", exc)
+        raise SystemExit(2) from None
     await run_service(listen=listen, store=store, grace=grace, build=assemble, stop=stop)

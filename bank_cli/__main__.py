@@ -1,36 +1,66 @@
-"""``bank <command>``: each command lives in a module of this package and registers itself."""
+"""``bank <command>``: each command lives in a module of this package and registers itself.
+
+Only the module of the command being run is imported: ``bank --help`` imports none, and
+``bank open --help`` no gRPC, database driver or audit. ``COMMANDS`` lists every command
+with its module and its line in ``bank --help``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Iterable, Sequence
 
-# Modules that define ``register(subparsers)``; each adds one or more commands whose
-# parser sets ``func`` to a callable taking the parsed arguments and returning an exit code.
-# A module may also define ``EPILOG``, text shown at the end of ``bank --help``.
-COMMAND_MODULES: list[str] = ["commands", "audit", "bench", "bench_variants", "chaos"]
+from bank_cli.options import EXIT_STATUS_HELP
+
+# Command -> (module defining ``register(subparsers)``, its line in ``bank --help``). The
+# module's ``register`` adds the command, with a parser that sets ``func`` to a callable
+# taking the parsed arguments and returning an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "open": ("commands", "open an account"),
+    "deposit": ("commands", "put money into an account"),
+    "withdraw": ("commands", "take money out of an account"),
+    "transfer": ("commands", "move money from one account to another"),
+    "show": ("commands", "show an account and its open reservations"),
+    "history": ("commands", "list an account's events, oldest first"),
+    "watch": ("commands", "print an account's events as they happen"),
+    "transfers": ("commands", "list an account's transfers, newest first"),
+    "close": ("commands", "close an empty account"),
+    "audit": ("audit", "check the account and transfer stores against each other"),
+    "bench": ("bench", "run the seed experiment and more: reservation protocol vs naive locking"),
+    "chaos": ("chaos", "run thousands of transfers while killing the services, then audit"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``bank``. With ``commands``, only their modules are imported and the
+    other commands are listed by name and summary; without, every module is."""
     parser = argparse.ArgumentParser(
         prog="bank",
         description="Bank accounts and transfers from the command line, and tools to check them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXIT_STATUS_HELP,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    epilogs = []
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"bank_cli.{name}")
-        module.register(commands)
-        if getattr(module, "EPILOG", None):
-            epilogs.append(module.EPILOG)
-    parser.epilog = "\n\n".join(epilogs) or None
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = COMMANDS if commands is None else [c for c in commands if c in COMMANDS]
+    for module in dict.fromkeys(COMMANDS[command][0] for command in wanted):
+        importlib.import_module(f"bank_cli.{module}").register(subparsers)
+    # The rest by name only; in the order of COMMANDS when none was imported.
+    for command, (_, summary) in COMMANDS.items():
+        if command not in subparsers.choices:
+            subparsers.add_parser(command, help=summary)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> list[str]:
+    """The command named in ``argv`` (its first word that is not an option), if any."""
+    return [arg for arg in argv if not arg.startswith("-")][:1]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -18,12 +18,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
-
-from bank_cli.audit_checks import AuditReport, audit, summarize
-from event_store import EventStoreError, RecordedEvent, open_store
+if TYPE_CHECKING:
+    from bank_cli.audit_report import AuditReport
+    from event_store import RecordedEvent
 
 PAGE = 5000
 EXIT_OK, EXIT_VIOLATIONS, EXIT_UNREADABLE = 0, 1, 2
@@ -51,6 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not above: ``bank --help`` and ``bank audit --help`` need none of it.
+    from bank_cli.audit_checks import audit
+
     try:
         transfer_events = read_events(args.transfers_db)
         account_events = read_events(args.accounts_db)
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report: AuditReport, args: argparse.Namespace) -> None:
+    from bank_cli.audit_report import summarize
+
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -75,6 +79,8 @@ def print_report(report: AuditReport, args: argparse.Namespace) -> None:
 
 def read_events(url: str) -> list[RecordedEvent]:
     """Every event of the store at ``url``, in position order."""
+    from event_store import EventStoreError, open_store
+
     _require_existing_file(url)
     try:
         store = open_store(url)
@@ -97,6 +103,9 @@ def read_events(url: str) -> list[RecordedEvent]:
 
 def _require_existing_file(url: str) -> None:
     # Opening a SQLite file that is not there would create an empty one.
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -108,6 +117,9 @@ def _require_existing_file(url: str) -> None:
 
 def _shown(url: str) -> str:
     """The URL without its password, fit to print."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:

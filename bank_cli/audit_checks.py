@@ -17,9 +17,11 @@ and then checks that the two sides tell the same story:
   on the forward path two: the credit or the capture goes out while the previous step's
   record is being written), and effects must follow the protocol's order (no credit
   without the reservation, no capture without the credit).
-* for the bank: the sum of balances equals deposits - withdrawals + credits - captures, and
-  credits - captures (money that reached a target but has not left its source yet) equals
-  what the in-flight transfers account for.
+* for the bank, in each currency on its own: the sum of balances equals deposits -
+  withdrawals + credits - captures, and credits - captures (money that reached a target
+  but has not left its source yet) equals what the in-flight transfers account for.
+
+The report's types are in ``bank_cli.audit_report``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from account_service import codec as account_codec
 from account_service.application import STREAM_PREFIX as ACCOUNT_PREFIX
@@ -42,6 +43,7 @@ from account_service.domain import (
     Reserved,
     Withdrawn,
 )
+from bank_cli.audit_report import AuditReport, InFlight, Violation
 from event_store import RecordedEvent
 from shared_kernel.errors import DomainError
 from transfer_service import codec as transfer_codec
@@ -89,119 +91,6 @@ _RESERVE, _CAPTURE, _RELEASE, _CREDIT = (
 )
 _EFFECT_TYPES = (_RESERVE, _CREDIT, _CAPTURE, _RELEASE)
 _ON_SOURCE = frozenset({_RESERVE, _CAPTURE, _RELEASE})
-
-
-# --- the report ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    kind: str
-    subject: str  # "account <id>", "transfer <id>" or "bank"
-    detail: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "subject": self.subject, "detail": self.detail}
-
-
-@dataclass(frozen=True, slots=True)
-class InFlight:
-    transfer_id: str
-    state: str
-    applied: tuple[str, ...]  # the account events it caused so far, in protocol order
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "transfer_id": self.transfer_id,
-            "state": self.state,
-            "applied": list(self.applied),
-            "detail": self.detail,
-        }
-
-
-@dataclass
-class Totals:
-    deposits: int = 0
-    withdrawals: int = 0
-    credits: int = 0
-    captures: int = 0
-    balances: int = 0  # sum of the balances as stored with each account's last event
-    reserved: int = 0  # sum of the holds still open
-    open_holds: int = 0
-    in_transit: int = 0  # credited but not yet captured, by the in-flight transfers
-
-    @property
-    def expected_balances(self) -> int:
-        return self.deposits - self.withdrawals + self.credits - self.captures
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "deposits": self.deposits,
-            "withdrawals": self.withdrawals,
-            "credits": self.credits,
-            "captures": self.captures,
-            "balances": self.balances,
-            "expected_balances": self.expected_balances,
-            "reserved": self.reserved,
-            "open_holds": self.open_holds,
-            "in_transit": self.in_transit,
-        }
-
-
-@dataclass
-class AuditReport:
-    account_events: int = 0
-    transfer_events: int = 0
-    accounts: int = 0
-    transfers: int = 0
-    states: Counter[str] = field(default_factory=Counter)
-    totals: Totals = field(default_factory=Totals)
-    in_flight: list[InFlight] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
-
-    def kinds(self) -> set[str]:
-        return {v.kind for v in self.violations}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "account_events": self.account_events,
-            "transfer_events": self.transfer_events,
-            "accounts": self.accounts,
-            "transfers": self.transfers,
-            "transfer_states": dict(sorted(self.states.items())),
-            "totals": self.totals.to_dict(),
-            "in_flight": [f.to_dict() for f in self.in_flight],
-            "violations": [v.to_dict() for v in self.violations],
-        }
-
-    def render(self) -> str:
-        t = self.totals
-        lines = [
-            f"accounts:  {self.accounts} ({self.account_events} events)",
-            f"transfers: {self.transfers} ({self.transfer_events} events): "
-            + (", ".join(f"{s} {n}" for s, n in sorted(self.states.items())) or "none"),
-            f"money:     deposits {t.deposits}, withdrawals {t.withdrawals},"
-            f" credits {t.credits}, captures {t.captures}",
-            f"  sum of balances {t.balances}"
-            f" {'==' if t.balances == t.expected_balances else '!='}"
-            f" deposits - withdrawals + credits - captures = {t.expected_balances}",
-            f"  credits {t.credits}"
-            f" {'==' if t.credits == t.captures + t.in_transit else '!='}"
-            f" captures {t.captures} + in transit {t.in_transit}",
-            f"  reserved {t.reserved} in {t.open_holds} open holds",
-            f"in flight: {len(self.in_flight)}",
-        ]
-        lines += [f"  {f.transfer_id} {f.state}: {f.detail}" for f in self.in_flight]
-        lines.append(f"violations: {len(self.violations)}")
-        lines += [f"  [{v.kind}] {v.subject}: {v.detail}" for v in self.violations]
-        lines.append("OK" if self.ok else "FAILED")
-        return "\n".join(lines)
 
 
 # --- the audit -----------------------------------------------------------------------------
@@ -395,7 +284,8 @@ def _check_transfers(
         if t.state is TransferState.FAILED and t.was_reserved:
             rule = "FAILED (reserved)"
         counts: Counter[str] = Counter()
-        applied: dict[str, int] = Counter()
+        # Credited minus captured, per currency of the account it happened on.
+        in_transit: Counter[str] = Counter()
         for effect in effects.get(transfer_id, ()):
             right = t.from_account_id if effect.type in _ON_SOURCE else t.to_account_id
             role = "source" if effect.type in _ON_SOURCE else "target"
@@ -417,7 +307,9 @@ def _check_transfers(
                     )
                 )
             counts[effect.type] += 1
-            applied[effect.type] += effect.amount
+            if effect.type in (_CREDIT, _CAPTURE):
+                sign = 1 if effect.type == _CREDIT else -1
+                in_transit[_currency_of(accounts, effect.account_id)] += sign * effect.amount
         for effect_type, allowed in _ALLOWED[rule].items():
             found = counts[effect_type]
             if found in allowed:
@@ -443,7 +335,8 @@ def _check_transfers(
                 )
         _check_currency(t, accounts, counts, subject, report)
         if not t.is_terminal:
-            report.totals.in_transit += applied[_CREDIT] - applied[_CAPTURE]
+            for currency, amount in in_transit.items():
+                report.totals.of(currency).in_transit += amount
             applied_types = tuple(name for name in _EFFECT_TYPES if counts[name])
             report.in_flight.append(
                 InFlight(transfer_id, label, applied_types, _progress(t, applied_types))
@@ -557,13 +450,13 @@ def _fold_account_event(
         case AccountClosed():
             entry.closed_at = stored.version
         case Deposited():
-            report.totals.deposits += event.amount
+            report.totals.of(_currency(entry)).deposits += event.amount
         case Withdrawn():
-            report.totals.withdrawals += event.amount
+            report.totals.of(_currency(entry)).withdrawals += event.amount
         case Credited():
-            report.totals.credits += event.amount
+            report.totals.of(_currency(entry)).credits += event.amount
         case ReservationCaptured():
-            report.totals.captures += event.amount
+            report.totals.of(_currency(entry)).captures += event.amount
     if stored.type in _EFFECT_TYPES:
         assert reference is not None
         effects[reference].append(_Effect(account_id, stored.type, amount, stored.version))
@@ -594,9 +487,10 @@ def _check_accounts(
     report: AuditReport,
 ) -> None:
     for account_id, entry in accounts.items():
-        report.totals.balances += entry.last_balance
-        report.totals.reserved += entry.account.reserved
-        report.totals.open_holds += len(entry.account.holds)
+        money = report.totals.of(_currency(entry))
+        money.balances += entry.last_balance
+        money.reserved += entry.account.reserved
+        money.open_holds += len(entry.account.holds)
         for reference, hold in entry.account.holds.items():
             known = transfers.get(reference)
             if known is not None and known.transfer.is_terminal:
@@ -626,29 +520,37 @@ def _check_accounts(
 
 
 def _check_bank(report: AuditReport) -> None:
-    t = report.totals
-    if t.balances != t.expected_balances:
-        report.violations.append(
-            Violation(
-                CONSERVATION,
-                "bank",
-                f"balances sum to {t.balances}, but deposits {t.deposits} - withdrawals"
-                f" {t.withdrawals} + credits {t.credits} - captures {t.captures}"
-                f" = {t.expected_balances}",
+    for currency, t in sorted(report.totals.currencies.items()):
+        if t.balances != t.expected_balances:
+            report.violations.append(
+                Violation(
+                    CONSERVATION,
+                    "bank",
+                    f"{currency}: balances sum to {t.balances}, but deposits {t.deposits}"
+                    f" - withdrawals {t.withdrawals} + credits {t.credits} - captures"
+                    f" {t.captures} = {t.expected_balances}",
+                )
             )
-        )
-    if t.credits != t.captures + t.in_transit:
-        report.violations.append(
-            Violation(
-                IN_TRANSIT,
-                "bank",
-                f"credits {t.credits} - captures {t.captures} = {t.credits - t.captures}"
-                f" in transit, but in-flight transfers account for {t.in_transit}",
+        if t.credits != t.captures + t.in_transit:
+            report.violations.append(
+                Violation(
+                    IN_TRANSIT,
+                    "bank",
+                    f"{currency}: credits {t.credits} - captures {t.captures}"
+                    f" = {t.credits - t.captures} in transit, but in-flight transfers"
+                    f" account for {t.in_transit}",
+                )
             )
-        )
 
 
-def summarize(violations: Sequence[Violation]) -> str:
-    """One line naming the kinds found, for a caller that prints a single status."""
-    kinds = Counter(v.kind for v in violations)
-    return ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items())) or "no violations"
+# An account whose opening could not be read: its money is counted apart.
+_UNKNOWN_CURRENCY = "unknown"
+
+
+def _currency(entry: _AccountAudit) -> str:
+    return entry.currency or _UNKNOWN_CURRENCY
+
+
+def _currency_of(accounts: dict[str, _AccountAudit], account_id: str) -> str:
+    entry = accounts.get(account_id)
+    return _currency(entry) if entry is not None else _UNKNOWN_CURRENCY

@@ -1,5 +1,6 @@
-"""What the account and transfer commands share: the connection, the common options, and
-one human message and exit status for every error the services answer with.
+"""What the account and transfer commands share when they run: the connection, and one
+human message and exit status for every error the services answer with (their options
+and exit statuses are in ``bank_cli.options``).
 
 The client is synchronous (``grpc`` channels, one call at a time). A refusal is read from
 its gRPC code and the ``ErrorInfo`` reason and metadata the services attach; when the
@@ -25,40 +26,24 @@ from google.protobuf.message import Message
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank_cli.display import money
+from bank_cli.options import (
+    DEFAULT_ACCOUNTS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TRANSFERS,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
 from grpc_common import auth, tls
 from grpc_common.errors import error_info
 from grpc_common.tls import SecurityConfigError
+from shared_kernel.errors import InvalidArgument
 
-DEFAULT_ACCOUNTS = "127.0.0.1:50051"
-DEFAULT_TRANSFERS = "127.0.0.1:50052"
-DEFAULT_TIMEOUT = 30.0
 LOOKUP_TIMEOUT = 5.0
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_UNAVAILABLE = 4
-EXIT_ERROR = 5
-EXIT_INTERRUPTED = 130
-
-EXIT_STATUS_HELP = """\
-exit status of open, deposit, withdraw, transfer, show, history, watch, transfers, close:
-  0    done
-  1    refused: a business rule (insufficient funds, account closed or not empty,
-       currency mismatch, balance out of range), or an id or request id reused with
-       other contents
-  2    usage: a bad argument, rejected here or by the service (INVALID_ARGUMENT)
-  3    not found: no such account or transfer
-  4    unavailable: a service is down, busy or slower than --timeout, or the transfer
-       is still running; safe to retry with the same --request-id, --transfer-id or
-       --account-id (the one printed)
-  5    any other error (permission denied, internal error)
-  130  interrupted by Ctrl-C (watch exits 0)
-
-AMOUNT is always in minor units of the account's currency: 2500 is 25.00 EUR.
-Amounts are printed in major units with the currency. `bank audit` and `bank bench`
-describe their own exit status."""
 
 _EXIT_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INVALID_ARGUMENT: EXIT_USAGE,
@@ -72,66 +57,6 @@ _EXIT_BY_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: EXIT_UNAVAILABLE,
     grpc.StatusCode.ABORTED: EXIT_UNAVAILABLE,
 }
-
-
-# --------------------------------------------------------------------------- options
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be greater than 0")
-    return value
-
-
-# (option, environment variable, help) of the files that reach secured services.
-_SECURITY_OPTIONS = (
-    ("--ca", "BANK_CA", "call both services over TLS, trusting this CA (default plaintext)"),
-    ("--client-cert", "BANK_CLIENT_CERT", "with --ca: present this certificate (mutual TLS)"),
-    ("--client-key", "BANK_CLIENT_KEY", "the key of --client-cert"),
-    ("--token-file", "BANK_TOKEN_FILE", "send the bearer token this file holds on every call"),
-)
-
-
-def common_options() -> argparse.ArgumentParser:
-    """The options every account and transfer command takes (a parent parser)."""
-    options = argparse.ArgumentParser(add_help=False)
-    group = options.add_argument_group("connection and output")
-    group.add_argument(
-        "--accounts",
-        metavar="ADDR",
-        default=os.environ.get("BANK_ACCOUNTS", DEFAULT_ACCOUNTS),
-        help="the account service (env BANK_ACCOUNTS; default %(default)s)",
-    )
-    group.add_argument(
-        "--transfers",
-        metavar="ADDR",
-        default=os.environ.get("BANK_TRANSFERS", DEFAULT_TRANSFERS),
-        help="the transfer service (env BANK_TRANSFERS; default %(default)s)",
-    )
-    for flag, env, help_text in _SECURITY_OPTIONS:
-        group.add_argument(
-            flag,
-            metavar="FILE",
-            default=os.environ.get(env) or None,
-            help=f"{help_text} (env {env})",
-        )
-    group.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object (JSON lines for watch), fields named as in the protos",
-    )
-    group.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=positive_float,
-        default=None,
-        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}); for watch, how long to watch",
-    )
-    return options
 
 
 # --------------------------------------------------------------------------- connection
@@ -647,6 +572,21 @@ class Cli:
 
     def note(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+    def refuse(self, error: InvalidArgument) -> int:
+        """A bad argument found here, before any call: told as the service would tell it."""
+        failure = Failure(
+            EXIT_USAGE,
+            f"invalid argument: {error.message}",
+            grpc.StatusCode.INVALID_ARGUMENT.name,
+            "INVALID_ARGUMENT",
+            error.message,
+            error.metadata,
+        )
+        if self.json:
+            self.emit({"error": failure.to_dict()})
+        self.note(f"bank {self.args.command}: {failure.message}")
+        return failure.exit_status
 
     def fail(self, failed: CallFailed) -> int:
         facts = complete(self.client, self.facts, failed.error)

@@ -2,12 +2,14 @@
 
 Backends: SQLite (embedded default), Postgres, in-memory (tests). ``open_store`` picks one
 by URL; ``AsyncEventStore`` runs any of them for asyncio code with group commit, and
-``open_async_store`` opens one that way, ready to use.
+``open_async_store`` opens one that way, ready to use. The SQL backends (SQLAlchemy,
+psycopg) are imported when first used, so that code which only reads recorded events (the
+audit's checks) or drives a store it is given loads neither.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .aio import AppendObserver, AsyncEventStore
 from .memory import InMemoryEventStore
@@ -21,12 +23,15 @@ from .port import (
     LeaseLost,
     LeaseWrite,
     NewEvent,
+    OwnedByAnother,
     RecordedEvent,
     Snapshot,
     StoreUnavailable,
 )
-from .postgres import PostgresEventStore
-from .sqlite import SqliteEventStore
+
+if TYPE_CHECKING:
+    from .postgres import PostgresEventStore
+    from .sqlite import SqliteEventStore
 
 __all__ = [
     "AppendObserver",
@@ -41,6 +46,7 @@ __all__ = [
     "LeaseLost",
     "LeaseWrite",
     "NewEvent",
+    "OwnedByAnother",
     "PostgresEventStore",
     "RecordedEvent",
     "Snapshot",
@@ -65,8 +71,12 @@ def open_store(url: str, **options: Any) -> EventStore:
             raise TypeError(f"memory:// takes no options, got {sorted(options)}")
         return InMemoryEventStore()
     if backend == "sqlite":
+        from .sqlite import SqliteEventStore
+
         return SqliteEventStore(url, **options)
     if backend in ("postgresql", "postgres"):
+        from .postgres import PostgresEventStore
+
         return PostgresEventStore(url, **options)
     raise ValueError(
         f"unsupported event store URL {url!r}: use sqlite:///<file>, "
@@ -74,17 +84,34 @@ def open_store(url: str, **options: Any) -> EventStore:
     )
 
 
-async def open_async_store(url: str, *, observer: AppendObserver | None = None) -> AsyncEventStore:
+async def open_async_store(
+    url: str, *, owner: str | None = None, observer: AppendObserver | None = None
+) -> AsyncEventStore:
     """The store named by ``url`` for asyncio code, started, its schema created or migrated
     once the database answers (it waits for that as long as it takes).
 
-    ``observer``: told of every append (see ``AsyncEventStore``).
+    ``owner``: the service that keeps its events here; a database another service has
+    claimed raises ``OwnedByAnother`` (see ``EventStore.migrate``). ``observer``: told of
+    every append (see ``AsyncEventStore``).
     """
     store = AsyncEventStore(open_store(url), observer=observer)
     await store.start()
     try:
-        await store.migrate_when_ready()
+        await store.migrate_when_ready(owner)
     except BaseException:
         await store.close()
         raise
     return store
+
+
+def __getattr__(name: str) -> Any:
+    """The SQL backends' classes, imported on first use (see the module's docstring)."""
+    if name == "SqliteEventStore":
+        from .sqlite import SqliteEventStore
+
+        return SqliteEventStore
+    if name == "PostgresEventStore":
+        from .postgres import PostgresEventStore
+
+        return PostgresEventStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -340,15 +340,16 @@ class AsyncEventStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, functools.partial(fn, *args, **kwargs))
 
-    async def migrate(self) -> None:
-        await self._run(self.store.migrate)
+    async def migrate(self, owner: str | None = None) -> None:
+        await self._run(self.store.migrate, owner)
 
-    async def migrate_when_ready(self, max_delay: float = 5.0) -> None:
-        """Creates or migrates the schema, waiting for the database if it is not up yet."""
+    async def migrate_when_ready(self, owner: str | None = None, max_delay: float = 5.0) -> None:
+        """Creates or migrates the schema (for ``owner``, see ``EventStore.migrate``),
+        waiting for the database if it is not up yet."""
         delay = 0.2
         while True:
             try:
-                await self.migrate()
+                await self.migrate(owner)
                 return
             except StoreUnavailable as exc:
                 log.warning("database not ready (%s); retrying in %.1f s", exc, delay)

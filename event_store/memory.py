@@ -19,11 +19,13 @@ from .port import (
     LeaseLost,
     LeaseWrite,
     NewEvent,
+    OwnedByAnother,
     RecordedEvent,
     Snapshot,
     check_append,
     check_batch,
     check_lease,
+    check_owner,
     check_snapshot,
     decode_data,
     encode_data,
@@ -55,7 +57,8 @@ class _Stored(NamedTuple):
 
 
 class InMemoryEventStore:
-    """A thread-safe ``EventStore`` in memory; ``migrate``, ``ping`` and ``close`` are no-ops."""
+    """A thread-safe ``EventStore`` in memory; ``ping`` and ``close`` are no-ops, and
+    ``migrate`` only records the owner."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -64,9 +67,17 @@ class InMemoryEventStore:
         self._tags: dict[str, list[int]] = {}  # positions, ascending
         self._snapshots: dict[str, tuple[int, str]] = {}  # stream -> (version, JSON)
         self._leases: dict[str, Lease] = {}
+        self._owner: str | None = None
 
-    def migrate(self) -> None:
-        pass
+    def migrate(self, owner: str | None = None) -> None:
+        if owner is None:
+            return
+        check_owner(owner)
+        with self._lock:
+            if self._owner is None:
+                self._owner = owner
+            elif self._owner != owner:
+                raise OwnedByAnother(self._owner, owner)
 
     def ping(self) -> None:
         pass

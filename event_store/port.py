@@ -27,6 +27,7 @@ __all__ = [
     "LeaseLost",
     "LeaseWrite",
     "NewEvent",
+    "OwnedByAnother",
     "RecordedEvent",
     "Snapshot",
     "StoreUnavailable",
@@ -37,6 +38,7 @@ __all__ = [
 MAX_STREAM_ID_LENGTH = 200
 MAX_TYPE_LENGTH = 100
 MAX_TAG_LENGTH = 300
+MAX_OWNER_LENGTH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,22 @@ class StoreUnavailable(EventStoreError):
     """The database cannot be reached, is down, or stayed locked beyond the busy timeout."""
 
 
+class OwnedByAnother(EventStoreError):
+    """``migrate(owner)`` found the database claimed by another service; nothing changed."""
+
+    def __init__(self, owner: str, claimant: str) -> None:
+        super().__init__(
+            f"the database belongs to {owner}, not to {claimant}: each service keeps its"
+            f" events in a database of its own; give {claimant} another --db (on Postgres,"
+            " a schema of its own: ?options=-csearch_path%3D<schema>)"
+        )
+        self.owner = owner
+        self.claimant = claimant
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.owner, self.claimant))
+
+
 class LeaseLost(EventStoreError):
     """The lease is held at another epoch than the writer's (or is gone): someone else has
     taken the work over. Nothing was stored."""
@@ -162,8 +180,12 @@ class EventStore(Protocol):
     request order.
     """
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema. Idempotent; safe when two processes race."""
+    def migrate(self, owner: str | None = None) -> None:
+        """Create or upgrade the schema. Idempotent; safe when two processes race.
+
+        ``owner``: the service that keeps its events here. The first to migrate with one
+        claims the database; a different owner later raises ``OwnedByAnother`` and changes
+        nothing. Without one, nothing is claimed or checked (tools that only read)."""
         ...
 
     def ping(self) -> None:
@@ -314,6 +336,10 @@ def check_append(stream_id: str, expected_version: int, events: Sequence[NewEven
             raise ValueError("event tags must be a tuple of strings, not a string")
         for tag in event.tags:
             _check_name(tag, "event tag", MAX_TAG_LENGTH)
+
+
+def check_owner(owner: str) -> None:
+    _check_name(owner, "owner", MAX_OWNER_LENGTH)
 
 
 def check_snapshot(stream_id: str, version: int) -> None:

@@ -1,11 +1,11 @@
 """The SQLAlchemy implementation of the event store shared by the SQL backends.
 
 Owns the schema (``events``, ``event_tags``, ``event_tag_log``, ``snapshots``,
-``schema_version``), its migration steps, the prebuilt statements, the reads, the
-preparation of an append (its rows, the version keys it checks, what it returns) and the
-one translation of database errors into the port's. Backends subclass ``SqlEventStore`` to
-configure the engine and to write an append's transaction (``_write``) on their driver's
-connection, with the locking that keeps positions in commit order.
+``store_owner``, ``schema_version``), its migration steps, the prebuilt statements, the
+reads, the preparation of an append (its rows, the version keys it checks, what it
+returns) and the one translation of database errors into the port's. Backends subclass
+``SqlEventStore`` to configure the engine and to write an append's transaction (``_write``)
+on their driver's connection, with the locking that keeps positions in commit order.
 
 Tags are found through two tables: ``event_tags``, keyed by ``(tag, position)``, and
 ``event_tag_log``, rows in the order they were appended with no index of their own. An
@@ -57,6 +57,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .port import (
+    MAX_OWNER_LENGTH,
     MAX_STREAM_ID_LENGTH,
     MAX_TAG_LENGTH,
     MAX_TYPE_LENGTH,
@@ -65,12 +66,14 @@ from .port import (
     EventStoreError,
     LeaseWrite,
     NewEvent,
+    OwnedByAnother,
     RecordedEvent,
     Snapshot,
     StoreUnavailable,
     check_append,
     check_batch,
     check_lease,
+    check_owner,
     check_snapshot,
     decode_data,
     encode_data,
@@ -89,6 +92,7 @@ __all__ = [
     "metadata",
     "schema_version",
     "snapshots",
+    "store_owner",
 ]
 
 metadata = MetaData()
@@ -143,6 +147,13 @@ snapshots = Table(
     Column("data", Text, nullable=False),
 )
 
+# Which service keeps its events here: one row, written by the first ``migrate(owner)``.
+store_owner = Table(
+    "store_owner",
+    metadata,
+    Column("service", String(MAX_OWNER_LENGTH), primary_key=True),
+)
+
 schema_version = Table(
     "schema_version",
     metadata,
@@ -174,6 +185,10 @@ def _create_tag_log(conn: Connection) -> None:
     metadata.create_all(conn, tables=[event_tag_log], checkfirst=True)
 
 
+def _create_store_owner(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[store_owner], checkfirst=True)
+
+
 def _create_leases(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leases], checkfirst=True)
 
@@ -184,6 +199,7 @@ MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
     _create_events_and_tags,
     _create_snapshots,
     _create_tag_log,
+    _create_store_owner,
     _create_leases,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -264,6 +280,7 @@ def _upsert_snapshot(dialect: str) -> Any:
 
 
 _CURRENT_SCHEMA_VERSION = select(func.max(schema_version.c.version))
+_OWNER = select(store_owner.c.service)
 _PING = text("SELECT 1")
 
 # PEP 249 gives every driver these two: the database unreachable, down, or locked beyond
@@ -410,7 +427,9 @@ class SqlEventStore:
 
     # --- EventStore ----------------------------------------------------------------------
 
-    def migrate(self) -> None:
+    def migrate(self, owner: str | None = None) -> None:
+        if owner is not None:
+            check_owner(owner)
         try:
             with self.engine.begin() as conn:
                 self._lock_migrations(conn)
@@ -421,12 +440,18 @@ class SqlEventStore:
                         f"database schema version {current} is newer than this code "
                         f"({SCHEMA_VERSION})"
                     )
-                if current == SCHEMA_VERSION:
-                    return
-                for step in MIGRATIONS[current:]:
-                    step(conn)
-                conn.execute(delete(schema_version))
-                conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+                if current < SCHEMA_VERSION:
+                    for step in MIGRATIONS[current:]:
+                        step(conn)
+                    conn.execute(delete(schema_version))
+                    conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+                if owner is not None:
+                    # Under the migration lock: of two services racing, one claims first.
+                    claimed = conn.execute(_OWNER).scalar()
+                    if claimed is None:
+                        conn.execute(insert(store_owner).values(service=owner))
+                    elif claimed != owner:
+                        raise OwnedByAnother(claimed, owner)
         except sa_exc.SQLAlchemyError as exc:
             raise translate_error(exc) from exc
 

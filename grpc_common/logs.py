@@ -1,7 +1,9 @@
 """Log formats: lines for people (``text``) or one JSON object per line (``json``).
 
-A JSON line holds ``time`` (UTC, RFC 3339 with milliseconds), ``level``, ``logger`` and
-``message``, then whichever of these apply: ``transfer_id`` and ``account_id`` when the
+Every line names the service that wrote it (``account-service``, ``transfer-service``):
+a text line after its level, a JSON line in ``service``. A JSON line holds ``time`` (UTC,
+RFC 3339 with milliseconds), ``level``, ``service``, ``logger`` and ``message``, then
+whichever of these apply: ``transfer_id`` and ``account_id`` when the
 line is about one, ``trace_id`` and ``span_id`` when tracing is on and a span is current,
 ``exception`` (the traceback) when one is logged.
 
@@ -25,7 +27,7 @@ from types import TracebackType
 from grpc_common import tracing
 
 FORMATS = ("text", "json")
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(service)s %(name)s: %(message)s"
 ID_FIELDS = ("transfer_id", "account_id")
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -50,6 +52,18 @@ class IdFilter(logging.Filter):
         return True
 
 
+class ServiceFilter(logging.Filter):
+    """Sets ``record.service`` to the process's service name; passes every record."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
@@ -57,6 +71,7 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, object] = {
             "time": _rfc3339(record.created),
             "level": record.levelname,
+            "service": getattr(record, "service", None) or "",
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -82,14 +97,18 @@ def _rfc3339(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def configure(level: str, log_format: str = "text") -> None:
-    """Send the process's log to stderr at ``level``, in ``log_format`` (``text``/``json``)."""
+def configure(level: str, log_format: str = "text", service: str = "-") -> None:
+    """Send the process's log to stderr at ``level``, in ``log_format`` (``text``/``json``),
+    each line naming ``service``."""
     if log_format not in FORMATS:
         raise ValueError(f"log format {log_format!r}: expected one of {FORMATS}")
-    if log_format == "text":
-        logging.basicConfig(level=level.upper(), stream=sys.stderr, format=TEXT_FORMAT)
-        return
     handler = logging.StreamHandler(sys.stderr)
+    # On the handler, not a logger: it sees the records of every logger.
+    handler.addFilter(ServiceFilter(service))
+    if log_format == "text":
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+        return
     handler.setFormatter(JsonFormatter())
     handler.addFilter(IdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler])

@@ -151,6 +151,13 @@ class _Health:
         await self.servicer.enter_graceful_shutdown()
 
 
+def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port bound; ``RuntimeError`` when the address cannot be bound."""
+    if credentials is None:
+        return server.add_insecure_port(listen)
+    return server.add_secure_port(listen, credentials)
+
+
 def observability_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The metrics and tracing interceptors the process configured; none when both are off."""
     found: list[grpc.aio.ServerInterceptor] = []
@@ -177,16 +184,22 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     health = _Health(health_servicer, names)
     await health.set(False)
 
+    try:
+        port = _bind(server, config.listen, security.credentials)
+    except RuntimeError:
+        log.critical(
+            "cannot listen on %s: the address is in use (another process serving on it?)"
+            " or not this machine's",
+            config.listen,
+        )
+        raise SystemExit(2) from None
     if security.credentials is None:
-        port = server.add_insecure_port(config.listen)
         if not tls.is_loopback(config.listen):
             log.warning(
                 "serving plaintext on %s, reachable from other machines: anyone on the"
                 " network can read and alter the calls; use --tls-cert and --tls-key",
                 config.listen,
             )
-    else:
-        port = server.add_secure_port(config.listen, security.credentials)
     host = config.listen.rsplit(":", 1)[0]
     try:
         metrics_http = metrics.start_http_server()

@@ -35,11 +35,12 @@ def common_parser(prog: str, description: str, listen: str, db: str) -> argparse
     return parser
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """The process's log on stderr: ``text`` lines, or ``json`` (``grpc_common.logs``)."""
+def configure_logging(level: str, log_format: str = "text", service: str = "-") -> None:
+    """The process's log on stderr: ``text`` lines, or ``json`` (``grpc_common.logs``),
+    each naming ``service``."""
     if log_format not in logs.FORMATS:
         sys.exit(f"--log-format {log_format!r}: expected one of {', '.join(logs.FORMATS)}")
-    logs.configure(level, log_format)
+    logs.configure(level, log_format, service)
 
 
 def add_observability_flags(parser: argparse.ArgumentParser) -> None:
@@ -86,13 +87,8 @@ def tune_gc() -> None:
     all the process had imported (modules, classes, descriptors). Here the objects alive
     at start are frozen (``gc.freeze``: never scanned, never freed) and the youngest
     generation is collected every 10,000 net allocations; cycles are still found and freed,
-    only later. ``BANK_GC=python`` keeps Python's defaults (for comparison).
+    only later.
     """
-    setting = os.environ.get("BANK_GC", "tuned")
-    if setting == "python":
-        return
-    if setting != "tuned":
-        sys.exit(f"BANK_GC={setting!r}: expected tuned or python")
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
@@ -104,11 +100,7 @@ def run_async(main: Coroutine[Any, Any, None]) -> None:
 
     ``BANK_EVENT_LOOP=asyncio`` forces the standard loop (for comparison or debugging).
     """
-    try:
-        tune_gc()
-    except SystemExit:
-        main.close()  # never started: stop without a "never awaited" warning
-        raise
+    tune_gc()
     if os.environ.get("BANK_EVENT_LOOP", "uvloop") == "uvloop":
         try:
             import uvloop

@@ -6,6 +6,7 @@ the offending field.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 
@@ -63,9 +64,27 @@ def parse_key(value: str, field: str) -> str:
 
 
 def parse_currency(value: str, field: str = "currency") -> str:
+    """An ISO 4217 code of a currency with a minor unit (EUR, USD, JPY): amounts are counted
+    in minor units, so codes without one (metals, units of account, XXX, XTS) are refused."""
     if not _CURRENCY.fullmatch(value):
         raise InvalidArgument(field, "must be three upper-case letters (ISO 4217)")
+    exponents = _iso_exponents()
+    if value not in exponents:
+        raise InvalidArgument(field, f"{value} is not an ISO 4217 currency code")
+    if exponents[value] is None:
+        raise InvalidArgument(
+            field, f"{value} has no minor unit (a metal, a unit of account, XXX or XTS)"
+        )
     return value
+
+
+@functools.cache
+def _iso_exponents() -> dict[str, int | None]:
+    """Every ISO 4217 code with the number of decimals of its minor unit (None: none)."""
+    # Imported on first use: reading the ISO table costs a few tens of milliseconds.
+    from iso4217 import Currency
+
+    return {c.code: c.exponent for c in Currency}
 
 
 def parse_owner(value: str, field: str = "owner") -> str:

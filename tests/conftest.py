@@ -21,15 +21,16 @@ def postgres_url() -> Iterator[str]:
     global _unreachable
     if _unreachable is not None:
         pg.skip_or_fail(_unreachable)
+    schemas = pg.schemas()
     try:
-        schema = pg.create_schema()
+        url = schemas.new()
     except pg.PostgresUnreachable as exc:
         _unreachable = str(exc).splitlines()[0]
         pg.skip_or_fail(_unreachable)
     try:
-        yield pg.schema_url(schema)
+        yield url
     finally:
-        pg.drop_schema(schema)
+        schemas.drop()
 
 
 @pytest.fixture

@@ -14,7 +14,13 @@ from grpc_common.settings import (
     env_flag,
     run_async,
 )
-from transfer_service.server import DEFAULT_ACCOUNTS, DEFAULT_DB, DEFAULT_LISTEN, run
+from transfer_service.server import (
+    DEFAULT_ACCOUNTS,
+    DEFAULT_DB,
+    DEFAULT_LISTEN,
+    SERVICE_NAME,
+    run,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     add_security_flags(parser, accounts_client=True)
     add_observability_flags(parser)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    configure_logging(args.log_level, args.log_format, SERVICE_NAME)
     configure_security(parser, args)
-    configure_observability(parser, args, "transfer-service")
+    configure_observability(parser, args, SERVICE_NAME)
     grace, deadline = float(args.grace), float(args.call_deadline)
     run_async(run(args.listen, args.db, args.accounts, grace, deadline))
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bank.v1 import transfer_pb2, transfer_pb2_grpc
-from event_store import AsyncEventStore, open_async_store
+from event_store import AsyncEventStore, OwnedByAnother, open_async_store
 from grpc_common import metrics, tracing
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import crash_point_from_env
@@ -38,6 +38,8 @@ from transfer_service.grpc_api.servicers import TransferServicer
 from transfer_service.process import POINTS, RetryHook, TransferProcess, TransferRepository
 from transfer_service.repository import StoredTransfers
 
+# How the service names itself: in its log lines, its traces, and its claim on its database.
+SERVICE_NAME = "transfer-service"
 DEFAULT_LISTEN = "127.0.0.1:50052"
 DEFAULT_DB = "sqlite:///transfers.db"
 DEFAULT_ACCOUNTS = "127.0.0.1:50051"
@@ -199,7 +201,13 @@ async def run(
 ) -> None:
     lock = hold_sqlite_file(db)
     try:
-        store = await open_async_store(db, observer=metrics.store_observer())
+        try:
+            store = await open_async_store(
+                db, owner=SERVICE_NAME, observer=metrics.store_observer()
+            )
+        except OwnedByAnother as exc:
+            log.critical("%s", exc)
+            raise SystemExit(2) from None
         await run_service(
             listen=listen,
             store=store,

@@ -141,7 +141,7 @@ def test_compose_named_volumes_are_declared(compose):
 @pytest.mark.e2e
 def test_compose_health_check_command_tells_serving_from_down(compose, tmp_path):
     """The services' health check, run for real against an account service and a dead port."""
-    from tests.e2e.harness import ServiceProcess, free_port
+    from bank_cli.harness import ServiceProcess, free_port
 
     test = compose["services"]["account-service"]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]

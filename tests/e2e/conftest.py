@@ -45,18 +45,16 @@ def own_bank(tmp_path) -> Iterator[Bank]:
 @pytest.fixture
 def postgres_schema_url() -> Iterator[Callable[[], str]]:
     """Makes URLs onto fresh Postgres schemas (one per service), dropped afterwards."""
-    schemas: list[str] = []
+    schemas = pg.schemas()
 
     def make() -> str:
         try:
-            schemas.append(pg.create_schema())
+            return schemas.new()
         except pg.PostgresUnreachable as exc:
             pg.skip_or_fail(str(exc).splitlines()[0])
-        return pg.schema_url(schemas[-1])
 
     yield make
-    for schema in schemas:
-        pg.drop_schema(schema)
+    schemas.drop()
 
 
 @pytest.fixture

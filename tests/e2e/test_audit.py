@@ -97,11 +97,38 @@ def test_a_clean_bank_passes(history):
     report = json.loads(bank_audit(bank.accounts_db, bank.transfers_db, "--json").stdout)
     assert report["ok"] is True
     assert report["transfer_states"] == {"COMPLETED": 2, "FAILED": 2}
-    totals = report["totals"]
+    assert list(report["totals"]) == ["EUR"]
+    totals = report["totals"]["EUR"]
     assert (totals["deposits"], totals["withdrawals"]) == (1_050, 25)
     assert (totals["credits"], totals["captures"], totals["in_transit"]) == (400, 400, 0)
     assert totals["balances"] == totals["expected_balances"] == 1_025
     assert (totals["reserved"], report["in_flight"]) == (0, [])
+
+
+def test_money_is_totalled_per_currency(own_bank):
+    bank = own_bank
+    ada, bob = new_account(bank, 1_000, owner="Ada"), new_account(bank, owner="Bob")
+    dan = new_account(bank, 500, currency="USD", owner="Dan")
+    eve = new_account(bank, currency="USD", owner="Eve")
+    for source, target, amount in ((ada, bob, 300), (dan, eve, 200)):
+        request = tpb.CreateTransferRequest(
+            transfer_id=str(uuid.uuid4()),
+            from_account_id=source.account_id,
+            to_account_id=target.account_id,
+            amount=amount,
+        )
+        assert bank.transfers.CreateTransfer(request).state == tpb.TRANSFER_STATE_COMPLETED
+    assert bank.stop() == {"transfer_service": 0, "account_service": 0}
+
+    done = bank_audit(bank.accounts_db, bank.transfers_db)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "money in EUR: deposits 1000, withdrawals 0, credits 300, captures 300" in done.stdout
+    assert "money in USD: deposits 500, withdrawals 0, credits 200, captures 200" in done.stdout
+    totals = json.loads(bank_audit(bank.accounts_db, bank.transfers_db, "--json").stdout)["totals"]
+    assert {code: (t["deposits"], t["balances"]) for code, t in totals.items()} == {
+        "EUR": (1_000, 1_000),
+        "USD": (500, 500),
+    }
 
 
 def test_a_second_capture_planted_in_a_copy_is_named(history, tmp_path):

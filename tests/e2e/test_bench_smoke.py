@@ -17,10 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bank.experimental.v1 import naive_pb2, naive_pb2_grpc
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
-from bank_cli.bench_variants import VARIANTS
+from bank_cli.harness import ServiceProcess
 from grpc_common.errors import error_info
 from tests.e2e.conftest import new_account
-from tests.e2e.harness import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -48,18 +47,6 @@ def _bank(*args: str) -> subprocess.CompletedProcess[str]:
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     return completed
-
-
-def test_bench_variants_runs_every_variant_and_conserves_money(tmp_path):
-    out = tmp_path / "results"
-    _bank("bench-variants", "--total", "30", "--in-flight", "1,8", "--out", str(out))
-    results = json.loads((out / "bench-variants-sqlite.json").read_text())
-    assert [(r["name"], r["in_flight"]) for r in results] == [
-        (name, n) for name, _ in VARIANTS for n in (1, 8)
-    ]
-    for result in results:
-        assert result["status"] == "OK", result
-        assert (result["succeeded"], result["money"]["ok"]) == (30, True), result
 
 
 def _quick_bench(out: Path, runs: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:

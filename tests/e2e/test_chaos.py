@@ -84,8 +84,10 @@ def test_chaos_on_sqlite(tmp_path, capsys):
 
 
 def _require_shared_postgres() -> str:
+    schemas = pg.schemas()
     try:
-        pg.drop_schema(pg.create_schema())
+        schemas.new()
+        schemas.drop()
     except pg.PostgresUnreachable as exc:
         pg.skip_or_fail(str(exc).splitlines()[0])
     return pg.base_url()

@@ -22,7 +22,7 @@ import pytest
 
 from bank.v1 import account_pb2 as apb
 from bank_cli.__main__ import main
-from tests.e2e.harness import free_port
+from bank_cli.harness import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -293,6 +293,7 @@ def test_not_found(bank_cli):
         (["show", "not-a-uuid"], "account_id"),
         (["deposit", "not-a-uuid", "5"], "account_id"),
         (["open", "--owner", "Ada", "--currency", "EURO"], "currency"),
+        (["open", "--owner", "Ada", "--currency", "XYZ"], "currency"),
         (["open", "--owner", " ", "--currency", "EUR"], "owner"),
     ],
 )

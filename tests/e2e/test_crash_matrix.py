@@ -25,10 +25,11 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.audit import read_events
 from bank_cli.audit_checks import AuditReport, audit
+from bank_cli.harness import ServiceProcess
 from grpc_common.errors import error_info
 from shared_kernel.crash import ACCOUNT_AFTER_APPEND, CRASH_EXIT_CODE
 from tests.e2e.conftest import new_account
-from tests.e2e.harness import Bank, ServiceProcess
+from tests.e2e.harness import Bank
 from transfer_service import process as p
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from grpc import StatusCode
+from grpc import RpcError, StatusCode
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
@@ -74,6 +74,30 @@ def test_bad_currency_is_invalid_argument(bank, currency):
         lambda: bank.accounts.OpenAccount(apb.OpenAccountRequest(owner="Ada", currency=currency))
     )
     assert (code, metadata["field"]) == (StatusCode.INVALID_ARGUMENT, "currency")
+
+
+@pytest.mark.parametrize(
+    ("currency", "why"),
+    [("XYZ", "is not an ISO 4217 currency code"), ("XAU", "has no minor unit")],
+)
+def test_a_code_outside_iso_4217_is_invalid_argument(bank, currency, why):
+    code, reason, metadata = refusal(
+        lambda: bank.accounts.OpenAccount(apb.OpenAccountRequest(owner="Ada", currency=currency))
+    )
+    assert (code, reason, metadata["field"]) == (
+        StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+        "currency",
+    )
+    with pytest.raises(RpcError) as caught:
+        bank.accounts.OpenAccount(apb.OpenAccountRequest(owner="Ada", currency=currency))
+    assert why in caught.value.details()
+
+
+@pytest.mark.parametrize("currency", ["EUR", "USD", "JPY"])
+def test_iso_4217_currencies_open_accounts(bank, currency):
+    account = bank.accounts.OpenAccount(apb.OpenAccountRequest(owner="Ada", currency=currency))
+    assert account.currency == currency
 
 
 def test_same_source_and_target_is_invalid_argument(bank, open_account):

@@ -23,8 +23,9 @@ from sqlalchemy import make_url
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
+from bank_cli.harness import ServiceProcess, free_port
 from tests.e2e.conftest import new_account, refusal
-from tests.e2e.harness import Bank, ServiceProcess, free_port
+from tests.e2e.harness import Bank
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -177,9 +178,13 @@ def test_metrics_and_json_logs(observed_bank, tmp_path):
 
     bank.stop()
     # Every line of both logs is one JSON object; the retries name their transfer.
-    for name in ("account_service.log", "transfer_service.log"):
+    for name, service in (
+        ("account_service.log", "account-service"),
+        ("transfer_service.log", "transfer-service"),
+    ):
         for entry in _json_lines(tmp_path / name):
             assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+            assert entry["service"] == service, entry
     retries = [
         entry
         for entry in _json_lines(tmp_path / "transfer_service.log")
@@ -188,6 +193,17 @@ def test_metrics_and_json_logs(observed_bank, tmp_path):
     assert retries, "no retry was logged"
     assert {entry.get("transfer_id") for entry in retries} == {pending.transfer_id}
     assert all(entry["level"] == "WARNING" for entry in retries)
+
+
+def test_text_log_lines_name_their_service(own_bank):
+    own_bank.stop()
+    for module, service in (
+        ("account_service", "account-service"),
+        ("transfer_service", "transfer-service"),
+    ):
+        lines = (own_bank.workdir / f"{module}.log").read_text().splitlines()
+        assert any(f" INFO {service} grpc_common.server: listening on" in line for line in lines)
+        assert any(f" INFO {service} grpc_common.server: stopped" in line for line in lines)
 
 
 def _spans(path: Path) -> list[dict]:

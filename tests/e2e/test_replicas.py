@@ -20,7 +20,7 @@ from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.audit import read_events
 from bank_cli.audit_checks import audit
-from tests.e2e.harness import ServiceProcess
+from bank_cli.harness import ServiceProcess
 
 pytestmark = pytest.mark.postgres
 

@@ -29,8 +29,9 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.__main__ import main as cli_main
+from bank_cli.harness import ServiceProcess
 from tests.e2e.conftest import refusal
-from tests.e2e.harness import Bank, ServiceProcess
+from tests.e2e.harness import Bank
 
 pytestmark = pytest.mark.e2e
 
@@ -525,7 +526,9 @@ def test_plaintext_beyond_loopback_is_warned_about(tmp_path):
     for service in (warned, quiet):
         service.start()
         assert service.stop() == 0
-    assert "WARNING grpc_common.server: serving plaintext on 0.0.0.0" in warned.log()
+    assert "WARNING account-service grpc_common.server: serving plaintext on 0.0.0.0" in (
+        warned.log()
+    )
     assert "plaintext" not in quiet.log().replace("security: plaintext", "")
 
 

@@ -25,11 +25,12 @@ from event_store import (
     EventStore,
     EventStoreError,
     NewEvent,
+    OwnedByAnother,
     RecordedEvent,
     Snapshot,
     SqliteEventStore,
 )
-from event_store.sql import MIGRATIONS, SCHEMA_VERSION, SqlEventStore, schema_version
+from event_store.sql import MIGRATIONS, SCHEMA_VERSION, SqlEventStore, schema_version, store_owner
 from tests.event_store.lease_conformance import LeaseConformance
 
 INT64_MIN = -(2**63)
@@ -627,9 +628,9 @@ class EventStoreConformance(LeaseConformance):
         new = store_factory()
         new.migrate()
         with new.engine.connect() as conn:
-            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 4
+            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 5
             assert conn.execute(select(func.count()).select_from(schema_version)).scalar() == 1
-        assert SCHEMA_VERSION == 4
+        assert SCHEMA_VERSION == 5
         assert new.read_all() == recorded
         assert new.read_stream("a") == recorded[:2]
         assert new.read_tag("x") == recorded[:1]
@@ -640,6 +641,93 @@ class EventStoreConformance(LeaseConformance):
         assert new.lease("a") is None  # the leases table came with the migration
         new.migrate()  # at the current version: nothing to do
         assert new.stream_version("a") == 3
+
+    def test_a_schema_version_3_database_is_claimed_by_the_first_owner_to_migrate(
+        self, store_factory: Callable[[], EventStore]
+    ) -> None:
+        old = store_factory()
+        if not isinstance(old, SqlEventStore):
+            pytest.skip("this store keeps no schema")
+        # What the code of schema version 3 created: no store_owner table.
+        with old.engine.begin() as conn:
+            schema_version.create(conn)
+            for step in MIGRATIONS[:3]:
+                step(conn)
+            conn.execute(insert(schema_version).values(version=3))
+        recorded = old.append("a", 0, [ev(n=1)])
+
+        first = store_factory()
+        first.migrate("account-service")
+        with first.engine.connect() as conn:
+            assert conn.execute(select(store_owner.c.service)).scalars().all() == [
+                "account-service"
+            ]
+        assert first.read_all() == recorded
+        with pytest.raises(OwnedByAnother):
+            store_factory().migrate("transfer-service")
+
+    # --- owner ---------------------------------------------------------------------------
+
+    def test_the_first_owner_claims_the_database_and_migrates_it_again(
+        self, store_factory: Callable[[], EventStore]
+    ) -> None:
+        store = store_factory()
+        store.migrate("account-service")
+        store.append("a", 0, [ev()])
+        store.migrate("account-service")
+        store_factory().migrate("account-service")
+        assert store.stream_version("a") == 1
+
+    def test_another_owner_is_refused_naming_both_services(
+        self, store_factory: Callable[[], EventStore]
+    ) -> None:
+        owner = store_factory()
+        owner.migrate("account-service")
+        recorded = owner.append("a", 0, [ev()])
+        with pytest.raises(OwnedByAnother) as refused:
+            store_factory().migrate("transfer-service")
+        assert (refused.value.owner, refused.value.claimant) == (
+            "account-service",
+            "transfer-service",
+        )
+        assert "account-service" in str(refused.value)
+        assert "transfer-service" in str(refused.value)
+        assert isinstance(refused.value, EventStoreError)
+        owner.migrate("account-service")  # the refusal changed nothing
+        assert owner.read_all() == recorded
+
+    def test_migrate_without_an_owner_neither_claims_nor_checks(
+        self, store_factory: Callable[[], EventStore]
+    ) -> None:
+        store_factory().migrate()
+        store_factory().migrate("transfer-service")
+        store_factory().migrate()
+        with pytest.raises(OwnedByAnother):
+            store_factory().migrate("account-service")
+
+    def test_of_owners_racing_to_claim_a_new_database_exactly_one_wins(
+        self, store_factory: Callable[[], EventStore]
+    ) -> None:
+        owners = [f"service-{n}" for n in range(3)]
+        handles = [store_factory() for _ in owners]
+
+        def claim(index: int) -> str | None:
+            try:
+                handles[index].migrate(owners[index])
+            except OwnedByAnother as refused:
+                return refused.owner
+            return owners[index]
+
+        with ThreadPoolExecutor(len(handles)) as pool:
+            seen = list(pool.map(claim, range(len(handles))))
+        assert len(set(seen)) == 1 and seen[0] in owners
+
+    @pytest.mark.parametrize("owner", ["", "x" * 101, "nul\x00"])
+    def test_a_malformed_owner_is_value_error(self, store: EventStore, owner: str) -> None:
+        with pytest.raises(ValueError):
+            store.migrate(owner)
+
+    # --- lifecycle, continued ------------------------------------------------------------
 
     def test_migrate_twice_is_harmless(self, store: EventStore) -> None:
         store.append("a", 0, [ev()])

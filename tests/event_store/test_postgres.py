@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from event_store import (
     AppendRequest,
@@ -16,7 +17,9 @@ from event_store import (
     PostgresEventStore,
     StoreUnavailable,
     open_store,
+    schemas,
 )
+from tests import pg
 from tests.event_store.conformance import EventStoreConformance
 
 pytestmark = pytest.mark.postgres
@@ -60,6 +63,7 @@ def test_tables_live_in_the_schema_named_by_the_url(
             "event_tags",
             "event_tag_log",
             "snapshots",
+            "store_owner",
             "schema_version",
             "leases",
         }
@@ -192,3 +196,34 @@ def test_statements_keep_being_planned_for_their_values_as_the_table_grows(
     assert "Seq Scan" not in str(version_check), version_check
     with store.engine.connect() as conn:  # and the readers' connections alike
         assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+
+
+def test_schemas_are_created_once_and_their_urls_keep_each_store_in_its_own(
+    postgres_url: str,
+) -> None:
+    base = pg.base_url()
+    names = [f"t_{uuid.uuid4().hex}" for _ in range(2)]
+    try:
+        schemas.create_schemas(base, names)
+        schemas.create_schemas(base, names)  # already there: nothing to do
+        for name, owner in zip(names, ("account-service", "transfer-service"), strict=True):
+            store = PostgresEventStore(schemas.schema_url(base, name), pool_size=1)
+            try:
+                store.migrate(owner)
+                with store.engine.connect() as conn:
+                    assert conn.execute(text("SELECT current_schema()")).scalar() == name
+            finally:
+                store.close()
+    finally:
+        throwaway = pg.schemas()
+        throwaway.names.extend(names)
+        throwaway.drop()
+
+
+def test_a_schema_url_keeps_the_other_options_of_the_url() -> None:
+    url = "postgres://u:p@h/db?options=-cstatement_timeout%3D5000&connect_timeout=3"
+    parsed = make_url(schemas.schema_url(url, "reservebank_accounts"))
+    assert parsed.query["options"] == "-cstatement_timeout=5000 -csearch_path=reservebank_accounts"
+    assert (parsed.query["connect_timeout"], parsed.password) == ("3", "p")
+    with pytest.raises(ValueError):
+        schemas.schema_url(url, "Robert'); DROP TABLE events;--")

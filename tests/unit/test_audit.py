@@ -131,7 +131,8 @@ def test_a_clean_history_passes_and_reports_its_totals():
     assert report.ok, report.render()
     assert (report.accounts, report.transfers) == (3, 4)
     assert report.states == {"COMPLETED": 1, "FAILED": 2, "CREDITED": 1}
-    totals = report.totals
+    assert list(report.totals.currencies) == ["EUR"]
+    totals = report.totals.currencies["EUR"]
     assert (totals.deposits, totals.credits, totals.captures) == (100, 35, 30)
     assert totals.balances == totals.expected_balances == 105
     assert (totals.in_transit, totals.reserved, totals.open_holds) == (5, 5, 1)
@@ -282,13 +283,59 @@ def test_a_credit_into_an_account_of_another_currency():
     dollars = "dddddddd-0000-4000-8000-000000000004"
     h = opened().account(dollars, AccountOpened(dollars, "Dan", "USD"))
     report = completed(h, target=dollars).audit()
-    assert kinds_of(report) == {checks.CURRENCY_MISMATCH}
+    # 30 EUR left Ada and 30 USD reached Dan: neither currency's credits match its captures.
+    assert kinds_of(report) == {checks.CURRENCY_MISMATCH, checks.IN_TRANSIT}
+    assert sorted(v.detail[:4] for v in report.violations if v.kind == checks.IN_TRANSIT) == [
+        "EUR:",
+        "USD:",
+    ]
 
 
 def test_money_that_is_not_conserved():
     # Every event adds up on its own, but the last stored balance was tampered with.
     h = opened().account(BOB, Deposited(1, "b"), balance_after=2)
     assert checks.CONSERVATION in kinds_of(h.audit())
+
+
+DAN = "dddddddd-0000-4000-8000-000000000004"
+EVE = "eeeeeeee-0000-4000-8000-000000000005"
+T5 = "55555555-0000-4000-8000-000000000005"  # completed, Dan -> Eve, 700 USD
+
+
+def in_two_currencies() -> History:
+    """The clean EUR bank, and Dan with 1000 USD who paid Eve 700."""
+    h = clean()
+    h.account(DAN, AccountOpened(DAN, "Dan", "USD")).account(DAN, Deposited(1_000, "opening"))
+    h.account(EVE, AccountOpened(EVE, "Eve", "USD"))
+    h.transfer(T5, TransferRequested(T5, DAN, EVE, 700))
+    h.account(DAN, Reserved(700, T5)).transfer(T5, TransferReserved("USD"))
+    h.account(EVE, Credited(700, T5)).transfer(T5, TransferCredited())
+    return h.account(DAN, ReservationCaptured(700, T5)).transfer(T5, TransferCompleted())
+
+
+def test_money_is_totalled_per_currency():
+    report = in_two_currencies().audit()
+    assert report.ok, report.render()
+    euros, dollars = report.totals.currencies["EUR"], report.totals.currencies["USD"]
+    assert (euros.deposits, euros.credits, euros.captures, euros.balances) == (100, 35, 30, 105)
+    assert (dollars.deposits, dollars.credits, dollars.captures) == (1_000, 700, 700)
+    assert dollars.balances == dollars.expected_balances == 1_000
+    assert (dollars.in_transit, dollars.reserved, dollars.open_holds) == (0, 0, 0)
+    assert "money in EUR: deposits 100," in report.render()
+    assert "money in USD: deposits 1000," in report.render()
+    assert set(json.loads(json.dumps(report.to_dict()))["totals"]) == {"EUR", "USD"}
+
+
+def test_money_missing_in_one_currency_is_not_hidden_by_money_extra_in_another():
+    # Last stored balances tampered with: one euro cent more, one dollar cent less.
+    h = in_two_currencies()
+    h.account(BOB, Deposited(1, "b"), balance_after=37)
+    h.account(EVE, Deposited(1, "e"), balance_after=700)
+    report = h.audit()
+    conservation = sorted(v.detail for v in report.violations if v.kind == checks.CONSERVATION)
+    assert [detail[:4] for detail in conservation] == ["EUR:", "USD:"]
+    assert "EUR: balances sum to 107, but" in conservation[0]
+    assert "USD: balances sum to 1000, but" in conservation[1]
 
 
 def test_credits_not_matched_by_captures_or_in_flight_transfers():

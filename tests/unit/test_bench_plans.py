@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bank_cli.bench import FULL, QUICK, RESERVATION, compare, plans_for
+from bank_cli.bench.plans import FULL, QUICK, RESERVATION, compare, plans_for
 
 
 @pytest.mark.parametrize("scale", [FULL, QUICK], ids=["full", "quick"])

@@ -209,6 +209,34 @@ def test_other_deposit_refusals_exit_1(capsys, exc, expected):
     assert expected in run.err
 
 
+@pytest.mark.parametrize("currency", ["EUR", "usd", "JPY"])
+def test_an_iso_4217_currency_is_sent_upper_case(capsys, currency):
+    run = drive(
+        capsys,
+        ["open", "--owner", "Eve", "--currency", currency, "--account-id", ADA],
+        [("OpenAccount", _ok(_account(currency=currency.upper())))],
+    )
+    assert run.status == 0, run.err
+    assert run.requests[0].currency == currency.upper()
+
+
+def test_a_currency_outside_iso_4217_is_refused_before_any_call(capsys):
+    run = drive(capsys, ["open", "--owner", "Eve", "--currency", "XYZ"], [])
+    assert run.status == cli_client.EXIT_USAGE == 2
+    assert run.requests == []
+    assert run.err.strip() == (
+        "bank open: invalid argument: currency: XYZ is not an ISO 4217 currency code"
+    )
+
+
+def test_a_currency_outside_iso_4217_as_json(capsys):
+    run = drive(capsys, ["open", "--owner", "Eve", "--currency", "xyz", "--json"], [])
+    assert run.status == 2
+    error = json.loads(run.out)["error"]
+    assert (error["code"], error["reason"]) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT")
+    assert (error["metadata"], error["exit_status"]) == ({"field": "currency"}, 2)
+
+
 def test_account_already_exists_exits_1(capsys):
     refusal = ACCOUNT_ERRORS.status_for(domain.AccountAlreadyExists(ADA))
     run = drive(

@@ -103,6 +103,14 @@ def test_json_lines_hold_time_level_logger_message_ids_and_exception():
     assert "ValueError: boom" in json.loads(line)["exception"]
 
 
+def test_a_log_line_names_its_service_in_text_and_json():
+    record = _record("transfer %s: done", TID)
+    assert logs.ServiceFilter("transfer-service").filter(record)
+    assert json.loads(logs.JsonFormatter().format(record))["service"] == "transfer-service"
+    text = logging.Formatter(logs.TEXT_FORMAT).format(record)
+    assert f" WARNING transfer-service bank.test: transfer {TID}: done" in text
+
+
 # --- metrics: configuration, store, transfers --------------------------------------------
 
 

@@ -7,7 +7,6 @@ would outlive the test in this one.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -26,19 +25,10 @@ run_async(main())
 """
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {name: value for name, value in os.environ.items() if name != "BANK_GC"}
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env={**environment, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
+def _seen() -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVICE], capture_output=True, text=True, timeout=60
     )
-
-
-def _seen(**env: str) -> dict:
-    done = _run(_SERVICE, **env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -48,19 +38,3 @@ def test_a_service_runs_with_what_it_imported_frozen_and_young_objects_collected
     assert tuple(seen["threshold"]) == GC_THRESHOLDS
     # grpc, protobuf and the standard library alone are tens of thousands of objects.
     assert seen["frozen"] > 10_000
-
-
-def test_bank_gc_python_keeps_the_interpreters_defaults():
-    defaults = json.loads(_run("import gc, json; print(json.dumps(gc.get_threshold()))").stdout)
-    seen = _seen(BANK_GC="python")
-    assert seen["threshold"] == defaults
-    assert tuple(defaults) != GC_THRESHOLDS
-    assert seen["frozen"] == 0
-
-
-def test_an_unknown_bank_gc_stops_the_service_before_it_starts():
-    done = _run(_SERVICE, BANK_GC="off")
-    assert done.returncode != 0
-    assert "BANK_GC='off'" in done.stderr
-    assert "threshold" not in done.stdout
-    assert "never awaited" not in done.stderr

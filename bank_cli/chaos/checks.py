@@ -1,0 +1,161 @@
+"""``bank chaos``'s final checks: every transfer stored as the client saw it, every balance
+as the completed transfers imply, both services stopping cleanly, and the audit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import grpc
+
+from bank.v1 import account_pb2 as apb
+from bank.v1 import transfer_pb2 as tpb
+from bank_cli.audit import Unreadable, read_events
+from bank_cli.audit_checks import audit
+from bank_cli.chaos.load import (
+    CALL_TIMEOUT,
+    COMPLETED,
+    POOL,
+    PROBE_TIMEOUT,
+    SETTLE_TIMEOUT,
+    Load,
+    Planned,
+    answer_label,
+    pool,
+    state_name,
+)
+
+
+async def check(load: Load) -> None:
+    """Every transfer as answered, every balance as implied; then stop, then audit."""
+    await _check_transfers(load)
+    await _check_accounts(load)
+    await load.close_channels()
+    _stop_services(load)
+    _run_audit(load)
+
+
+async def _check_transfers(load: Load) -> None:
+    async def one(planned: Planned) -> None:
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            stored = await load.retrying(
+                lambda: load.transfers.GetTransfer(
+                    tpb.GetTransferRequest(transfer_id=planned.transfer_id),
+                    timeout=CALL_TIMEOUT,
+                ),
+                "GetTransfer",
+            )
+            state = state_name(stored)
+            if state in (COMPLETED, "FAILED") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        seen = state if state == COMPLETED else f"{state}/{stored.failure_reason}"
+        if seen != planned.outcome:
+            load.report.violation(
+                "outcome-mismatch",
+                f"transfer {planned.transfer_id} ({planned.kind}, {planned.amount}):"
+                f" client saw {planned.outcome}, stored {seen}",
+            )
+        load.report.checked_transfers += 1
+
+    await pool(load.plan, POOL, one)
+
+
+async def _check_accounts(load: Load) -> None:
+    expected = dict(load.openings)
+    for planned in load.plan:
+        if planned.outcome == COMPLETED:
+            expected[planned.source] -= planned.amount
+            expected[planned.target] += planned.amount
+    total = 0
+
+    async def one(account_id: str) -> None:
+        nonlocal total
+        account = await load.retrying(
+            lambda: load.accounts.GetAccount(
+                apb.GetAccountRequest(account_id=account_id), timeout=CALL_TIMEOUT
+            ),
+            "GetAccount",
+        )
+        total += account.balance
+        problems = []
+        if account.balance != expected[account_id]:
+            problems.append(
+                f"balance {account.balance}, expected {expected[account_id]}"
+                f" ({account.balance - expected[account_id]:+d})"
+            )
+        if account.reserved or account.reservations:
+            held = ", ".join(r.reference for r in account.reservations)
+            problems.append(f"reserved {account.reserved} ({held})")
+        if problems:
+            load.report.violation("balance", f"account {account_id}: " + "; ".join(problems))
+        load.report.checked_accounts += 1
+
+    await pool(list(expected), POOL, one)
+    load.report.money_after = total
+    if total != load.report.money_before:
+        load.report.violation(
+            "conservation",
+            f"sum of balances {load.report.money_before} before, {total} after",
+        )
+
+
+async def diagnose_stall(load: Load) -> str:
+    """What the unfinished transfers look like, when the run did not end in time."""
+    unsettled = [p for p in load.plan[: load.started] if p.outcome is None]
+    lines = [
+        f"{len(unsettled)} transfers without a terminal answer,"
+        f" {len(load.plan) - load.started} never started"
+    ]
+    for planned in unsettled[:10]:
+        try:
+            stored = await load.transfers.GetTransfer(
+                tpb.GetTransferRequest(transfer_id=planned.transfer_id), timeout=PROBE_TIMEOUT
+            )
+            where = state_name(stored)
+        except grpc.aio.AioRpcError as error:
+            where = answer_label(error)
+        lines.append(
+            f"  {planned.transfer_id} ({planned.kind}) after {planned.attempts} attempts:"
+            f" stored {where}"
+        )
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        page = await load.transfers.ListUnfinishedTransfers(
+            tpb.ListUnfinishedTransfersRequest(page_size=10), timeout=PROBE_TIMEOUT
+        )
+        for entry in page.transfers:
+            lines.append(
+                f"  driving {entry.transfer.transfer_id}: step {entry.step},"
+                f" {entry.attempts} failed attempts, last error {entry.last_error!r}"
+            )
+    return "\n".join(lines)
+
+
+def _stop_services(load: Load) -> None:
+    for name in ("transfer", "account"):
+        service = load.services[name]
+        code = service.stop()
+        if code != 0:
+            load.report.violation(
+                "stop",
+                f"{service.module} exited with {code} on SIGTERM; its log ends:\n"
+                + service.log(1500),
+            )
+
+
+def _run_audit(load: Load) -> None:
+    account, transfer = load.services["account"], load.services["transfer"]
+    try:
+        transfer_events = read_events(transfer.db)
+        account_events = read_events(account.db)
+    except Unreadable as exc:
+        load.report.violation("audit", f"a store could not be read: {exc}")
+        return
+    result = audit(account_events, transfer_events)
+    load.report.audit = result
+    if not result.ok:
+        load.report.violation("audit", f"{len(result.violations)} audit violations")
+    if result.in_flight:
+        load.report.violation("audit", f"{len(result.in_flight)} transfers still in flight")

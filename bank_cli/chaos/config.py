@@ -1,0 +1,58 @@
+"""``bank chaos``'s settings: what a run does, and the checks that they make sense."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bank_cli.harness import DEFAULT_POSTGRES_URL
+
+# Amounts are 1 to MAX_AMOUNT. With ten times that to start with, the hot pair's balances
+# wander down to zero now and then, so some transfers are refused for want of funds while
+# others hold reservations on the same account.
+MAX_AMOUNT = 1_000
+OPENING_BALANCE = 10 * MAX_AMOUNT
+
+
+@dataclass
+class ChaosConfig:
+    db: str = "sqlite"  # "sqlite" or "postgres"
+    postgres_url: str = DEFAULT_POSTGRES_URL
+    transfers: int = 3000
+    accounts: int = 50
+    hot_share: float = 0.5
+    refused_share: float = 0.04
+    opening: int = OPENING_BALANCE
+    in_flight: int = 64
+    kills: int = 20
+    seed: int | None = None
+    max_seconds: float = 600.0
+    postgres_outage: bool = False
+    outages: int = 1
+    outage_seconds: float = 5.0
+    # Logs and SQLite files go here and are kept; None: a temporary directory, removed
+    # after a clean run and kept (its path reported) after a failed one.
+    workdir: Path | None = None
+    # Told about each kill, outage and phase as it happens; None: silent.
+    progress: Callable[[str], None] | None = None
+
+    def check(self) -> None:
+        if self.db not in ("sqlite", "postgres"):
+            raise ValueError(f"--db must be sqlite or postgres, not {self.db!r}")
+        if self.postgres_outage and self.db != "postgres":
+            raise ValueError("--postgres-outage needs --db postgres")
+        if self.transfers < 1 or self.in_flight < 1 or self.kills < 0:
+            raise ValueError("--transfers and --in-flight must be positive, --kills not negative")
+        if self.opening < 1:
+            raise ValueError("--opening must be positive")
+        if self.accounts < 2:
+            raise ValueError("--accounts must be at least 2 (the hot pair)")
+        if not 0 <= self.hot_share <= 1 or not 0 <= self.refused_share <= 1:
+            raise ValueError("--hot-share and --refused-share must be between 0 and 1")
+        if self.hot_share + self.refused_share > 1:
+            raise ValueError("--hot-share and --refused-share add up to more than 1")
+        if self.postgres_outage and (self.outages < 1 or self.outage_seconds <= 0):
+            raise ValueError("--outages and --outage-seconds must be positive")
+        if self.max_seconds <= 0:
+            raise ValueError("--max-seconds must be positive")
