@@ -12,6 +12,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# The kinds of violation.
+
+UNREADABLE = "unreadable-event"
+OUT_OF_ORDER = "out-of-order"
+RUNNING_BALANCE = "running-balance-mismatch"
+NEGATIVE_AVAILABLE = "negative-available"
+DUPLICATE_REFERENCE = "duplicate-reference"
+SETTLED_WITHOUT_HOLD = "settled-without-hold"
+HOLD_LEFT_OPEN = "hold-left-open"
+UNKNOWN_TRANSFER = "unknown-transfer"
+ILLEGAL_TRANSITION = "illegal-transition"
+WRONG_ACCOUNT = "wrong-account"
+MISSING_EFFECT = "missing-effect"
+UNEXPECTED_EFFECT = "unexpected-effect"
+AMOUNT_MISMATCH = "amount-mismatch"
+CURRENCY_MISMATCH = "currency-mismatch"
+CONSERVATION = "conservation"
+IN_TRANSIT = "in-transit-mismatch"
+
 
 @dataclass(frozen=True, slots=True)
 class Violation:
@@ -45,8 +64,9 @@ class CurrencyTotals:
 
     deposits: int = 0
     withdrawals: int = 0
-    credits: int = 0
+    credits: int = 0  # credits, and credit holds confirmed
     captures: int = 0
+    pending_credits: int = 0  # credits held and not yet confirmed or cancelled
     balances: int = 0  # sum of the balances as stored with each account's last event
     reserved: int = 0  # sum of the holds still open
     open_holds: int = 0
@@ -62,6 +82,7 @@ class CurrencyTotals:
             "withdrawals": self.withdrawals,
             "credits": self.credits,
             "captures": self.captures,
+            "pending_credits": self.pending_credits,
             "balances": self.balances,
             "expected_balances": self.expected_balances,
             "reserved": self.reserved,
@@ -143,7 +164,8 @@ class AuditReport:
                 f"  credits {t.credits}"
                 f" {'==' if t.credits == t.captures + t.in_transit else '!='}"
                 f" captures {t.captures} + in transit {t.in_transit}",
-                f"  reserved {t.reserved} in {t.open_holds} open holds",
+                f"  reserved {t.reserved} in {t.open_holds} open holds;"
+                f" {t.pending_credits} in credits held",
             ]
         lines.append(f"in flight: {len(self.in_flight)}")
         lines += [f"  {f.transfer_id} {f.state}: {f.detail}" for f in self.in_flight]

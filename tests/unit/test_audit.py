@@ -15,11 +15,16 @@ from account_service.domain import (
     AccountClosed,
     AccountEvent,
     AccountOpened,
+    CreditCancelled,
+    CreditConfirmed,
     Credited,
+    CreditHeld,
     Deposited,
+    OverdraftLimitSet,
     ReservationCaptured,
     ReservationReleased,
     Reserved,
+    StepRefused,
     Withdrawn,
 )
 from bank_cli import audit_checks as checks
@@ -27,13 +32,20 @@ from bank_cli.audit_checks import AuditReport, audit
 from event_store import RecordedEvent
 from transfer_service import codec as transfer_codec
 from transfer_service.domain import (
-    CreditRefused,
+    HoldExpired,
+    Leg,
+    PostRequested,
     TransferCompleted,
     TransferCredited,
     TransferEvent,
+    TransferExpired,
     TransferFailed,
+    TransferRefused,
     TransferRequested,
     TransferReserved,
+    TransferVoided,
+    VoidRequested,
+    requested,
 )
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -108,7 +120,7 @@ def completed(h: History, tid: str = T1, amount: int = 30, target: str = BOB) ->
 def compensated(h: History, tid: str = T2, amount: int = 20) -> History:
     h.transfer(tid, TransferRequested(tid, ADA, CAROL, amount))
     h.account(ADA, Reserved(amount, tid)).transfer(tid, TransferReserved("EUR"))
-    h.transfer(tid, CreditRefused("ACCOUNT_CLOSED"))
+    h.transfer(tid, TransferRefused("ACCOUNT_CLOSED"))
     h.account(ADA, ReservationReleased(amount, tid))
     return h.transfer(tid, TransferFailed("ACCOUNT_CLOSED"))
 
@@ -170,7 +182,7 @@ def test_in_flight_transfers_may_be_one_step_ahead_on_the_account_side(state, ex
 def test_a_releasing_transfer_is_in_flight_with_or_without_its_release():
     h = opened().transfer(T2, TransferRequested(T2, ADA, CAROL, 20))
     h.account(ADA, Reserved(20, T2)).transfer(T2, TransferReserved("EUR"))
-    h.transfer(T2, CreditRefused("ACCOUNT_CLOSED"))
+    h.transfer(T2, TransferRefused("ACCOUNT_CLOSED"))
     assert h.audit().ok
     h.account(ADA, ReservationReleased(20, T2))
     report = h.audit()
@@ -285,10 +297,12 @@ def test_a_credit_into_an_account_of_another_currency():
     report = completed(h, target=dollars).audit()
     # 30 EUR left Ada and 30 USD reached Dan: neither currency's credits match its captures.
     assert kinds_of(report) == {checks.CURRENCY_MISMATCH, checks.IN_TRANSIT}
-    assert sorted(v.detail[:4] for v in report.violations if v.kind == checks.IN_TRANSIT) == [
-        "EUR:",
-        "USD:",
-    ]
+    bank = [v for v in report.violations if v.kind == checks.IN_TRANSIT and v.subject == "bank"]
+    assert sorted(v.detail[:4] for v in bank) == ["EUR:", "USD:"]
+    # The transfer itself is named too: it ended with money credited and not captured.
+    assert any(
+        v.subject == f"transfer {T1}" and v.kind == checks.IN_TRANSIT for v in report.violations
+    )
 
 
 def test_money_that_is_not_conserved():
@@ -383,7 +397,7 @@ def test_in_flight_effects_out_of_protocol_order():
     h.account(BOB, Credited(30, T1))  # a credit with no reservation before it
     report = h.audit()
     assert checks.OUT_OF_ORDER in kinds_of(report)
-    assert any("with Credited but no Reserved" in v.detail for v in report.violations)
+    assert any("a credit before every debit is held" in v.detail for v in report.violations)
 
 
 def test_in_flight_requested_may_carry_the_whole_forward_sequence():
@@ -405,3 +419,129 @@ def test_in_flight_requested_never_carries_a_release():
     report = h.audit()
     assert checks.UNEXPECTED_EFFECT in kinds_of(report)
     assert any("REQUESTED but 1 ReservationReleased" in v.detail for v in report.violations)
+
+
+# --- holds, legs, refusals and limits ---------------------------------------------------
+
+FEE = "eeeeeeee-0000-4000-8000-000000000005"
+
+
+def with_fee_account() -> History:
+    return opened().account(FEE, AccountOpened(FEE, "Fees", "EUR"))
+
+
+def test_a_payment_with_a_fee_completed_on_every_leg_passes():
+    h = with_fee_account()
+    h.transfer(T1, requested(T1, [Leg(ADA, BOB, 30), Leg(ADA, FEE, 2)]))
+    h.account(ADA, Reserved(32, T1)).account(BOB, CreditHeld(30, T1))
+    h.account(FEE, Credited(2, T1)).account(BOB, CreditConfirmed(30, T1))
+    h.account(ADA, ReservationCaptured(32, T1))
+    h.transfer(T1, TransferReserved("EUR"), TransferCredited(), TransferCompleted())
+    report = h.audit()
+    assert report.ok, report.render()
+    assert report.totals.of("EUR").credits == 32
+
+
+def test_a_completed_payment_missing_a_confirmation_is_named():
+    h = with_fee_account()
+    h.transfer(T1, requested(T1, [Leg(ADA, BOB, 30), Leg(ADA, FEE, 2)]))
+    h.account(ADA, Reserved(32, T1)).account(BOB, CreditHeld(30, T1))
+    h.account(FEE, Credited(2, T1)).account(ADA, ReservationCaptured(32, T1))
+    h.transfer(T1, TransferReserved("EUR"), TransferCredited(), TransferCompleted())
+    report = h.audit()
+    assert checks.MISSING_EFFECT in kinds_of(report)
+    assert checks.HOLD_LEFT_OPEN in kinds_of(report)
+
+
+def test_a_failed_payment_whose_holds_were_all_undone_passes():
+    h = with_fee_account()
+    h.account(FEE, AccountClosed())
+    h.transfer(T1, requested(T1, [Leg(ADA, BOB, 30), Leg(ADA, FEE, 2)]))
+    h.account(ADA, Reserved(32, T1)).account(BOB, CreditHeld(30, T1))
+    h.account(FEE, StepRefused("credit", 2, T1, "AccountIsClosed", "closed", {}, 1))
+    h.transfer(T1, TransferReserved("EUR"), TransferRefused("ACCOUNT_CLOSED", "credit", 1))
+    h.account(BOB, CreditCancelled(30, T1)).account(ADA, ReservationReleased(32, T1))
+    h.transfer(T1, TransferFailed("ACCOUNT_CLOSED"))
+    report = h.audit()
+    assert report.ok, report.render()
+
+
+def test_a_failed_payment_with_a_credit_left_held_is_named():
+    h = with_fee_account()
+    h.transfer(T1, requested(T1, [Leg(ADA, BOB, 30), Leg(ADA, FEE, 2)]))
+    h.account(ADA, Reserved(32, T1)).account(BOB, CreditHeld(30, T1))
+    h.transfer(T1, TransferReserved("EUR"), TransferRefused("ACCOUNT_CLOSED", "credit", 1))
+    h.account(ADA, ReservationReleased(32, T1)).transfer(T1, TransferFailed("ACCOUNT_CLOSED"))
+    report = h.audit()
+    assert {checks.MISSING_EFFECT, checks.HOLD_LEFT_OPEN} <= kinds_of(report)
+
+
+def pending(h: History, amount: int = 30) -> History:
+    h.transfer(T1, requested(T1, [Leg(ADA, BOB, amount)], pending=True, expires_after=10**7))
+    return h.account(ADA, Reserved(amount, T1)).transfer(T1, TransferReserved("EUR"))
+
+
+def test_a_pending_hold_at_rest_passes_and_is_not_in_flight():
+    report = pending(opened()).audit()
+    assert report.ok, report.render()
+    assert report.in_flight == []
+    assert report.states["PENDING"] == 1
+    assert report.totals.of("EUR").reserved == 30
+
+
+def test_a_partial_post_captures_what_it_credits():
+    h = pending(opened()).transfer(T1, PostRequested(12))
+    h.account(BOB, Credited(12, T1)).account(ADA, ReservationCaptured(12, T1))
+    h.transfer(T1, TransferCredited(), TransferCompleted())
+    report = h.audit()
+    assert report.ok, report.render()
+    assert report.totals.of("EUR").balances == 100
+
+
+def test_a_post_for_more_than_the_hold_is_an_illegal_history():
+    h = pending(opened()).transfer(T1, PostRequested(31))
+    assert checks.ILLEGAL_TRANSITION in kinds_of(h.audit())
+
+
+@pytest.mark.parametrize(
+    ("decided", "ended"), [(VoidRequested(), TransferVoided()), (HoldExpired(), TransferExpired())]
+)
+def test_a_voided_or_expired_hold_was_released(decided, ended):
+    h = pending(opened()).transfer(T1, decided)
+    h.account(ADA, ReservationReleased(30, T1)).transfer(T1, ended)
+    assert h.audit().ok
+    left_open = pending(opened()).transfer(T1, decided, ended)
+    assert {checks.MISSING_EFFECT, checks.HOLD_LEFT_OPEN} <= kinds_of(left_open.audit())
+
+
+def test_refusals_stored_before_an_account_is_opened_pass():
+    dan = "dddddddd-0000-4000-8000-000000000004"
+    h = opened().transfer(T1, TransferRequested(T1, ADA, dan, 30))
+    h.account(ADA, Reserved(30, T1))
+    h.account(dan, StepRefused("credit", 30, T1, "AccountNotFound", "no such account", {}, 1))
+    h.transfer(T1, TransferReserved("EUR"), TransferRefused("ACCOUNT_NOT_FOUND", "credit", 0))
+    h.account(ADA, ReservationReleased(30, T1)).transfer(T1, TransferFailed("ACCOUNT_NOT_FOUND"))
+    h.account(dan, AccountOpened(dan, "Dan", "EUR")).account(dan, Deposited(5, "d"))
+    report = h.audit()
+    assert report.ok, report.render()
+    assert report.totals.of("EUR").deposits == 105
+
+
+def test_an_event_before_the_opening_other_than_a_refusal_is_out_of_order():
+    dan = "dddddddd-0000-4000-8000-000000000004"
+    h = opened().account(dan, Deposited(5, "d"), balance_after=5)
+    assert checks.OUT_OF_ORDER in kinds_of(h.audit())
+
+
+def test_an_overdraft_lets_the_balance_go_below_zero_without_a_violation():
+    h = opened().account(BOB, OverdraftLimitSet(50, "limit")).account(BOB, Withdrawn(40, "w"))
+    report = h.audit()
+    assert report.ok, report.render()
+    beyond = opened().account(BOB, OverdraftLimitSet(5, "limit")).account(BOB, Withdrawn(6, "w"))
+    assert checks.NEGATIVE_AVAILABLE in kinds_of(beyond.audit())
+
+
+def test_lowering_a_limit_below_what_is_used_is_no_violation():
+    h = opened().account(BOB, OverdraftLimitSet(50, "a")).account(BOB, Withdrawn(40, "w"))
+    h.account(BOB, OverdraftLimitSet(10, "b"))
+    assert h.audit().ok
