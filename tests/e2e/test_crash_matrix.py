@@ -1,13 +1,16 @@
 """The crash matrix: the bank dies at every crash point and still ends every transfer exactly once.
 
 For each crash point (every one of ``transfer_service.process.POINTS`` and the account
-service's ``account-after-append``), and for each transfer path that crosses it — a normal
-transfer, and one whose credit is refused because the target is closed, so the hold is
-released — the service is armed with ``BANK_CRASH_POINT`` and a transfer is run into it.
-The test then checks that the process died at that point (its exit code, and the state the
-two stores hold at that instant), restarts it unarmed on the same port and database, and
-checks the end state: both transfers terminal, balances moved by exactly the completed
-transfer, nothing reserved, no reference applied twice, and a clean ``bank audit``.
+service's ``account-after-append``) and each kind of transfer whose path crosses it — a
+simple transfer, one refused by its target (closed), a payment with a fee (two legs), one
+whose fee leg is refused, and a pending hold that is posted for less, voided, or left to
+expire — the service is armed with ``BANK_CRASH_POINT`` and the transfer is run into it.
+The test checks that the process died at that point, that the two stores as they stand at
+that instant already pass ``bank audit`` (the transfer in flight, or ended as its end
+requires), then restarts the service unarmed on the same port and database, repeats the
+client's calls until they answer, and checks the end: every transfer ended as its kind
+says, balances moved by exactly what ended COMPLETED, nothing reserved or held, no
+reference applied twice, and a clean audit.
 """
 
 from __future__ import annotations
@@ -16,46 +19,83 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.audit import read_events
 from bank_cli.audit_checks import AuditReport, audit
-from bank_cli.harness import ServiceProcess
 from grpc_common.errors import error_info
 from shared_kernel.crash import ACCOUNT_AFTER_APPEND, CRASH_EXIT_CODE
 from tests.e2e.conftest import new_account
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, ServiceProcess
 from transfer_service import process as p
+from transfer_service.domain import Action
 
 pytestmark = pytest.mark.e2e
 
 OPENING = 1_000
-NORMAL_AMOUNT, REFUSED_AMOUNT = 30, 20
 OUTCOME_WITHIN = 60.0
+HOLD, POSTED, FEE = 30, 12, 5
 
-R, C, K, L = "Reserved", "Credited", "ReservationCaptured", "ReservationReleased"
-
-
-At = tuple[str, tuple[str, ...]]
+# What each kind of transfer ends as, and what it moves: (ada, bob, dan).
+ENDS = {
+    "simple": ("COMPLETED", (-HOLD, HOLD, 0)),
+    "refused": ("FAILED/ACCOUNT_CLOSED", (0, 0, 0)),
+    "legs": ("COMPLETED", (-HOLD - FEE, HOLD, FEE)),
+    "legs-refused": ("FAILED/ACCOUNT_CLOSED", (0, 0, 0)),
+    "post": ("COMPLETED", (-POSTED, POSTED, 0)),
+    "void": ("VOIDED", (0, 0, 0)),
+    "expire": ("EXPIRED", (0, 0, 0)),
+}
+PENDING = ("post", "void", "expire")
+# The transfer points each kind of transfer passes.
+_EVERY = {p.AFTER_RECORD_REQUESTED, p.AFTER_RESERVE_ANSWERED, p.AFTER_RECORD_RESERVED}
+REACHES = {
+    "simple": _EVERY | {p.AFTER_CREDIT_ANSWERED, p.AFTER_RECORD_CREDITED, p.AFTER_CAPTURE_ANSWERED},
+    "refused": _EVERY | {p.AFTER_CREDIT_ANSWERED, p.AFTER_RECORD_REFUSED, p.AFTER_RELEASE_ANSWERED},
+    "legs": _EVERY
+    | {
+        p.ANSWERED[Action.HOLD_CREDIT],
+        p.AFTER_CREDIT_ANSWERED,
+        p.ANSWERED[Action.CONFIRM_CREDIT],
+        p.AFTER_RECORD_CREDITED,
+        p.AFTER_CAPTURE_ANSWERED,
+    },
+    "legs-refused": _EVERY
+    | {
+        p.ANSWERED[Action.HOLD_CREDIT],
+        p.AFTER_CREDIT_ANSWERED,
+        p.AFTER_RECORD_REFUSED,
+        p.ANSWERED[Action.CANCEL_CREDIT],
+        p.AFTER_RELEASE_ANSWERED,
+    },
+    "post": _EVERY
+    | {
+        p.AFTER_RECORD_POST,
+        p.AFTER_CREDIT_ANSWERED,
+        p.AFTER_RECORD_CREDITED,
+        p.AFTER_CAPTURE_ANSWERED,
+    },
+    "void": _EVERY | {p.AFTER_RECORD_VOID, p.AFTER_RELEASE_ANSWERED},
+    "expire": _EVERY | {p.AFTER_RECORD_EXPIRY, p.AFTER_RELEASE_ANSWERED},
+}
+# The account service's appends on each kind's way (accounts not in memory, so a chain goes
+# step by step; a refusal is an append of its own; an undo over accounts now in memory is
+# one append): a crash after each in turn.
+ACCOUNT_APPENDS = {"simple": 3, "refused": 3, "legs": 5, "legs-refused": 4, "post": 3, "void": 2}
 
 
 @dataclass(frozen=True)
 class Case:
     point: str
-    victim: str  # "normal" or "refused": the transfer that runs into the crash
-    after: int  # BANK_CRASH_AFTER
-    # Where the victim may stand when the process dies: its recorded state and the account
-    # events it has caused so far. This is what pins each point to its place. Where a
-    # forward record overlaps the next call, either may land first: both are listed.
-    at_crash: tuple[At, ...]
-    # Account points: the accounts are loaded into the armed service before the transfer,
-    # so that a sequence over them can be stored whole (see Accounts.submit_sequence).
-    warm: bool = False
+    kind: str
+    after: int = 1  # BANK_CRASH_AFTER
 
     @property
     def service(self) -> str:
@@ -64,57 +104,29 @@ class Case:
     @property
     def id(self) -> str:
         suffix = f"-{self.after}" if self.service == "account" else ""
-        return f"{self.point}{suffix}-{self.victim}" + ("-warm" if self.warm else "")
+        return f"{self.point}{suffix}-{self.kind}"
 
 
-RELEASING = "RESERVED (releasing)"
-ENDED = {"COMPLETED": (R, C, K), "FAILED": ()}
-# From REQUESTED, reserve, credit and capture are made back to back and recorded together
-# once all are answered (or the first refused): the answers come before any record, and
-# on the normal path the record that holds RESERVED and CREDITED is the final one.
 CASES = [
-    Case(p.AFTER_RECORD_REQUESTED, "normal", 1, (("REQUESTED", ()),)),
-    Case(p.AFTER_RECORD_REQUESTED, "refused", 1, (("REQUESTED", ()),)),
-    Case(p.AFTER_RESERVE_ANSWERED, "normal", 1, (("REQUESTED", (R, C, K)),)),
-    Case(p.AFTER_RESERVE_ANSWERED, "refused", 1, (("REQUESTED", (R,)),)),
-    Case(p.AFTER_RECORD_RESERVED, "normal", 1, (("COMPLETED", (R, C, K)),)),
-    Case(p.AFTER_RECORD_RESERVED, "refused", 1, ((RELEASING, (R,)),)),
-    Case(p.AFTER_CREDIT_ANSWERED, "normal", 1, (("REQUESTED", (R, C, K)),)),
-    Case(p.AFTER_CREDIT_ANSWERED, "refused", 1, (("REQUESTED", (R,)),)),
-    Case(p.AFTER_RECORD_CREDITED, "normal", 1, (("COMPLETED", (R, C, K)),)),
-    Case(p.AFTER_RECORD_CREDIT_REFUSED, "refused", 1, ((RELEASING, (R,)),)),
-    Case(p.AFTER_CAPTURE_ANSWERED, "normal", 1, (("REQUESTED", (R, C, K)),)),
-    Case(p.AFTER_RELEASE_ANSWERED, "refused", 1, ((RELEASING, (R, L)),)),
-    # The account service appends once per step: reserve, credit, capture (normal) or
-    # reserve, release (refused, the credit stores nothing). Die after each in turn.
-    Case(ACCOUNT_AFTER_APPEND, "normal", 1, (("REQUESTED", (R,)),)),
-    # The answers sent before the crash are recorded once the stream breaks, maybe before
-    # the stores are read.
-    Case(ACCOUNT_AFTER_APPEND, "normal", 2, (("REQUESTED", (R, C)), ("RESERVED", (R, C)))),
-    Case(ACCOUNT_AFTER_APPEND, "normal", 3, (("REQUESTED", (R, C, K)), ("CREDITED", (R, C, K)))),
-    Case(ACCOUNT_AFTER_APPEND, "refused", 1, (("REQUESTED", (R,)),)),
-    Case(ACCOUNT_AFTER_APPEND, "refused", 2, ((RELEASING, (R, L)),)),
-    # With the accounts in memory, the forward sequence is one append of all three steps;
-    # a refused credit makes it go step by step, as above.
-    Case(ACCOUNT_AFTER_APPEND, "normal", 1, (("REQUESTED", (R, C, K)),), warm=True),
-    Case(ACCOUNT_AFTER_APPEND, "refused", 1, (("REQUESTED", (R,)),), warm=True),
+    *(Case(point, kind) for kind, points in REACHES.items() for point in sorted(points)),
+    *(
+        Case(ACCOUNT_AFTER_APPEND, kind, n)
+        for kind, appends in ACCOUNT_APPENDS.items()
+        for n in range(1, appends + 1)
+    ),
 ]
 
 
 def test_every_crash_point_is_in_the_matrix():
-    points = {case.point for case in CASES}
-    assert points == {*p.POINTS, ACCOUNT_AFTER_APPEND}
-    paths = {(case.point, case.victim) for case in CASES if case.service == "transfer"}
-    # Every transfer point on every path that reaches it.
-    on_normal = set(p.POINTS) - {p.AFTER_RECORD_CREDIT_REFUSED, p.AFTER_RELEASE_ANSWERED}
-    on_refused = set(p.POINTS) - {p.AFTER_RECORD_CREDITED, p.AFTER_CAPTURE_ANSWERED}
-    assert paths == {(x, "normal") for x in on_normal} | {(x, "refused") for x in on_refused}
+    assert {case.point for case in CASES} == {*p.POINTS, ACCOUNT_AFTER_APPEND}
+    every_path = {(point, kind) for kind, points in REACHES.items() for point in points}
+    assert {(c.point, c.kind) for c in CASES if c.service == "transfer"} == every_path
 
 
 # --- the matrix as measured, printed when the module ends ----------------------------------
 
 _ROWS: list[tuple[str, ...]] = []
-_HEADER = ("crash point", "service", "victim", "died", "at crash", "client saw", "recovery",
+_HEADER = ("crash point", "service", "transfer", "died", "at crash", "client saw", "recovery",
            "outcome")  # fmt: skip
 
 
@@ -126,40 +138,55 @@ def print_matrix(pytestconfig) -> Iterator[None]:
     rows = [_HEADER, *_ROWS]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    # Capture is module-wide here; the same switch capsys.disabled() uses lets CI logs show it.
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n\ncrash matrix (" + str(len(_ROWS)) + " cases)\n" + "\n".join(lines))
 
 
-# --- helpers -------------------------------------------------------------------------------
+# --- a transfer of each kind, as a client drives it -----------------------------------------
 
 
 @dataclass
-class Scenario:
+class Accounts:
     ada: str
     bob: str
+    dan: str
     carol: str  # closed: refuses credits
-    normal: tpb.CreateTransferRequest
-    refused: tpb.CreateTransferRequest
 
 
-def _set_up(bank: Bank) -> Scenario:
+def _set_up(bank: Bank) -> Accounts:
     ada = new_account(bank, OPENING, owner="Ada").account_id
     bob = new_account(bank, owner="Bob").account_id
+    dan = new_account(bank, owner="Dan").account_id
     carol = new_account(bank, owner="Carol").account_id
     bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=carol))
+    return Accounts(ada, bob, dan, carol)
 
-    def request(to: str, amount: int) -> tpb.CreateTransferRequest:
-        return tpb.CreateTransferRequest(
-            transfer_id=str(uuid.uuid4()), from_account_id=ada, to_account_id=to, amount=amount
+
+def _request(kind: str, a: Accounts) -> tpb.CreateTransferRequest:
+    request = tpb.CreateTransferRequest(transfer_id=str(uuid.uuid4()))
+    if kind in ("legs", "legs-refused"):
+        fee_to = a.dan if kind == "legs" else a.carol
+        request.legs.extend(
+            [
+                tpb.Leg(from_account_id=a.ada, to_account_id=a.bob, amount=HOLD),
+                tpb.Leg(from_account_id=a.ada, to_account_id=fee_to, amount=FEE),
+            ]
         )
+        return request
+    request.from_account_id = a.ada
+    request.to_account_id = a.carol if kind == "refused" else a.bob
+    request.amount = HOLD
+    if kind in PENDING:
+        request.pending = True
+        if kind == "expire":
+            request.expires_after.CopyFrom(Duration(seconds=1))
+    return request
 
-    return Scenario(ada, bob, carol, request(bob, NORMAL_AMOUNT), request(carol, REFUSED_AMOUNT))
 
-
-def _outcome(call: Callable[[], tpb.Transfer]) -> str:
-    """COMPLETED, FAILED/<reason>, or raises the RpcError that decided nothing."""
+def _answer(call: Callable[[], tpb.Transfer]) -> str:
+    """The state the call answered with (FAILED/<reason> for a refusal), or raises the
+    RpcError that decided nothing."""
     try:
         return tpb.TransferState.Name(call().state).removeprefix("TRANSFER_STATE_")
     except grpc.RpcError as error:
@@ -169,17 +196,38 @@ def _outcome(call: Callable[[], tpb.Transfer]) -> str:
         raise
 
 
-def _settle(bank: Bank, request: tpb.CreateTransferRequest) -> str:
-    """Repeats CreateTransfer with the same transfer_id until it answers with an outcome."""
+def _until_answered(call: Callable[[], tpb.Transfer]) -> str:
+    """Repeats a call until it answers with a state (over a restart, say)."""
     deadline = time.monotonic() + OUTCOME_WITHIN
     while True:
         try:
-            # A new channel each time: an old one may still be backing off from the crash.
-            return _outcome(lambda: bank.transfers.CreateTransfer(request, timeout=30))
+            return _answer(call)
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _drive(bank: Bank, kind: str, request: tpb.CreateTransferRequest) -> str:
+    """Everything the client does for a transfer of ``kind``, each call repeated until it
+    answers; the end state."""
+    stub = lambda: bank.transfers  # noqa: E731 - a fresh channel for each attempt
+    created = _until_answered(lambda: stub().CreateTransfer(request, timeout=30))
+    transfer_id = request.transfer_id
+    if kind == "post":
+        post = tpb.PostTransferRequest(transfer_id=transfer_id, amount=POSTED)
+        return _until_answered(lambda: stub().PostTransfer(post, timeout=30))
+    if kind == "void":
+        void = tpb.VoidTransferRequest(transfer_id=transfer_id)
+        return _until_answered(lambda: stub().VoidTransfer(void, timeout=30))
+    if kind == "expire":
+        get = tpb.GetTransferRequest(transfer_id=transfer_id)
+        deadline = time.monotonic() + OUTCOME_WITHIN
+        while (state := _until_answered(lambda: stub().GetTransfer(get, timeout=30))) != "EXPIRED":
+            assert time.monotonic() < deadline, f"still {state}"
+            time.sleep(0.1)
+        return state
+    return created
 
 
 def _arm(service: ServiceProcess, case: Case) -> None:
@@ -188,10 +236,6 @@ def _arm(service: ServiceProcess, case: Case) -> None:
 
 def _stores(bank: Bank) -> AuditReport:
     return audit(read_events(bank.accounts_db), read_events(bank.transfers_db))
-
-
-def _account(bank: Bank, account_id: str) -> apb.Account:
-    return bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
 
 
 def _event_keys(bank: Bank, account_id: str) -> Counter[tuple[str, str]]:
@@ -209,7 +253,7 @@ def _event_keys(bank: Bank, account_id: str) -> Counter[tuple[str, str]]:
 
 def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
     """Runs one case on a started bank (the transfer service armed for transfer points)."""
-    s = _set_up(bank)
+    accounts = _set_up(bank)
     target = bank.account if case.service == "account" else bank.transfer
     assert target is not None
     if case.service == "account":
@@ -217,87 +261,74 @@ def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
         assert bank.account.stop() == 0
         _arm(bank.account, case)
         bank.account.start()
-        if case.warm:
-            # Refused without an append (bob has nothing): it opens the transfer service's
-            # step stream again, on which the forward sequence travels. Then load the rest.
-            warm_up = tpb.CreateTransferRequest(
-                transfer_id=str(uuid.uuid4()), from_account_id=s.bob, to_account_id=s.ada, amount=1
-            )
-            refused = _outcome(lambda: bank.transfers.CreateTransfer(warm_up, timeout=30))
-            assert refused == "FAILED/INSUFFICIENT_FUNDS"
-            for account_id in (s.ada, s.carol):
-                _account(bank, account_id)
-    victim, other = (s.normal, s.refused) if case.victim == "normal" else (s.refused, s.normal)
-
-    pending = bank.transfers.CreateTransfer.future(victim, timeout=OUTCOME_WITHIN)
-    assert target.wait_exit(30) == CRASH_EXIT_CODE, target.log()
+    victim = _request(case.kind, accounts)
+    with_crash = bank.transfers  # opened before the crash: it sees the service die
+    pool = ThreadPoolExecutor(1)
+    driving = pool.submit(_first_call, with_crash, case.kind, victim)
+    assert target.wait_exit(OUTCOME_WITHIN) == CRASH_EXIT_CODE, target.log()
     assert f"crash point {case.point!r} reached" in target.log()
     crashed_at = time.monotonic()
 
-    # The instant of the crash, as the two stores hold it: the audit must already pass,
-    # with the victim in flight exactly where the point says.
+    # The instant of the crash, as the two stores hold it: the audit must already pass.
     at_crash = _stores(bank)
     assert at_crash.ok, at_crash.render()
-    if at_crash.in_flight:
-        [in_flight] = at_crash.in_flight
-        assert in_flight.transfer_id == victim.transfer_id
-        stood = (in_flight.state, in_flight.applied)
-    else:
-        # The victim (the only transfer stored so far) ended before the answer went out;
-        # the audit has checked that its effects are exactly what that end requires.
-        assert at_crash.transfers == 1
-        [state] = at_crash.states
-        stood = (state, ENDED[state])
-    assert stood in case.at_crash
+    stood = (
+        f"{at_crash.in_flight[0].state} +{'+'.join(at_crash.in_flight[0].applied) or 'nothing'}"
+        if at_crash.in_flight
+        else ", ".join(sorted(at_crash.states)) or "nothing recorded"
+    )
 
     target.env = {}
     target.start()
-    if case.service == "transfer":
-        # The service died under the call: nothing was answered.
-        with pytest.raises(grpc.RpcError) as lost:
-            pending.result()
-        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE
-        client_saw = lost.value.code().name
-        first = _settle(bank, victim)
-    else:
-        # The transfer service rode out the outage, retrying the step.
-        first = _outcome(pending.result)
-        client_saw = f"waited: {first}"
+    client_saw = driving.result(OUTCOME_WITHIN)
+    pool.shutdown()
+    ended = _drive(bank, case.kind, victim)
     recovery = time.monotonic() - crashed_at
-    second = _settle(bank, other)
+    other = _request("simple", accounts)
+    other.amount = 1
+    after = _drive(bank, "simple", other)
 
-    outcomes = {victim.transfer_id: first, other.transfer_id: second}
-    assert outcomes[s.normal.transfer_id] == "COMPLETED"
-    assert outcomes[s.refused.transfer_id] == "FAILED/ACCOUNT_CLOSED"
-    for request, state in ((s.normal, "COMPLETED"), (s.refused, "FAILED")):
-        stored = bank.transfers.GetTransfer(tpb.GetTransferRequest(transfer_id=request.transfer_id))
-        assert tpb.TransferState.Name(stored.state) == f"TRANSFER_STATE_{state}"
-
-    expected = {s.ada: OPENING - NORMAL_AMOUNT, s.bob: NORMAL_AMOUNT, s.carol: 0}
-    for account_id, balance in expected.items():
-        account = _account(bank, account_id)
-        assert (account.balance, account.reserved, len(account.reservations)) == (balance, 0, 0)
+    expected_end, moved = ENDS[case.kind]
+    assert (ended, after) == (expected_end, "COMPLETED")
+    ada, bob, dan = (OPENING + moved[0] - 1, moved[1] + 1, moved[2])
+    for account_id, balance in ((accounts.ada, ada), (accounts.bob, bob), (accounts.dan, dan)):
+        account = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
+        assert (account.balance, account.reserved, account.pending_credits) == (balance, 0, 0)
+        assert not account.reservations
         twice = {key: n for key, n in _event_keys(bank, account_id).items() if n > 1}
         assert not twice, f"applied more than once on {account_id}: {twice}"
 
     codes = bank.stop()
     assert codes == {"transfer_service": 0, "account_service": 0}, codes
-    after = _stores(bank)
-    assert after.ok, after.render()
-    assert (after.in_flight, after.totals.reserved) == ([], 0)
-
+    final = _stores(bank)
+    assert final.ok, final.render()
+    assert (final.in_flight, final.totals.reserved) == ([], 0)
     return (
-        case.point
-        + (f" #{case.after}" if case.service == "account" else "")
-        + (" (warm)" if case.warm else ""),
+        case.point + (f" #{case.after}" if case.service == "account" else ""),
         case.service,
-        case.victim,
+        case.kind,
         f"exit {CRASH_EXIT_CODE}",
-        f"{stood[0]} +{'+'.join(stood[1]) or 'nothing'}",
+        stood,
         client_saw,
         f"{recovery:.1f}s",
-        f"{first} then {second}; balances ok, audit ok",
+        f"{ended}; balances ok, audit ok",
     )
+
+
+def _first_call(transfers, kind: str, request: tpb.CreateTransferRequest) -> str:
+    """The client's calls up to the crash: what the first that did not answer saw."""
+    try:
+        state = _answer(lambda: transfers.CreateTransfer(request, timeout=OUTCOME_WITHIN))
+        transfer_id = request.transfer_id
+        if kind == "post":
+            post = tpb.PostTransferRequest(transfer_id=transfer_id, amount=POSTED)
+            state = _answer(lambda: transfers.PostTransfer(post, timeout=OUTCOME_WITHIN))
+        elif kind == "void":
+            void = tpb.VoidTransferRequest(transfer_id=transfer_id)
+            state = _answer(lambda: transfers.VoidTransfer(void, timeout=OUTCOME_WITHIN))
+        return f"answered: {state}"
+    except grpc.RpcError as error:
+        return error.code().name
 
 
 # --- the matrix ----------------------------------------------------------------------------
@@ -336,8 +367,12 @@ def test_crash_point(case, crash_bank, tmp_path, capsys):
 
 
 @pytest.mark.postgres
-def test_crash_point_on_postgres(crash_bank, postgres_schema_url, capsys):
-    case = next(c for c in CASES if (c.point, c.victim) == (p.AFTER_CREDIT_ANSWERED, "normal"))
+@pytest.mark.parametrize(
+    "case",
+    [Case(p.AFTER_CREDIT_ANSWERED, "simple"), Case(p.AFTER_RECORD_POST, "post")],
+    ids=lambda case: case.id,
+)
+def test_crash_point_on_postgres(case, crash_bank, postgres_schema_url, capsys):
     bank = crash_bank(case, postgres_schema_url(), postgres_schema_url())
     row = _run_case(bank, case)
     _ROWS.append((f"{row[0]} (Postgres)", *row[1:]))
