@@ -120,6 +120,7 @@ class Transfers:
         self._resume_concurrency = resume_concurrency
         self._taking_up = 0
         self._drivers: dict[str, asyncio.Task[Transfer]] = {}
+        self._epochs: dict[str, int] = {}  # the epoch each driver holds
         # Visibility for operators: when each driver started, and its current retries.
         self._started: dict[str, int] = {}
         self._sequence = itertools.count(1)
@@ -277,7 +278,9 @@ class Transfers:
             transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=max(remaining, 0))
         except TimeoutError:
             raise TransferPending(transfer_id) from None
-        except OwnershipLost:
+        except (OwnershipLost, asyncio.CancelledError):
+            if not driver.done():
+                raise  # this call was cancelled, not the driver
             # Another process took it over: its outcome, as that one reaches it.
             return await self._outcome(await self._load(transfer_id), deadline)
         return _answered(transfer)
@@ -290,12 +293,14 @@ class Transfers:
         if task is None:
             task = asyncio.create_task(self._drive(transfer_id, transfer, epoch))
             self._drivers[transfer_id] = task
+            self._epochs[transfer_id] = epoch
             self._started[transfer_id] = next(self._sequence)
             task.add_done_callback(lambda _: self._forget(transfer_id))
         return task
 
     def _forget(self, transfer_id: str) -> None:
         self._drivers.pop(transfer_id, None)
+        self._epochs.pop(transfer_id, None)
         self._started.pop(transfer_id, None)
         self._retries.pop(transfer_id, None)
 
@@ -331,9 +336,19 @@ class Transfers:
                 log.exception("leases not swept")
 
     async def _renew(self) -> None:
+        # Drivers started from here on may have leases the renewal does not see yet.
+        horizon = next(self._sequence)
         owned = await self._repository.renew()
         for transfer_id, task in list(self._drivers.items()):
-            if transfer_id not in owned and not task.done():
+            epoch = self._epochs.get(transfer_id)
+            started = self._started.get(transfer_id, horizon)
+            if task.done() or started >= horizon or owned.get(transfer_id) == epoch:
+                continue
+            # Not renewed: ended meanwhile (its driver is finishing), or taken over.
+            lease = await self._repository.lease(transfer_id)
+            if lease is not None and (
+                lease.owner != self._repository.owner or lease.epoch != epoch
+            ):
                 log.warning("transfer %s: taken over by another process; stopping", transfer_id)
                 task.cancel()
 

@@ -21,7 +21,14 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from event_store import AsyncEventStore, LeaseChange, LeaseWrite, NewEvent, RecordedEvent
+from event_store import (
+    AsyncEventStore,
+    Lease,
+    LeaseChange,
+    LeaseWrite,
+    NewEvent,
+    RecordedEvent,
+)
 from transfer_service import codec
 from transfer_service.domain import Transfer, TransferEvent, TransferRequested, micros
 
@@ -133,6 +140,9 @@ class StoredTransfers:
     async def rest(self, transfer: Transfer, epoch: int) -> bool:
         """Hands a pending transfer back to rest (nobody drives it until it falls due)."""
         return await self._store.rest(stream_id(transfer.transfer_id), epoch, _due(transfer))
+
+    async def lease(self, transfer_id: str) -> Lease | None:
+        return await self._store.lease(stream_id(transfer_id))
 
     async def abandon(self, everyone: bool = False) -> int:
         """Makes every lease of this process (``everyone``: of every process) due at once,

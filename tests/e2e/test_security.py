@@ -450,15 +450,19 @@ def test_health_and_reflection_stay_open(token_bank):
         assert "grpc.health.v1.Health" in names
 
 
-def test_unary_transport_sends_the_token_on_each_call(tmp_path, tokens):
+def test_traced_steps_send_the_token_on_each_call(tmp_path, tokens):
+    """With every trace sampled, every step goes as a unary call (it carries its trace
+    context): each carries the transfer service's token too."""
     bank = _token_bank(
         tmp_path,
         tokens,
-        "--accounts-transport",
-        "unary",
+        "--otel-exporter",
+        "console",
         "--accounts-token-file",
         str(tokens.transfer_file),
-    ).start()
+    )
+    bank.transfer_env = {"OTEL_TRACES_SAMPLER": "always_on"}
+    bank.start()
     try:
         ada = _funded(bank, tokens.client, 100)
         bob = _funded(bank, tokens.client, 0, owner="Bob")

@@ -1,0 +1,200 @@
+"""Transfers owned through leases, several processes on one store: who drives a transfer,
+who waits, who takes over, and how pending holds are posted, voided and expired. The
+processes are ``Transfers`` instances on one in-memory event store; the account side is the
+real account aggregate behind the port's fake."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from event_store import AsyncEventStore, InMemoryEventStore
+from tests.unit.fakes import FakeAccounts
+from transfer_service.application import TransferPending, TransferRefused, Transfers
+from transfer_service.domain import Leg, TransferNotPending, TransferState, requested
+from transfer_service.process import Backoff, TransferProcess
+from transfer_service.repository import StoredTransfers
+
+SRC = "22222222-2222-4222-8222-222222222222"
+DST = "33333333-3333-4333-8333-333333333333"
+T1 = "11111111-1111-4111-8111-111111111111"
+
+
+async def _no_sleep(delay: float) -> None:
+    await asyncio.sleep(0)
+
+
+class Gate:
+    """An account side that holds every chain until opened (a slow or unreachable peer)."""
+
+    def __init__(self, accounts: FakeAccounts) -> None:
+        self.accounts = accounts
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def run(self, steps, reference, epoch, currency=""):
+        await self.open.wait()
+        return await self.accounts.run(steps, reference, epoch, currency)
+
+
+@pytest.fixture
+async def store():
+    async with AsyncEventStore(InMemoryEventStore()) as opened:
+        yield opened
+
+
+@pytest.fixture
+def accounts() -> FakeAccounts:
+    fake = FakeAccounts()
+    fake.open(SRC, "EUR", 1000)
+    fake.open(DST, "EUR", 0)
+    return fake
+
+
+def replica(store, port, *, lease_seconds=5.0, sweep=0.05) -> Transfers:
+    repository = StoredTransfers(store, lease_seconds=lease_seconds)
+    process = TransferProcess(port, repository, backoff=Backoff(sleep=_no_sleep, maximum=0.01))
+    return Transfers(repository, process, sweep_interval=sweep)
+
+
+def simple(amount: int = 30, **options) -> object:
+    return requested(T1, [Leg(SRC, DST, amount)], **options)
+
+
+async def test_the_process_that_records_a_transfer_drives_it(store, accounts):
+    one = replica(store, accounts)
+    done = await one.create(simple())
+    assert done.state is TransferState.COMPLETED
+    assert await StoredTransfers(store).lease(T1) is None  # ended: no owner any more
+
+
+async def test_another_process_waits_for_the_owner_and_answers_pending(store, accounts):
+    gate = Gate(accounts)
+    gate.open.clear()
+    one, two = replica(store, gate), replica(store, accounts)
+    driving = asyncio.create_task(one.create(simple()))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TransferPending):
+        await two.create(simple(), wait=0.2)
+    assert accounts.calls == []  # the second process never drove it
+    gate.open.set()
+    assert (await driving).state is TransferState.COMPLETED
+    assert (await two.create(simple())).state is TransferState.COMPLETED
+    assert accounts.balance(DST) == 30
+
+
+async def test_a_transfer_whose_owner_stopped_renewing_is_taken_over(store, accounts):
+    gate = Gate(accounts)
+    gate.open.clear()
+    one = replica(store, gate, lease_seconds=0.2)
+    two = replica(store, accounts, lease_seconds=0.2)
+    driving = asyncio.create_task(one.create(simple(), wait=5))
+    await asyncio.sleep(0.05)
+    # The first process neither renews nor answers (as if frozen); the second takes over.
+    await two.start()
+    try:
+        done = await two.create(simple(), wait=5)
+    finally:
+        await two.close()
+    assert done.state is TransferState.COMPLETED
+    gate.open.set()  # the old driver wakes up: fenced, it stores nothing and answers
+    assert (
+        await asyncio.wait_for(driving, 5)
+    ).state is TransferState.COMPLETED  # the new owner's outcome
+    assert accounts.balance(DST) == 30
+    assert accounts.open_holds() == {}
+
+
+async def test_a_renewal_leaves_drivers_that_just_started_alone(store, accounts):
+    one = replica(store, accounts)
+    await one.start()
+    try:
+        done = await asyncio.gather(
+            *(
+                one.create(requested(f"{n:08d}-1111-4111-8111-111111111111", [Leg(SRC, DST, 1)]))
+                for n in range(50)
+            )
+        )
+    finally:
+        await one.close()
+    assert {t.state for t in done} == {TransferState.COMPLETED}
+
+
+async def test_a_refused_transfer_answers_its_refusal_to_every_process(store, accounts):
+    one, two = replica(store, accounts), replica(store, accounts)
+    with pytest.raises(TransferRefused) as first:
+        await one.create(simple(5000))
+    with pytest.raises(TransferRefused) as again:
+        await two.create(simple(5000))
+    assert first.value.reason == again.value.reason == "INSUFFICIENT_FUNDS"
+
+
+async def test_post_and_void_of_one_hold_from_two_processes_one_wins(store, accounts):
+    one, two = replica(store, accounts), replica(store, accounts)
+    held = await one.create(simple(pending=True))
+    assert held.state is TransferState.PENDING
+    outcomes = await asyncio.gather(one.post(T1, 10), two.void(T1), return_exceptions=True)
+    won = [o for o in outcomes if not isinstance(o, Exception)]
+    lost = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(won) == 1 and len(lost) == 1
+    assert isinstance(lost[0], TransferNotPending)
+    ended = won[0].state
+    assert accounts.balance(DST) == (10 if ended is TransferState.COMPLETED else 0)
+    assert accounts.open_holds() == {}
+
+
+async def test_a_hold_expires_while_the_process_runs(store, accounts):
+    one = replica(store, accounts)
+    held = await one.create(simple(pending=True, expires_after=1_000_000))
+    assert held.expires_at is not None
+    await one.start()
+    try:
+        for _ in range(100):
+            stored = await one.get(T1)
+            if stored.state is TransferState.EXPIRED:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await one.close()
+    assert stored.state is TransferState.EXPIRED
+    assert accounts.open_holds() == {}
+    assert stored.updated_at - held.expires_at < timedelta(seconds=2)
+
+
+async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, accounts):
+    one = replica(store, accounts)
+    await one.create(simple(pending=True, expires_after=1_000_000))
+    await asyncio.sleep(1.1)
+    two = replica(store, accounts)
+    await two.start()  # the first sweep runs before start returns
+    try:
+        for _ in range(40):
+            if (await two.get(T1)).state is TransferState.EXPIRED:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await two.close()
+    assert (await two.get(T1)).state is TransferState.EXPIRED
+
+
+async def test_a_sole_owner_takes_every_earlier_lease_at_start(store, accounts):
+    gate = Gate(accounts)
+    gate.open.clear()
+    gone = replica(store, gate)
+    never_answered = asyncio.create_task(gone.create(simple()))
+    await asyncio.sleep(0.05)
+    repository = StoredTransfers(store)
+    process = TransferProcess(accounts, repository, backoff=Backoff(sleep=_no_sleep))
+    restarted = Transfers(repository, process, sole_owner=True)
+    await restarted.start()
+    try:
+        for _ in range(40):
+            if (await restarted.get(T1)).state is TransferState.COMPLETED:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await restarted.close()
+    assert (await restarted.get(T1)).state is TransferState.COMPLETED
+    never_answered.cancel()
