@@ -28,6 +28,7 @@ from typing import Any
 from event_store import ConcurrencyConflict, LeaseLost, StoreUnavailable
 from shared_kernel.errors import DomainError
 from transfer_service.domain import (
+    ReversalReused,
     Transfer,
     TransferNotFound,
     TransferRequested,
@@ -176,6 +177,33 @@ class Transfers:
     async def void(self, transfer_id: str, wait: float | None = None) -> Transfer:
         """Release a pending transfer's hold; the transfer once VOIDED."""
         return await self._decide(transfer_id, lambda t: t.void(), self._deadline(wait))
+
+    async def reverse(
+        self,
+        transfer_id: str,
+        reversal_id: str,
+        amount: int,
+        reason: str,
+        wait: float | None = None,
+    ) -> Transfer:
+        """Reverse a COMPLETED transfer (``amount`` 0: all that is left) with a transfer of
+        its own, ``reversal_id``; the reversal's outcome. Idempotent by ``reversal_id``."""
+        deadline = self._deadline(wait)
+        while True:
+            existing = await self._repository.load(reversal_id)
+            if existing is not None:
+                same = existing.reverses_transfer_id == transfer_id and existing.reason == reason
+                if not same or amount not in (0, existing.amount):
+                    raise ReversalReused(reversal_id)
+                return await self._outcome(existing, deadline)
+            original = await self._load(transfer_id)
+            reserved = original.reserve_reversal(reversal_id, amount)
+            request = original.reversal(reversal_id, reserved[0].amount, reason)
+            try:
+                reversal = await self._process.record_reversal(original, reserved, request)
+            except ConcurrencyConflict:
+                continue  # another reversal of it, or this one, was recorded first
+            return await self._answer(self._driver(reversal, 1), reversal_id, deadline)
 
     async def get(self, transfer_id: str) -> Transfer:
         return await self._load(transfer_id)

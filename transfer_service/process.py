@@ -88,7 +88,15 @@ class TransferRepository(Protocol):
         """Append ``events`` at expected version ``transfer.version``, if the transfer is
         still owned at ``epoch``. Returns the transfer with the events applied (with the
         store's time); raises ``ConcurrencyConflict`` if another writer appended first,
-        ``LeaseLost`` if another process owns the transfer now."""
+        ``LeaseLost`` if another process owns the transfer now. The end of a reversal is
+        recorded with its original's settling, in one transaction."""
+        ...
+
+    async def record_reversal(
+        self, original: Transfer, reserved: Sequence[TransferEvent], request: TransferRequested
+    ) -> Transfer:
+        """In one transaction: ``reserved`` on the original and the reversal's ``request``
+        (its lease created). ``ConcurrencyConflict`` if either stream moved meanwhile."""
         ...
 
 
@@ -127,6 +135,7 @@ AFTER_RECORD_REFUSED = "after-record-refused"
 AFTER_RECORD_POST = "after-record-post"
 AFTER_RECORD_VOID = "after-record-void"
 AFTER_RECORD_EXPIRY = "after-record-expiry"
+AFTER_RECORD_REVERSAL = "after-record-reversal"
 # After the account side answered a step, before what it answered is recorded.
 ANSWERED = {action: f"after-{action.value.replace('_', '-')}-answered" for action in Action}
 AFTER_RESERVE_ANSWERED = ANSWERED[Action.RESERVE]
@@ -144,7 +153,7 @@ _RECORDED = {
     HoldExpired: AFTER_RECORD_EXPIRY,
 }
 
-POINTS = (*_RECORDED.values(), *ANSWERED.values())
+POINTS = (*_RECORDED.values(), AFTER_RECORD_REVERSAL, *ANSWERED.values())
 
 
 def no_op(point: str) -> None:
@@ -194,6 +203,14 @@ class TransferProcess:
         recorded = await self._repository.record(transfer, events, epoch)
         self._recorded(events)
         return recorded
+
+    async def record_reversal(
+        self, original: Transfer, reserved: Sequence[TransferEvent], request: TransferRequested
+    ) -> Transfer:
+        """Records a reversal's request with the amount its original sets aside for it."""
+        reversal = await self._repository.record_reversal(original, reserved, request)
+        self._crash_point(AFTER_RECORD_REVERSAL)
+        return reversal
 
     async def drive(self, transfer: Transfer, epoch: int) -> Transfer:
         """Runs the protocol until the transfer ends or rests; returns it as recorded.

@@ -22,7 +22,9 @@ import uuid
 from collections.abc import Sequence
 
 from event_store import (
+    AppendRequest,
     AsyncEventStore,
+    ConcurrencyConflict,
     Lease,
     LeaseChange,
     LeaseWrite,
@@ -97,15 +99,69 @@ class StoredTransfers:
         after = copy.copy(transfer)
         for event in events:
             after.apply(event)
-        recorded = await self._store.append(
+        request = AppendRequest(
             stream_id(transfer.transfer_id),
             transfer.version,
             [_new_event(e) for e in events],
-            lease=self._lease_write(transfer, after, epoch),
+            self._lease_write(transfer, after, epoch),
         )
+        if after.is_terminal and after.reverses_transfer_id:
+            recorded = await self._ending_a_reversal(request, after)
+        else:
+            recorded = await self._store.append(
+                request.stream_id, request.expected_version, request.events, request.lease
+            )
         for event, stored in zip(events, recorded, strict=True):
             transfer.apply(event, stored.recorded_at)
         return transfer
+
+    async def _ending_a_reversal(
+        self, request: AppendRequest, reversal: Transfer
+    ) -> list[RecordedEvent]:
+        """A reversal's end and its original's settling, in one transaction (an original
+        changed meanwhile by another reversal is read again)."""
+        while True:
+            original = await self.load(reversal.reverses_transfer_id)
+            assert original is not None
+            settled = original.settle_reversal(reversal)
+            if not settled:
+                (recorded,) = await self._store.append_batch([request])
+                return recorded
+            settle = AppendRequest(
+                stream_id(original.transfer_id), original.version, [_new_event(settled[0])]
+            )
+            try:
+                recorded, _ = await self._store.append_batch([request, settle])
+                return recorded
+            except ConcurrencyConflict as conflict:
+                if conflict.stream_id != settle.stream_id:
+                    raise
+
+    async def record_reversal(
+        self,
+        original: Transfer,
+        reserved: Sequence[TransferEvent],
+        request: TransferRequested,
+    ) -> Transfer:
+        """In one transaction: the original sets the amount aside (``reserved``) and the
+        reversal is requested (its lease created). ``ConcurrencyConflict`` when either
+        stream moved meanwhile."""
+        reversal = Transfer.empty(request.transfer_id)
+        until = now_micros() + self.lease_micros
+        batch = [
+            AppendRequest(
+                stream_id(request.transfer_id),
+                0,
+                [_new_event(request)],
+                LeaseWrite(LeaseChange.CREATE, owner=self.owner, until=until),
+            ),
+        ]
+        if reserved:
+            events = [_new_event(e) for e in reserved]
+            batch.append(AppendRequest(stream_id(original.transfer_id), original.version, events))
+        recorded = await self._store.append_batch(batch)
+        reversal.apply(request, recorded[0][0].recorded_at)
+        return reversal
 
     def _lease_write(self, before: Transfer, after: Transfer, epoch: int) -> LeaseWrite:
         if before.version == 0:

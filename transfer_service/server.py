@@ -60,6 +60,13 @@ class _CountedTransfers:
     async def load(self, transfer_id: str) -> Transfer | None:
         return await self._repository.load(transfer_id)
 
+    async def record_reversal(
+        self, original: Transfer, reserved: Sequence[TransferEvent], request: TransferRequested
+    ) -> Transfer:
+        reversal = await self._repository.record_reversal(original, reserved, request)
+        self._counts.requested()
+        return reversal
+
     async def record(
         self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int
     ) -> Transfer:

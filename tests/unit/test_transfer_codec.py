@@ -12,6 +12,8 @@ from transfer_service.domain import (
     HoldExpired,
     Leg,
     PostRequested,
+    ReversalReserved,
+    ReversalSettled,
     TransferCompleted,
     TransferCredited,
     TransferExpired,
@@ -49,6 +51,8 @@ EVENTS = [
     TransferFailed("INSUFFICIENT_FUNDS"),
     TransferVoided(),
     TransferExpired(),
+    ReversalReserved("r-1", 25),
+    ReversalSettled("r-1", True),
 ]
 
 

@@ -14,8 +14,12 @@ from shared_kernel.errors import InvalidArgument
 from transfer_service.application import TransferPending, TransferRefused
 from transfer_service.domain import (
     ExceedsPendingAmount,
+    ExceedsReversibleAmount,
     PartialPostOfLegs,
+    PartialReversalOfLegs,
+    ReversalReused,
     TransferAlreadyExists,
+    TransferNotCompleted,
     TransferNotFound,
     TransferNotPending,
 )
@@ -24,8 +28,14 @@ ERRORS = ErrorTable(
     {
         InvalidArgument: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
         PartialPostOfLegs: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        PartialReversalOfLegs: Refusal(StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
+        TransferNotCompleted: Refusal(StatusCode.FAILED_PRECONDITION, "TRANSFER_NOT_COMPLETED"),
+        ExceedsReversibleAmount: Refusal(
+            StatusCode.FAILED_PRECONDITION, "EXCEEDS_REVERSIBLE_AMOUNT"
+        ),
         TransferNotFound: Refusal(StatusCode.NOT_FOUND, "TRANSFER_NOT_FOUND"),
         TransferAlreadyExists: Refusal(StatusCode.ALREADY_EXISTS, "TRANSFER_ALREADY_EXISTS"),
+        ReversalReused: Refusal(StatusCode.ALREADY_EXISTS, "TRANSFER_ALREADY_EXISTS"),
         TransferNotPending: Refusal(StatusCode.FAILED_PRECONDITION, "TRANSFER_NOT_PENDING"),
         ExceedsPendingAmount: Refusal(StatusCode.FAILED_PRECONDITION, "EXCEEDS_PENDING_AMOUNT"),
         TransferRefused: Refusal(StatusCode.FAILED_PRECONDITION, None),

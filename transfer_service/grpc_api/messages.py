@@ -34,6 +34,9 @@ def transfer(t: Transfer) -> pb.Transfer:
         pending=t.pending,
         expires_at=timestamp(t.expires_at),
         posted_amount=t.posted_amount,
+        reverses_transfer_id=t.reverses_transfer_id,
+        reversed_amount=t.reversed_amount,
+        reason=t.reason,
         legs=[
             pb.Leg(
                 from_account_id=leg.from_account_id,

@@ -59,3 +59,20 @@ def post_amount(amount: int) -> int:
     if amount < 0:
         raise InvalidArgument("amount", "must not be negative (0: the whole hold)")
     return amount
+
+
+MAX_REASON_LENGTH = 200
+
+
+def reversal_amount(amount: int) -> int:
+    if amount < 0:
+        raise InvalidArgument("amount", "must not be negative (0: all that is left)")
+    return amount
+
+
+def reversal_reason(reason: str) -> str:
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidArgument("reason", f"longer than {MAX_REASON_LENGTH} characters")
+    if not reason.isprintable():
+        raise InvalidArgument("reason", "must not contain control characters")
+    return reason

@@ -10,7 +10,7 @@ from bank.v1 import transfer_pb2 as pb
 from bank.v1 import transfer_pb2_grpc
 from shared_kernel import page_tokens
 from shared_kernel.errors import InvalidArgument
-from shared_kernel.values import parse_id, parse_page_size
+from shared_kernel.values import parse_id, parse_optional_id, parse_page_size
 from transfer_service.application import Transfers
 from transfer_service.grpc_api import messages, requests
 from transfer_service.grpc_api.errors import ERRORS
@@ -66,6 +66,18 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def VoidTransfer(self, request: pb.VoidTransferRequest, context: Context) -> pb.Transfer:
         transfer_id = parse_id(request.transfer_id, "transfer_id")
         transfer = await self._transfers.void(transfer_id, wait=_wait(context))
+        return messages.transfer(transfer)
+
+    async def ReverseTransfer(
+        self, request: pb.ReverseTransferRequest, context: Context
+    ) -> pb.Transfer:
+        transfer_id = parse_id(request.transfer_id, "transfer_id")
+        reversal_id = parse_optional_id(request.reversal_id, "reversal_id")
+        amount = requests.reversal_amount(request.amount)
+        reason = requests.reversal_reason(request.reason)
+        transfer = await self._transfers.reverse(
+            transfer_id, reversal_id, amount, reason, wait=_wait(context)
+        )
         return messages.transfer(transfer)
 
     async def GetTransfer(self, request: pb.GetTransferRequest, context: Context) -> pb.Transfer:

@@ -44,7 +44,7 @@ class Leg(_message.Message):
     def __init__(self, from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ...) -> None: ...
 
 class Transfer(_message.Message):
-    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "currency", "state", "failure_reason", "created_at", "updated_at", "pending", "expires_at", "posted_amount", "legs")
+    __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "currency", "state", "failure_reason", "created_at", "updated_at", "pending", "expires_at", "posted_amount", "legs", "reverses_transfer_id", "reversed_amount", "reason")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     TO_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,9 @@ class Transfer(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     POSTED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     LEGS_FIELD_NUMBER: _ClassVar[int]
+    REVERSES_TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REVERSED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     from_account_id: str
     to_account_id: str
@@ -71,7 +74,10 @@ class Transfer(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     posted_amount: int
     legs: _containers.RepeatedCompositeFieldContainer[Leg]
-    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., posted_amount: _Optional[int] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ...) -> None: ...
+    reverses_transfer_id: str
+    reversed_amount: int
+    reason: str
+    def __init__(self, transfer_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., currency: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., failure_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending: _Optional[bool] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., posted_amount: _Optional[int] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ..., reverses_transfer_id: _Optional[str] = ..., reversed_amount: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class CreateTransferRequest(_message.Message):
     __slots__ = ("transfer_id", "from_account_id", "to_account_id", "amount", "pending", "expires_after", "legs")
@@ -124,6 +130,18 @@ class VoidTransferRequest(_message.Message):
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     def __init__(self, transfer_id: _Optional[str] = ...) -> None: ...
+
+class ReverseTransferRequest(_message.Message):
+    __slots__ = ("transfer_id", "reversal_id", "amount", "reason")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    REVERSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    reversal_id: str
+    amount: int
+    reason: str
+    def __init__(self, transfer_id: _Optional[str] = ..., reversal_id: _Optional[str] = ..., amount: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetTransferRequest(_message.Message):
     __slots__ = ("transfer_id",)

@@ -55,6 +55,11 @@ class TransferServiceStub:
                 request_serializer=bank_dot_v1_dot_transfer__pb2.VoidTransferRequest.SerializeToString,
                 response_deserializer=bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
                 _registered_method=True)
+        self.ReverseTransfer = channel.unary_unary(
+                '/bank.v1.TransferService/ReverseTransfer',
+                request_serializer=bank_dot_v1_dot_transfer__pb2.ReverseTransferRequest.SerializeToString,
+                response_deserializer=bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
+                _registered_method=True)
         self.GetTransfer = channel.unary_unary(
                 '/bank.v1.TransferService/GetTransfer',
                 request_serializer=bank_dot_v1_dot_transfer__pb2.GetTransferRequest.SerializeToString,
@@ -108,6 +113,14 @@ class TransferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReverseTransfer(self, request, context):
+        """Moves the money of a COMPLETED transfer back (all of it, or part), with a transfer of
+        its own run by the same protocol. Answers with that reversal once it has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTransfer(self, request, context):
         """Returns a transfer's current state.
         """
@@ -151,6 +164,11 @@ def add_TransferServiceServicer_to_server(servicer, server):
             'VoidTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.VoidTransfer,
                     request_deserializer=bank_dot_v1_dot_transfer__pb2.VoidTransferRequest.FromString,
+                    response_serializer=bank_dot_v1_dot_transfer__pb2.Transfer.SerializeToString,
+            ),
+            'ReverseTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseTransfer,
+                    request_deserializer=bank_dot_v1_dot_transfer__pb2.ReverseTransferRequest.FromString,
                     response_serializer=bank_dot_v1_dot_transfer__pb2.Transfer.SerializeToString,
             ),
             'GetTransfer': grpc.unary_unary_rpc_method_handler(
@@ -277,6 +295,33 @@ class TransferService:
             target,
             '/bank.v1.TransferService/VoidTransfer',
             bank_dot_v1_dot_transfer__pb2.VoidTransferRequest.SerializeToString,
+            bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverseTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bank.v1.TransferService/ReverseTransfer',
+            bank_dot_v1_dot_transfer__pb2.ReverseTransferRequest.SerializeToString,
             bank_dot_v1_dot_transfer__pb2.Transfer.FromString,
             options,
             channel_credentials,

@@ -28,13 +28,46 @@ Nothing here does I/O or reads a clock: times arrive with the events, from the s
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeAlias
 
-from shared_kernel.errors import AlreadyExists, DomainError, InvalidArgument
-from shared_kernel.values import INT64_MAX
+from transfer_service.domain.errors import (
+    ExceedsPendingAmount,
+    ExceedsReversibleAmount,
+    PartialPostOfLegs,
+    PartialReversalOfLegs,
+    TransferAlreadyExists,
+    TransferNotCompleted,
+    TransferNotPending,
+)
+from transfer_service.domain.events import (
+    HoldExpired,
+    Leg,
+    PostRequested,
+    ReversalReserved,
+    ReversalSettled,
+    TransferCompleted,
+    TransferCredited,
+    TransferEvent,
+    TransferExpired,
+    TransferFailed,
+    TransferRefused,
+    TransferRequested,
+    TransferReserved,
+    TransferVoided,
+    VoidRequested,
+    requested,
+)
+from transfer_service.domain.steps import (
+    AccountStep,
+    Action,
+    Answer,
+    Fenced,
+    Phase,
+    Refused,
+    Undecided,
+)
 
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -49,241 +82,6 @@ class TransferState(enum.Enum):
     PENDING = "PENDING"
     VOIDED = "VOIDED"
     EXPIRED = "EXPIRED"
-
-
-class Action(enum.Enum):
-    """A call of the account service's side of the protocol."""
-
-    RESERVE = "reserve"
-    CREDIT = "credit"
-    HOLD_CREDIT = "hold_credit"
-    CONFIRM_CREDIT = "confirm_credit"
-    CANCEL_CREDIT = "cancel_credit"
-    CAPTURE = "capture"
-    RELEASE = "release"
-
-
-class Phase(enum.Enum):
-    HOLD = "hold"
-    CREDIT = "credit"
-    SETTLE = "settle"
-    UNDO = "undo"
-
-
-@dataclass(frozen=True, slots=True)
-class Leg:
-    from_account_id: str
-    to_account_id: str
-    amount: int
-
-
-@dataclass(frozen=True, slots=True)
-class AccountStep:
-    """One step for the account side. ``amount``: what to hold or credit; for a capture,
-    how much (0: all of the hold). ``expires_at``: a hold's expiry, in microseconds since
-    the Unix epoch (0: none), for the account to show."""
-
-    action: Action
-    account_id: str
-    amount: int = 0
-    expires_at: int = 0
-
-
-# --- the answers a step can get -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The step took effect (or had already): ``currency`` is the account's."""
-
-    currency: str
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The account said no, for good; ``reason`` is a contract reason."""
-
-    reason: str
-    message: str = ""
-    details: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Undecided:
-    """No answer (a peer down, a deadline): the step may or may not have taken effect."""
-
-    why: str
-
-
-@dataclass(frozen=True, slots=True)
-class Fenced:
-    """A newer driver of this transfer has spoken to the account: this one must stop."""
-
-    why: str
-
-
-Answer: TypeAlias = Applied | Refused | Undecided | Fenced
-
-
-# --- events -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TransferRequested:
-    """``legs`` empty: one leg, ``from_account_id`` -> ``to_account_id``. With legs, those
-    two are empty and ``amount`` is the legs' sum. ``expires_after``: microseconds a pending
-    hold lasts from the request (0: no expiry)."""
-
-    transfer_id: str
-    from_account_id: str
-    to_account_id: str
-    amount: int
-    legs: list[list[str | int]] = field(default_factory=list)
-    pending: bool = False
-    expires_after: int = 0
-    metadata: dict[str, str] = field(default_factory=dict)
-    reverses_transfer_id: str = ""
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TransferReserved:
-    """Every debit is held; ``currency`` is the sources' (every account's)."""
-
-    currency: str
-
-
-@dataclass(frozen=True, slots=True)
-class PostRequested:
-    """A pending transfer is to be posted for ``amount``."""
-
-    amount: int
-
-
-@dataclass(frozen=True, slots=True)
-class VoidRequested:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class HoldExpired:
-    """A pending transfer's hold ran out of time: it is to be released."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransferCredited:
-    """Every target has its credit (the last applied, the others held)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransferRefused:
-    """A step of ``phase`` was refused for good after ``placed`` steps of that phase took
-    effect: what was placed is to be undone, then the transfer fails with ``reason``."""
-
-    reason: str
-    phase: str = Phase.CREDIT.value
-    placed: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TransferCompleted:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class TransferFailed:
-    """``reason`` is a contract error reason, e.g. ``INSUFFICIENT_FUNDS``."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class TransferVoided:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class TransferExpired:
-    pass
-
-
-TransferEvent: TypeAlias = (
-    TransferRequested
-    | TransferReserved
-    | PostRequested
-    | VoidRequested
-    | HoldExpired
-    | TransferCredited
-    | TransferRefused
-    | TransferCompleted
-    | TransferFailed
-    | TransferVoided
-    | TransferExpired
-)
-EVENT_CLASSES: tuple[type, ...] = (
-    TransferRequested,
-    TransferReserved,
-    PostRequested,
-    VoidRequested,
-    HoldExpired,
-    TransferCredited,
-    TransferRefused,
-    TransferCompleted,
-    TransferFailed,
-    TransferVoided,
-    TransferExpired,
-)
-
-
-# --- errors -----------------------------------------------------------------------------
-
-
-class TransferNotFound(DomainError):
-    def __init__(self, transfer_id: str) -> None:
-        super().__init__(f"transfer {transfer_id} not found", transfer_id=transfer_id)
-        self.transfer_id = transfer_id
-
-
-class TransferAlreadyExists(AlreadyExists):
-    """The transfer id is taken by a transfer with other contents."""
-
-    def __init__(self, transfer_id: str) -> None:
-        super().__init__(
-            f"transfer {transfer_id} already exists with other contents", transfer_id=transfer_id
-        )
-        self.transfer_id = transfer_id
-
-
-class TransferNotPending(DomainError):
-    def __init__(self, transfer_id: str, state: TransferState | None) -> None:
-        name = state.name if state else "unknown"
-        super().__init__(
-            f"transfer {transfer_id} is {name}, not PENDING", transfer_id=transfer_id, state=name
-        )
-
-
-class ExceedsPendingAmount(DomainError):
-    def __init__(self, transfer_id: str, held: int, requested: int) -> None:
-        super().__init__(
-            f"transfer {transfer_id} holds {held}, {requested} requested",
-            transfer_id=transfer_id,
-            held=str(held),
-            requested=str(requested),
-        )
-
-
-class PartialPostOfLegs(DomainError):
-    """A multi-leg transfer is posted whole or not at all (an ``INVALID_ARGUMENT``)."""
-
-    def __init__(self, transfer_id: str) -> None:
-        super().__init__(
-            f"transfer {transfer_id} has several legs: post it whole (amount 0 or its amount)",
-            field="amount",
-        )
-
-
-class InvalidTransition(Exception):
-    """A decision that the transfer's state does not allow. A bug, not a client error."""
 
 
 _TERMINAL = frozenset(
@@ -343,6 +141,9 @@ class Transfer:
     # The amount a post is moving (or moved); 0 until a post is decided.
     post_amount: int = 0
     posted_amount: int = 0
+    # What its COMPLETED reversals took back, and what reversals under way set aside.
+    reversed_amount: int = 0
+    reversals: dict[str, int] = field(default_factory=dict)
     undo: Undo | None = None
     # The request as recorded: a repeat must carry the very same contents.
     requested: TransferRequested | None = None
@@ -402,6 +203,12 @@ class Transfer:
             case TransferExpired():
                 self.state = TransferState.EXPIRED
                 self.undo = None
+            case ReversalReserved(reversal_id, amount):
+                self.reversals[reversal_id] = amount
+            case ReversalSettled(reversal_id, completed):
+                amount = self.reversals.pop(reversal_id, 0)
+                if completed:
+                    self.reversed_amount += amount
             case _:
                 raise TypeError(f"not a transfer event: {event!r}")
         self.version += 1
@@ -624,75 +431,47 @@ class Transfer:
             raise TransferNotPending(self.transfer_id, self.state)
         return [VoidRequested()]
 
+    @property
+    def reversible(self) -> int:
+        """What is left to reverse: what it moved, less what is reversed or set aside."""
+        return self.posted_amount - self.reversed_amount - sum(self.reversals.values())
+
+    def reserve_reversal(self, reversal_id: str, amount: int) -> list[TransferEvent]:
+        """Sets ``amount`` (0: all that is left; a multi-leg transfer only whole) aside for
+        the reversal ``reversal_id``."""
+        if reversal_id in self.reversals:
+            return []
+        if self.state is not TransferState.COMPLETED:
+            raise TransferNotCompleted(self.transfer_id, self.state)
+        if not self.is_simple and (amount or self.reversible != self.posted_amount):
+            if amount:
+                raise PartialReversalOfLegs(self.transfer_id)
+            raise ExceedsReversibleAmount(self.transfer_id, 0, self.posted_amount)
+        wanted = amount or self.reversible
+        if not 0 < wanted <= self.reversible:
+            raise ExceedsReversibleAmount(self.transfer_id, self.reversible, wanted)
+        return [ReversalReserved(reversal_id, wanted)]
+
+    def reversal(self, reversal_id: str, amount: int, reason: str) -> TransferRequested:
+        """The request of a reversal of this transfer for ``amount``: every leg back, from
+        its target to its source (a simple transfer's for ``amount``)."""
+        if self.is_simple:
+            (leg,) = self.legs
+            back = [Leg(leg.to_account_id, leg.from_account_id, amount)]
+        else:
+            back = [Leg(leg.to_account_id, leg.from_account_id, leg.amount) for leg in self.legs]
+        return requested(reversal_id, back, reverses_transfer_id=self.transfer_id, reason=reason)
+
+    def settle_reversal(self, reversal: Transfer) -> list[TransferEvent]:
+        """What this transfer records when its reversal ``reversal`` ends."""
+        if reversal.transfer_id not in self.reversals:
+            return []
+        completed = reversal.state is TransferState.COMPLETED
+        return [ReversalSettled(reversal.transfer_id, completed)]
+
     def expire(self, now: datetime) -> list[TransferEvent]:
         """Release the hold if its time has come; nothing otherwise."""
         expires = self.expires_at
         if not self.at_rest or expires is None or now < expires:
             return []
         return [HoldExpired()]
-
-
-MAX_LEGS = 16
-
-
-def _check_legs(legs: Sequence[Leg]) -> None:
-    simple = len(legs) == 1
-    if not 1 <= len(legs) <= MAX_LEGS:
-        raise InvalidArgument("legs", f"a transfer has 1 to {MAX_LEGS} legs")
-    for leg in legs:
-        if leg.from_account_id == leg.to_account_id:
-            field_name = "to_account_id" if simple else "legs"
-            raise InvalidArgument(field_name, "a leg's target must differ from its source")
-        if not 0 < leg.amount <= INT64_MAX:
-            raise InvalidArgument("amount" if simple else "legs", "must be 1 to 2^63-1")
-    if sum(leg.amount for leg in legs) > INT64_MAX:
-        raise InvalidArgument("legs", "the legs' amounts add up beyond int64")
-
-
-def legs_field(legs: Sequence[Leg]) -> list[list[str | int]]:
-    return [[leg.from_account_id, leg.to_account_id, leg.amount] for leg in legs]
-
-
-def requested(
-    transfer_id: str,
-    legs: Sequence[Leg],
-    *,
-    pending: bool = False,
-    expires_after: int = 0,
-    metadata: Mapping[str, str] | None = None,
-    reverses_transfer_id: str = "",
-    reason: str = "",
-) -> TransferRequested:
-    """The request event for ``legs``: a one-leg transfer keeps its accounts in the
-    top-level fields (as transfers always have), several legs list them.
-
-    ``InvalidArgument`` for legs that break the rules (named by the request's own fields:
-    ``amount`` and ``to_account_id`` for one leg, ``legs`` for several)."""
-    _check_legs(legs)
-    total = sum(leg.amount for leg in legs)
-    if len(legs) == 1:
-        (leg,) = legs
-        return TransferRequested(
-            transfer_id,
-            leg.from_account_id,
-            leg.to_account_id,
-            leg.amount,
-            [],
-            pending,
-            expires_after,
-            dict(metadata or {}),
-            reverses_transfer_id,
-            reason,
-        )
-    return TransferRequested(
-        transfer_id,
-        "",
-        "",
-        total,
-        legs_field(legs),
-        pending,
-        expires_after,
-        dict(metadata or {}),
-        reverses_transfer_id,
-        reason,
-    )
