@@ -30,6 +30,7 @@ AMOUNT_MISMATCH = "amount-mismatch"
 CURRENCY_MISMATCH = "currency-mismatch"
 CONSERVATION = "conservation"
 IN_TRANSIT = "in-transit-mismatch"
+REVERSAL = "reversal-mismatch"
 
 
 @dataclass(frozen=True, slots=True)

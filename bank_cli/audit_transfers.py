@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bank_cli.audit_report import (
     AMOUNT_MISMATCH,
@@ -14,6 +14,7 @@ from bank_cli.audit_report import (
     IN_TRANSIT,
     MISSING_EFFECT,
     OUT_OF_ORDER,
+    REVERSAL,
     UNEXPECTED_EFFECT,
     UNREADABLE,
     WRONG_ACCOUNT,
@@ -26,6 +27,8 @@ from transfer_service import codec as transfer_codec
 from transfer_service.domain import (
     HoldExpired,
     PostRequested,
+    ReversalReserved,
+    ReversalSettled,
     Transfer,
     TransferCompleted,
     TransferCredited,
@@ -66,6 +69,7 @@ _NEXT: dict[TransferState | None, tuple[type, ...]] = {
     TransferState.RESERVED: (TransferCredited, TransferRefused),
     TransferState.PENDING: (PostRequested, VoidRequested, HoldExpired),
     TransferState.CREDITED: (TransferCompleted,),
+    TransferState.COMPLETED: (ReversalReserved, ReversalSettled),
 }
 _UNDO_ENDS = {
     TransferState.FAILED: TransferFailed,
@@ -78,6 +82,8 @@ _UNDO_ENDS = {
 class TransferAudit:
     transfer: Transfer
     broken: bool = False
+    # Its reversals as it recorded them: id -> (amount set aside, how it ended or None).
+    reversals: dict[str, tuple[int, bool | None]] = field(default_factory=dict)
 
 
 def _allowed(transfer: Transfer, event: TransferEvent) -> bool:
@@ -96,6 +102,10 @@ def _allowed(transfer: Transfer, event: TransferEvent) -> bool:
             return reason == transfer.failure_reason
         case PostRequested(amount):
             return 0 < amount <= transfer.amount
+        case ReversalReserved(reversal_id, amount):
+            return reversal_id not in transfer.reversals and 0 < amount <= transfer.reversible
+        case ReversalSettled(reversal_id):
+            return reversal_id in transfer.reversals
     return True
 
 
@@ -141,6 +151,11 @@ def read_transfers(
                         f" after {_state_label(transfer)}",
                     )
                 )
+            if isinstance(event, ReversalReserved):
+                entry.reversals[event.reversal_id] = (event.amount, None)
+            elif isinstance(event, ReversalSettled) and event.reversal_id in entry.reversals:
+                amount, _ = entry.reversals[event.reversal_id]
+                entry.reversals[event.reversal_id] = (amount, event.completed)
             transfer.apply(event, stored.recorded_at)
         if entry.transfer.state is None:
             entry.broken = True
@@ -174,12 +189,61 @@ def _plan(t: Transfer) -> dict[str, dict[str, int]]:
     }
 
 
+def check_reversals(transfers: dict[str, TransferAudit], report: AuditReport) -> None:
+    """Each reversal was set aside on its original, ended as the original recorded, moved
+    the original's legs back, and no original is reversed beyond what it moved."""
+    for reversal_id, entry in transfers.items():
+        r = entry.transfer
+        if entry.broken or not r.reverses_transfer_id:
+            continue
+        subject = f"transfer {reversal_id}"
+        original = transfers.get(r.reverses_transfer_id)
+        if original is None or original.broken:
+            report.violations.append(
+                Violation(REVERSAL, subject, f"reverses unknown transfer {r.reverses_transfer_id}")
+            )
+            continue
+        recorded = original.reversals.get(reversal_id)
+        o = original.transfer
+        problems = []
+        if recorded is None:
+            problems.append(f"nothing was set aside for it on {o.transfer_id}")
+        else:
+            amount, ended = recorded
+            if amount != r.amount:
+                problems.append(f"{o.transfer_id} set aside {amount}, it is for {r.amount}")
+            if r.is_terminal and ended != (r.state is TransferState.COMPLETED):
+                problems.append(f"it is {r.state.name}, but {o.transfer_id} recorded {ended}")
+            if not r.is_terminal and ended is not None:
+                problems.append(f"{o.transfer_id} recorded its end, but it is under way")
+        back = {(leg.to_account_id, leg.from_account_id) for leg in o.legs}
+        if {(leg.from_account_id, leg.to_account_id) for leg in r.legs} != back:
+            problems.append(f"its legs are not those of {o.transfer_id}, turned back")
+        for problem in problems:
+            report.violations.append(Violation(REVERSAL, subject, problem))
+    for transfer_id, entry in transfers.items():
+        t = entry.transfer
+        if entry.broken or not entry.reversals:
+            continue
+        taken = sum(amount for amount, ended in entry.reversals.values() if ended is not False)
+        if taken > t.posted_amount:
+            report.violations.append(
+                Violation(
+                    REVERSAL,
+                    f"transfer {transfer_id}",
+                    f"reversed (or being reversed) for {taken}, beyond the {t.posted_amount}"
+                    " it moved",
+                )
+            )
+
+
 def check_transfers(
     transfers: dict[str, TransferAudit],
     currencies: dict[str, str],
     effects: dict[str, list[Effect]],
     report: AuditReport,
 ) -> None:
+    check_reversals(transfers, report)
     for transfer_id, entry in transfers.items():
         if entry.broken:
             continue

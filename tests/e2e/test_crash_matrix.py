@@ -52,6 +52,8 @@ ENDS = {
     "post": ("COMPLETED", (-POSTED, POSTED, 0)),
     "void": ("VOIDED", (0, 0, 0)),
     "expire": ("EXPIRED", (0, 0, 0)),
+    # A simple transfer, then its reversal: nothing moved in the end.
+    "reversal": ("COMPLETED", (0, 0, 0)),
 }
 PENDING = ("post", "void", "expire")
 # The transfer points each kind of transfer passes.
@@ -84,11 +86,23 @@ REACHES = {
     },
     "void": _EVERY | {p.AFTER_RECORD_VOID, p.AFTER_RELEASE_ANSWERED},
     "expire": _EVERY | {p.AFTER_RECORD_EXPIRY, p.AFTER_RELEASE_ANSWERED},
+    # The reversal's own crossings (its request is recorded with what it sets aside).
+    "reversal": {
+        p.AFTER_RECORD_REVERSAL,
+        p.AFTER_RESERVE_ANSWERED,
+        p.AFTER_CREDIT_ANSWERED,
+        p.AFTER_RECORD_CREDITED,
+        p.AFTER_CAPTURE_ANSWERED,
+    },
 }
+# Points a reversal shares with its original: the reversal crosses them the second time.
+_SECOND_TIME = {"reversal": _EVERY | REACHES["simple"]}
 # The account service's appends on each kind's way (accounts not in memory, so a chain goes
 # step by step; a refusal is an append of its own; an undo over accounts now in memory is
 # one append): a crash after each in turn.
 ACCOUNT_APPENDS = {"simple": 3, "refused": 3, "legs": 5, "legs-refused": 4, "post": 3, "void": 2}
+# The reversal's accounts are in memory by then: its three steps are one append, the 4th.
+ACCOUNT_APPENDS_FROM = {"reversal": (4, 4)}
 
 
 @dataclass(frozen=True)
@@ -103,16 +117,25 @@ class Case:
 
     @property
     def id(self) -> str:
-        suffix = f"-{self.after}" if self.service == "account" else ""
+        suffix = f"-{self.after}" if self.service == "account" or self.after > 1 else ""
         return f"{self.point}{suffix}-{self.kind}"
 
 
 CASES = [
-    *(Case(point, kind) for kind, points in REACHES.items() for point in sorted(points)),
+    *(
+        Case(point, kind, 2 if point in _SECOND_TIME.get(kind, ()) else 1)
+        for kind, points in REACHES.items()
+        for point in sorted(points)
+    ),
     *(
         Case(ACCOUNT_AFTER_APPEND, kind, n)
         for kind, appends in ACCOUNT_APPENDS.items()
         for n in range(1, appends + 1)
+    ),
+    *(
+        Case(ACCOUNT_AFTER_APPEND, kind, n)
+        for kind, (first, last) in ACCOUNT_APPENDS_FROM.items()
+        for n in range(first, last + 1)
     ),
 ]
 
@@ -121,6 +144,12 @@ def test_every_crash_point_is_in_the_matrix():
     assert {case.point for case in CASES} == {*p.POINTS, ACCOUNT_AFTER_APPEND}
     every_path = {(point, kind) for kind, points in REACHES.items() for point in points}
     assert {(c.point, c.kind) for c in CASES if c.service == "transfer"} == every_path
+    # The reversal crosses the points it shares with its original the second time.
+    assert all(
+        c.after == 2
+        for c in CASES
+        if c.kind == "reversal" and c.point != p.AFTER_RECORD_REVERSAL and c.service == "transfer"
+    )
 
 
 # --- the matrix as measured, printed when the module ends ----------------------------------
@@ -220,6 +249,11 @@ def _drive(bank: Bank, kind: str, request: tpb.CreateTransferRequest) -> str:
     if kind == "void":
         void = tpb.VoidTransferRequest(transfer_id=transfer_id)
         return _until_answered(lambda: stub().VoidTransfer(void, timeout=30))
+    if kind == "reversal":
+        back = tpb.ReverseTransferRequest(
+            transfer_id=transfer_id, reversal_id=_reversal_id(request)
+        )
+        return _until_answered(lambda: stub().ReverseTransfer(back, timeout=30))
     if kind == "expire":
         get = tpb.GetTransferRequest(transfer_id=transfer_id)
         deadline = time.monotonic() + OUTCOME_WITHIN
@@ -228,6 +262,11 @@ def _drive(bank: Bank, kind: str, request: tpb.CreateTransferRequest) -> str:
             time.sleep(0.1)
         return state
     return created
+
+
+def _reversal_id(request: tpb.CreateTransferRequest) -> str:
+    """The reversal's id, fixed for a transfer so that the client's repeats are repeats."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, request.transfer_id))
 
 
 def _arm(service: ServiceProcess, case: Case) -> None:
@@ -326,6 +365,11 @@ def _first_call(transfers, kind: str, request: tpb.CreateTransferRequest) -> str
         elif kind == "void":
             void = tpb.VoidTransferRequest(transfer_id=transfer_id)
             state = _answer(lambda: transfers.VoidTransfer(void, timeout=OUTCOME_WITHIN))
+        elif kind == "reversal":
+            back = tpb.ReverseTransferRequest(
+                transfer_id=transfer_id, reversal_id=_reversal_id(request)
+            )
+            state = _answer(lambda: transfers.ReverseTransfer(back, timeout=OUTCOME_WITHIN))
         return f"answered: {state}"
     except grpc.RpcError as error:
         return error.code().name

@@ -545,3 +545,40 @@ def test_lowering_a_limit_below_what_is_used_is_no_violation():
     h = opened().account(BOB, OverdraftLimitSet(50, "a")).account(BOB, Withdrawn(40, "w"))
     h.account(BOB, OverdraftLimitSet(10, "b"))
     assert h.audit().ok
+
+
+# --- reversals ---
+
+R1 = "99999999-0000-4000-8000-000000000009"
+
+
+def reversed_history(settled: bool = True, set_aside: int = 30) -> History:
+    h = completed(opened())
+    h.transfer(T1, ReversalReserved(R1, set_aside))
+    h.transfer(R1, requested(R1, [Leg(BOB, ADA, 30)], reverses_transfer_id=T1))
+    h.account(BOB, Reserved(30, R1)).account(ADA, Credited(30, R1))
+    h.account(BOB, ReservationCaptured(30, R1))
+    h.transfer(R1, TransferReserved("EUR"), TransferCredited(), TransferCompleted())
+    if settled:
+        h.transfer(T1, ReversalSettled(R1, True))
+    return h
+
+
+def test_a_reversal_set_aside_and_settled_on_its_original_passes():
+    report = reversed_history().audit()
+    assert report.ok, report.render()
+
+
+def test_a_reversal_its_original_did_not_settle_is_named():
+    report = reversed_history(settled=False).audit()
+    assert checks.REVERSAL in kinds_of(report)
+
+
+def test_a_reversal_for_another_amount_than_set_aside_is_named():
+    report = reversed_history(set_aside=20).audit()
+    assert checks.REVERSAL in kinds_of(report)
+
+
+def test_setting_aside_more_than_moved_is_an_illegal_history():
+    h = completed(opened()).transfer(T1, ReversalReserved(R1, 31))
+    assert checks.ILLEGAL_TRANSITION in kinds_of(h.audit())

@@ -13,20 +13,25 @@ from transfer_service.domain import (
     Action,
     Applied,
     ExceedsPendingAmount,
+    ExceedsReversibleAmount,
     Fenced,
     HoldExpired,
     InvalidTransition,
     Leg,
     PartialPostOfLegs,
+    PartialReversalOfLegs,
     Phase,
     PostRequested,
     Refused,
+    ReversalReserved,
+    ReversalSettled,
     Transfer,
     TransferAlreadyExists,
     TransferCompleted,
     TransferCredited,
     TransferExpired,
     TransferFailed,
+    TransferNotCompleted,
     TransferNotFound,
     TransferNotPending,
     TransferRefused,
@@ -371,3 +376,53 @@ def test_transfer_not_found_carries_the_id():
 
 def test_phases_name_the_refusal_record():
     assert {phase.value for phase in Phase} == {"hold", "credit", "settle", "undo"}
+
+
+# --- reversals ---
+
+
+def test_a_completed_transfer_sets_aside_what_a_reversal_takes_back():
+    t = build(*COMPLETED)
+    assert t.reversible == 500
+    assert t.reserve_reversal("r1", 200) == [ReversalReserved("r1", 200)]
+    assert t.reserve_reversal("r1", 0) == [ReversalReserved("r1", 500)]
+
+
+def test_what_is_set_aside_or_reversed_is_not_reversible_again():
+    t = build(*COMPLETED, ReversalReserved("r1", 200), ReversalReserved("r2", 100))
+    assert t.reversible == 200
+    assert t.reserve_reversal("r2", 100) == []  # set aside already: a repeat
+    with pytest.raises(ExceedsReversibleAmount):
+        t.reserve_reversal("r3", 201)
+    t.apply(ReversalSettled("r1", True))
+    t.apply(ReversalSettled("r2", False))
+    assert (t.reversed_amount, t.reversible) == (200, 300)
+
+
+def test_only_a_completed_transfer_is_reversed():
+    with pytest.raises(TransferNotCompleted):
+        build(*FAILED_ON_RESERVE).reserve_reversal("r1", 0)
+
+
+def test_a_multi_leg_transfer_is_reversed_whole():
+    t = build(*FEE_REQUEST, TransferReserved("EUR"), TransferCredited(), TransferCompleted())
+    with pytest.raises(PartialReversalOfLegs):
+        t.reserve_reversal("r1", 100)
+    assert t.reserve_reversal("r1", 0) == [ReversalReserved("r1", 505)]
+    back = t.reversal("r1", 505, "refund")
+    assert back.legs == [[DST, SRC, 500], [FEE, SRC, 5]]
+    assert (back.reverses_transfer_id, back.reason) == (TID, "refund")
+
+
+def test_a_reversal_of_a_simple_transfer_goes_back_for_its_amount():
+    back = build(*COMPLETED).reversal("r1", 120, "")
+    assert (back.from_account_id, back.to_account_id, back.amount) == (DST, SRC, 120)
+
+
+def test_a_reversal_settles_on_its_original_as_it_ended():
+    original = build(*COMPLETED, ReversalReserved("r1", 100))
+    done = Transfer.from_events("r1", [(original.reversal("r1", 100, ""), None)])
+    done.state = TransferState.COMPLETED
+    assert original.settle_reversal(done) == [ReversalSettled("r1", True)]
+    done.state = TransferState.FAILED
+    assert original.settle_reversal(done) == [ReversalSettled("r1", False)]
