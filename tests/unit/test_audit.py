@@ -35,6 +35,8 @@ from transfer_service.domain import (
     HoldExpired,
     Leg,
     PostRequested,
+    ReversalReserved,
+    ReversalSettled,
     TransferCompleted,
     TransferCredited,
     TransferEvent,
