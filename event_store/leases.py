@@ -127,40 +127,56 @@ class SqlLeases:
 
 # --- what an append does to leases -------------------------------------------------------
 
+# SQLite: one statement per kind of change and up to this many rows, rows as VALUES.
+_SQLITE_ROWS = 256
 _SQLITE = {
     LeaseChange.CREATE: (
-        "INSERT OR ROLLBACK INTO leases (key, owner, epoch, expires_at) VALUES (?, ?, 1, ?)"
+        "INSERT OR ROLLBACK INTO leases (key, owner, epoch, expires_at) VALUES ",
+        "(?, ?, 1, ?)",
+        "",
     ),
-    LeaseChange.KEEP: "SELECT 1 FROM leases WHERE key = ? AND epoch = ?",
+    LeaseChange.KEEP: ("SELECT key FROM leases WHERE (key, epoch) IN (VALUES ", "(?, ?)", ")"),
     LeaseChange.REST: (
-        "UPDATE leases SET owner = '', expires_at = ? WHERE key = ? AND epoch = ? RETURNING 1"
+        "UPDATE leases SET owner = '', expires_at = v.column3 FROM (VALUES ",
+        "(?, ?, ?)",
+        ") AS v WHERE leases.key = v.column1 AND leases.epoch = v.column2 RETURNING leases.key",
     ),
-    LeaseChange.DROP: "DELETE FROM leases WHERE key = ? AND epoch = ? RETURNING 1",
+    LeaseChange.DROP: (
+        "DELETE FROM leases WHERE (key, epoch) IN (VALUES ",
+        "(?, ?)",
+        ") RETURNING key",
+    ),
 }
 
 
 def lease_writes_sqlite(driver: Any, requests: Sequence[AppendRequest]) -> None:
     """An append's lease writes on its SQLite connection, inside its transaction; raises
     ``LeaseLost`` (the caller rolls back) for a lease not held at its epoch."""
+    rows: dict[LeaseChange, list[tuple[Any, ...]]] = {}
     for request in requests:
         write = request.lease
         if write is None:
             continue
         key = request.stream_id
-        sql = _SQLITE[write.change]
         if write.change is LeaseChange.CREATE:
-            driver.execute(sql, (key, write.owner, write.until))
-            continue
-        params = (
-            (write.until, key, write.epoch)
-            if write.change is LeaseChange.REST
-            else (
-                key,
-                write.epoch,
-            )
-        )
-        if driver.execute(sql, params).fetchone() is None:
-            raise LeaseLost(key, write.epoch)
+            row: tuple[Any, ...] = (key, write.owner, write.until)
+        elif write.change is LeaseChange.REST:
+            row = (key, write.epoch, write.until)
+        else:
+            row = (key, write.epoch)
+        rows.setdefault(write.change, []).append(row)
+    for change, changed in rows.items():
+        head, values, tail = _SQLITE[change]
+        for start in range(0, len(changed), _SQLITE_ROWS):
+            chunk = changed[start : start + _SQLITE_ROWS]
+            sql = head + ", ".join([values] * len(chunk)) + tail
+            found = driver.execute(sql, [v for row in chunk for v in row])
+            if change is LeaseChange.CREATE:
+                continue
+            held = {key for (key,) in found.fetchall()}
+            for row in chunk:
+                if row[0] not in held:
+                    raise LeaseLost(row[0], row[1])
 
 
 # Postgres: one statement per kind of change, whatever the batch holds, rows as JSON.

@@ -243,23 +243,26 @@ class StepStream:
 
     async def _chain(self, steps: Sequence[pb.Step]) -> list[Answer]:
         sent = self._send(steps)
+        # One deadline for the whole chain: its steps' outcomes come back together.
+        timer = asyncio.get_running_loop().call_later(
+            self._deadline, self._expire, [step_id for step_id, _ in sent]
+        )
         answers: list[Answer] = []
         try:
-            for step_id, future, timer in sent:
+            for step_id, future in sent:
                 try:
                     outcome = await future
                 except _NoOutcome as undecided:
                     answers.append(undecided.answer)
                     break
                 finally:
-                    timer.cancel()
                     self._waiting.pop(step_id, None)
                 answers.append(answer(outcome))
                 if not isinstance(answers[-1], Applied):
                     break
         finally:
-            for step_id, _, timer in sent[len(answers) :]:
-                timer.cancel()
+            timer.cancel()
+            for step_id, _ in sent[len(answers) :]:
                 self._waiting.pop(step_id, None)
         return answers
 
@@ -271,7 +274,7 @@ class StepStream:
 
     def _send(
         self, steps: Sequence[pb.Step]
-    ) -> list[tuple[int, asyncio.Future[pb.Account | pb.StepError], asyncio.TimerHandle]]:
+    ) -> list[tuple[int, asyncio.Future[pb.Account | pb.StepError]]]:
         """Queues the steps for the next message, together, each after the one before."""
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
@@ -285,14 +288,15 @@ class StepStream:
             future: asyncio.Future[pb.Account | pb.StepError] = loop.create_future()
             self._waiting[step_id] = future
             self._outbox.append(step)
-            sent.append((step_id, future, loop.call_later(self._deadline, self._expire, step_id)))
+            sent.append((step_id, future))
         self._wakeup.set()
         return sent
 
-    def _expire(self, step_id: int) -> None:
-        future = self._waiting.pop(step_id, None)
-        if future is not None and not future.done():
-            future.set_exception(_NoOutcome(f"no outcome within {self._deadline:g}s"))
+    def _expire(self, step_ids: list[int]) -> None:
+        for step_id in step_ids:
+            future = self._waiting.pop(step_id, None)
+            if future is not None and not future.done():
+                future.set_exception(_NoOutcome(f"no outcome within {self._deadline:g}s"))
 
     async def _requests(self, generation: int) -> AsyncIterator[pb.ExecuteStepsRequest]:
         # grpc does not stop reading this generator when its call fails, so a generator

@@ -69,7 +69,7 @@ async def bench(args: argparse.Namespace, out: Path, log_dir: Path) -> int:
     comparisons: list[dict[str, Any]] = []
     for group in args.runs:
         print(f"[{group}]", flush=True)
-        ran = await run_group(group, scale, args.db, args.postgres_url, log_dir)
+        ran = await run_group(group, scale, args.db, args.postgres_url, log_dir, args.batch)
         results += ran
         comparison = compare(ran)
         if comparison is not None:
@@ -148,6 +148,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         f" afterwards ($BANK_BENCH_POSTGRES_URL; default {DEFAULT_POSTGRES_URL})",
     )
     parser.add_argument("--quick", action="store_true", help="small runs, for CI: seconds")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        help="transfers per CreateTransfers call in the batch runs (default 100)",
+    )
     parser.add_argument("--out", default="bench-results", help="directory for JSON and chart")
     parser.add_argument(
         "--runs",

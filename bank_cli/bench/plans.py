@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-GROUPS = ("seed", "sweep", "uniform", "long")
+GROUPS = ("seed", "sweep", "uniform", "long", "batch")
 RESERVATION = "reservation"
 NAIVE = "naive"
 OPENING_BALANCE = 1_000_000
@@ -27,6 +27,9 @@ class Scale:
     # How long the naive strategy waits for each lock: the seed's 5 s, or less to keep
     # the quick runs quick (the share of transfers that fail is much the same).
     naive_lock_timeout: float
+    # CreateTransfers runs: transfers in all, batches in flight (of ``--batch`` each).
+    batch_transfers: int
+    batches_in_flight: int
 
     # Transfers per sweep point, per strategy: (at least, per slot in flight). The naive
     # strategy gets fewer, because each of its deadlocks costs a lock timeout.
@@ -52,6 +55,8 @@ FULL = Scale(
     uniform_rounds=3,
     long_rounds=2,
     naive_lock_timeout=5.0,
+    batch_transfers=40_000,
+    batches_in_flight=8,
 )
 QUICK = Scale(
     seed=((50, 4), (200, 50)),
@@ -65,6 +70,8 @@ QUICK = Scale(
     uniform_rounds=1,
     long_rounds=1,
     naive_lock_timeout=0.5,
+    batch_transfers=2_000,
+    batches_in_flight=4,
 )
 
 
@@ -79,6 +86,9 @@ class Plan:
     preloaded_events: int = 0
     # A hot-pair run on fresh accounts that the group's measured runs are compared with.
     control: bool = False
+    # Transfers per CreateTransfers call; 0: one CreateTransfer each. ``in_flight`` then
+    # counts batches.
+    batch: int = 0
 
 
 def _with_controls(measured: Plan, rounds: int) -> list[Plan]:
@@ -95,7 +105,7 @@ def _with_controls(measured: Plan, rounds: int) -> list[Plan]:
     return [control] + [measured, control] * rounds
 
 
-def plans_for(group: str, scale: Scale) -> list[Plan]:
+def plans_for(group: str, scale: Scale, batch: int = 100) -> list[Plan]:
     if group == "seed":
         return [
             Plan(group, f"seed {total}/{width}", strategy, total, width)
@@ -117,6 +127,21 @@ def plans_for(group: str, scale: Scale) -> list[Plan]:
         name = f"long {total}/{width}"
         long = Plan(group, name, RESERVATION, total, width, 2, scale.long_events)
         return _with_controls(long, scale.long_rounds)
+    if group == "batch":
+        total, width = scale.batch_transfers, scale.batches_in_flight
+        accounts = scale.uniform_accounts
+        return [
+            Plan(group, f"batch {batch}x{width} pair", RESERVATION, total, width, batch=batch),
+            Plan(
+                group,
+                f"batch {batch}x{width} uniform",
+                RESERVATION,
+                total,
+                width,
+                accounts,
+                batch=batch,
+            ),
+        ]
     raise ValueError(f"unknown run group {group!r}")
 
 

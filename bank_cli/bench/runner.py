@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 
 from bank.experimental.v1 import naive_pb2
 from bank.v1 import account_pb2 as apb
@@ -227,7 +228,10 @@ async def run_plan(
 
     services_before = bank.cpu()
     cpu_before, wall_before = time.process_time(), time.perf_counter()
-    latencies, failures = await drive(call, requests, plan.in_flight, succeeded)
+    if plan.batch:
+        latencies, failures = await drive_batches(bank, requests, plan.batch, plan.in_flight)
+    else:
+        latencies, failures = await drive(call, requests, plan.in_flight, succeeded)
     seconds = time.perf_counter() - wall_before
     client_cpu = time.process_time() - cpu_before
     services_after = bank.cpu()
@@ -271,6 +275,47 @@ async def run_plan(
     }, balances_after
 
 
+async def drive_batches(
+    bank: Bank, requests: Sequence[tpb.CreateTransferRequest], size: int, in_flight: int
+) -> tuple[list[float], list[str | None]]:
+    """Sends the transfers as CreateTransfers calls of ``size``, ``in_flight`` calls at a
+    time; each call's latency, and each transfer's failure."""
+    batches = [
+        tpb.CreateTransfersRequest(transfers=requests[start : start + size])
+        for start in range(0, len(requests), size)
+    ]
+    latencies = [0.0] * len(batches)
+    failures: list[str | None] = [None] * len(requests)
+    pending = iter(range(len(batches)))
+    clock = time.perf_counter
+
+    async def worker() -> None:
+        for i in pending:
+            started = clock()
+            first = i * size
+            try:
+                answer = await bank.transfers.CreateTransfers(batches[i], timeout=CALL_TIMEOUT)
+                for n, result in enumerate(answer.results):
+                    failures[first + n] = _item_failure(result)
+            except grpc.aio.AioRpcError as error:
+                for n in range(len(batches[i].transfers)):
+                    failures[first + n] = _outcome(error)
+            latencies[i] = clock() - started
+
+    await asyncio.gather(*(worker() for _ in range(min(in_flight, len(batches)))))
+    return latencies, failures
+
+
+def _item_failure(result: tpb.CreateTransferResult) -> str | None:
+    if result.HasField("transfer"):
+        return None if result.transfer.state == tpb.TRANSFER_STATE_COMPLETED else "NOT_COMPLETED"
+    for detail in result.error.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return str(result.error.code)
+
+
 async def warm_up(bank: Bank) -> None:
     """A few unmeasured transfers of each kind on accounts of their own, so the first
     measured run does not pay for opening connections and files."""
@@ -292,12 +337,12 @@ async def warm_up(bank: Bank) -> None:
 
 
 async def run_group(
-    group: str, scale: Scale, kind: str, postgres_url: str, log_dir: Path
+    group: str, scale: Scale, kind: str, postgres_url: str, log_dir: Path, batch: int = 100
 ) -> list[dict[str, Any]]:
     databases = Databases(kind, postgres_url)
     try:
         accounts_db, transfers_db = databases.new("accounts"), databases.new("transfers")
-        plans = plans_for(group, scale)
+        plans = plans_for(group, scale, batch)
         preloaded: dict[str, int] = {}
         if group == "long":
             ids = [str(uuid.uuid4()), str(uuid.uuid4())]
