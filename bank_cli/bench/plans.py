@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-GROUPS = ("seed", "sweep", "uniform", "long", "batch")
+GROUPS = ("seed", "sweep", "uniform", "long", "batch", "replicas")
 RESERVATION = "reservation"
 NAIVE = "naive"
 OPENING_BALANCE = 1_000_000
@@ -89,6 +89,8 @@ class Plan:
     # Transfers per CreateTransfers call; 0: one CreateTransfer each. ``in_flight`` then
     # counts batches.
     batch: int = 0
+    # Account services the run has (the replicas group starts a bank per run).
+    account_replicas: int = 1
 
 
 def _with_controls(measured: Plan, rounds: int) -> list[Plan]:
@@ -127,6 +129,21 @@ def plans_for(group: str, scale: Scale, batch: int = 100) -> list[Plan]:
         name = f"long {total}/{width}"
         long = Plan(group, name, RESERVATION, total, width, 2, scale.long_events)
         return _with_controls(long, scale.long_rounds)
+    if group == "replicas":
+        # 1, 2, 1, 2 account replicas, alternating: the machine's drift falls on both.
+        total, width = scale.long_run
+        return [
+            Plan(
+                group,
+                f"pair {total}/{width} x{n}",
+                RESERVATION,
+                total,
+                width,
+                account_replicas=n,
+                control=n == 1,
+            )
+            for n in (1, 2, 1, 2)
+        ]
     if group == "batch":
         total, width = scale.batch_transfers, scale.batches_in_flight
         accounts = scale.uniform_accounts

@@ -339,6 +339,8 @@ async def warm_up(bank: Bank) -> None:
 async def run_group(
     group: str, scale: Scale, kind: str, postgres_url: str, log_dir: Path, batch: int = 100
 ) -> list[dict[str, Any]]:
+    if group == "replicas":
+        return await _run_replicas(scale, kind, postgres_url, log_dir)
     databases = Databases(kind, postgres_url)
     try:
         accounts_db, transfers_db = databases.new("accounts"), databases.new("transfers")
@@ -388,3 +390,32 @@ async def run_group(
         return results
     finally:
         databases.close()
+
+
+async def _run_replicas(
+    scale: Scale, kind: str, postgres_url: str, log_dir: Path
+) -> list[dict[str, Any]]:
+    """The hot pair with 1 and with 2 account replicas, each run on a bank of its own."""
+    results = []
+    for n, plan in enumerate(plans_for("replicas", scale)):
+        databases = Databases(kind, postgres_url)
+        try:
+            accounts_db, transfers_db = databases.new("accounts"), databases.new("transfers")
+            label = f"{kind}-replicas-{n}"
+            async with Bank(
+                accounts_db,
+                transfers_db,
+                log_dir,
+                label,
+                scale.naive_lock_timeout,
+                account_replicas=plan.account_replicas,
+            ) as bank:
+                await warm_up(bank)
+                before = await open_accounts(bank, plan.accounts, "bench")
+                result, _ = await run_plan(bank, plan, before)
+                result["account_replicas"] = plan.account_replicas
+                results.append(result)
+                print("  " + row(result), flush=True)
+        finally:
+            databases.close()
+    return results

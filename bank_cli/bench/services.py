@@ -107,29 +107,41 @@ class Bank:
         log_dir: Path,
         label: str,
         naive_lock_timeout: float,
+        account_replicas: int = 1,
     ) -> None:
-        self.account = ServiceProcess(
-            "account_service",
-            accounts_db,
-            log_dir / f"{label}-account_service.log",
-            [
-                *SERVICE_ARGS,
-                "--experimental-naive-transfers",
-                "--experimental-naive-lock-timeout",
-                str(naive_lock_timeout),
-            ],
-        )
+        """``account_replicas``: account services on the one database; the transfer
+        service sends each account's steps to one of them."""
+        self.account_replicas = [
+            ServiceProcess(
+                "account_service",
+                accounts_db,
+                log_dir / f"{label}-account_service{'-' + str(n) if n else ''}.log",
+                [
+                    *SERVICE_ARGS,
+                    "--experimental-naive-transfers",
+                    "--experimental-naive-lock-timeout",
+                    str(naive_lock_timeout),
+                ],
+            )
+            for n in range(account_replicas)
+        ]
+        self.account = self.account_replicas[0]
         self.transfer = ServiceProcess(
             "transfer_service",
             transfers_db,
             log_dir / f"{label}-transfer_service.log",
-            [*SERVICE_ARGS, "--accounts", self.account.address],
+            [
+                *SERVICE_ARGS,
+                "--accounts",
+                ",".join(replica.address for replica in self.account_replicas),
+            ],
         )
         self._channels: list[grpc.aio.Channel] = []
 
     async def __aenter__(self) -> Bank:
         try:
-            await self.account.start_async()
+            for replica in self.account_replicas:
+                await replica.start_async()
             await self.transfer.start_async()
         except BaseException:
             self.stop()
@@ -148,11 +160,13 @@ class Bank:
         self.stop()
 
     def stop(self) -> None:
-        for service in (self.transfer, self.account):
+        for service in (self.transfer, *self.account_replicas):
             service.stop()
 
     def cpu(self) -> dict[str, float | None]:
+        """CPU seconds so far of each service (of all account replicas together)."""
+        accounts = [_cpu_seconds(replica.pid) for replica in self.account_replicas]
         return {
-            "account_service": _cpu_seconds(self.account.pid),
+            "account_service": None if None in accounts else sum(accounts),  # type: ignore[arg-type]
             "transfer_service": _cpu_seconds(self.transfer.pid),
         }
