@@ -302,16 +302,14 @@ class Transfers:
         self, driver: asyncio.Task[Transfer], transfer_id: str, deadline: float
     ) -> Transfer:
         remaining = deadline - asyncio.get_running_loop().time()
-        try:
-            transfer = await asyncio.wait_for(asyncio.shield(driver), timeout=max(remaining, 0))
-        except TimeoutError:
-            raise TransferPending(transfer_id) from None
-        except (OwnershipLost, asyncio.CancelledError):
-            if not driver.done():
-                raise  # this call was cancelled, not the driver
+        # asyncio.wait: the driver goes on if this caller gives up (or is cancelled).
+        done, _ = await asyncio.wait((driver,), timeout=max(remaining, 0))
+        if not done:
+            raise TransferPending(transfer_id)
+        if driver.cancelled() or isinstance(driver.exception(), OwnershipLost):
             # Another process took it over: its outcome, as that one reaches it.
             return await self._outcome(await self._load(transfer_id), deadline)
-        return _answered(transfer)
+        return _answered(driver.result())
 
     # --- drivers ---
 

@@ -66,6 +66,15 @@ def _new_event(event: TransferEvent) -> NewEvent:
     return NewEvent(kind, data, tags)
 
 
+def _after(transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
+    """The transfer as it will be once ``events`` are recorded (``transfer`` is kept)."""
+    after = copy.copy(transfer)
+    after.reversals = dict(transfer.reversals)
+    for event in events:
+        after.apply(event)
+    return after
+
+
 def _due(transfer: Transfer) -> int:
     """When a transfer at rest falls due: its hold's expiry, or never."""
     expires = transfer.expires_at
@@ -96,9 +105,7 @@ class StoredTransfers:
     ) -> Transfer:
         """Appends at the transfer's version, if it is still owned at ``epoch``; the
         transfer with the events applied. A request creates its lease (epoch 1)."""
-        after = copy.copy(transfer)
-        for event in events:
-            after.apply(event)
+        after = _after(transfer, events)
         request = AppendRequest(
             stream_id(transfer.transfer_id),
             transfer.version,
