@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Callable, Coroutine
@@ -301,11 +302,19 @@ class Transfers:
     async def _answer(
         self, driver: asyncio.Task[Transfer], transfer_id: str, deadline: float
     ) -> Transfer:
-        remaining = deadline - asyncio.get_running_loop().time()
-        # asyncio.wait: the driver goes on if this caller gives up (or is cancelled).
-        done, _ = await asyncio.wait((driver,), timeout=max(remaining, 0))
-        if not done:
-            raise TransferPending(transfer_id)
+        if not driver.done():
+            # A future of our own: the driver goes on if this caller gives up.
+            loop = asyncio.get_running_loop()
+            ended = loop.create_future()
+            wake = functools.partial(_wake, ended)
+            driver.add_done_callback(wake)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await ended
+            except TimeoutError:
+                raise TransferPending(transfer_id) from None
+            finally:
+                driver.remove_done_callback(wake)
         if driver.cancelled() or isinstance(driver.exception(), OwnershipLost):
             # Another process took it over: its outcome, as that one reaches it.
             return await self._outcome(await self._load(transfer_id), deadline)
@@ -423,6 +432,11 @@ class Transfers:
     def _deadline(self, wait: float | None) -> float:
         limit = self._answer_within if wait is None else min(wait, self._answer_within)
         return asyncio.get_running_loop().time() + limit
+
+
+def _wake(ended: asyncio.Future[None], _: object) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 def _answered(transfer: Transfer) -> Transfer:

@@ -32,7 +32,17 @@ from event_store import (
     RecordedEvent,
 )
 from transfer_service import codec
-from transfer_service.domain import Transfer, TransferEvent, TransferRequested, micros
+from transfer_service.domain import (
+    Transfer,
+    TransferCompleted,
+    TransferEvent,
+    TransferExpired,
+    TransferFailed,
+    TransferRequested,
+    TransferReserved,
+    TransferVoided,
+    micros,
+)
 
 STREAM_PREFIX = "transfer-"
 # A rest that never falls due.
@@ -66,13 +76,7 @@ def _new_event(event: TransferEvent) -> NewEvent:
     return NewEvent(kind, data, tags)
 
 
-def _after(transfer: Transfer, events: Sequence[TransferEvent]) -> Transfer:
-    """The transfer as it will be once ``events`` are recorded (``transfer`` is kept)."""
-    after = copy.copy(transfer)
-    after.reversals = dict(transfer.reversals)
-    for event in events:
-        after.apply(event)
-    return after
+_ENDS = (TransferCompleted, TransferFailed, TransferVoided, TransferExpired)
 
 
 def _due(transfer: Transfer) -> int:
@@ -105,15 +109,15 @@ class StoredTransfers:
     ) -> Transfer:
         """Appends at the transfer's version, if it is still owned at ``epoch``; the
         transfer with the events applied. A request creates its lease (epoch 1)."""
-        after = _after(transfer, events)
+        ends = isinstance(events[-1], _ENDS)
         request = AppendRequest(
             stream_id(transfer.transfer_id),
             transfer.version,
             [_new_event(e) for e in events],
-            self._lease_write(transfer, after, epoch),
+            self._lease_write(transfer, events, ends, epoch),
         )
-        if after.is_terminal and after.reverses_transfer_id:
-            recorded = await self._ending_a_reversal(request, after)
+        if ends and transfer.reverses_transfer_id:
+            recorded = await self._ending_a_reversal(request, transfer, events)
         else:
             recorded = await self._store.append(
                 request.stream_id, request.expected_version, request.events, request.lease
@@ -123,10 +127,13 @@ class StoredTransfers:
         return transfer
 
     async def _ending_a_reversal(
-        self, request: AppendRequest, reversal: Transfer
+        self, request: AppendRequest, transfer: Transfer, events: Sequence[TransferEvent]
     ) -> list[RecordedEvent]:
         """A reversal's end and its original's settling, in one transaction (an original
         changed meanwhile by another reversal is read again)."""
+        reversal = copy.copy(transfer)
+        for event in events:
+            reversal.apply(event)
         while True:
             original = await self.load(reversal.reverses_transfer_id)
             assert original is not None
@@ -170,14 +177,18 @@ class StoredTransfers:
         reversal.apply(request, recorded[0][0].recorded_at)
         return reversal
 
-    def _lease_write(self, before: Transfer, after: Transfer, epoch: int) -> LeaseWrite:
+    def _lease_write(
+        self, before: Transfer, events: Sequence[TransferEvent], ends: bool, epoch: int
+    ) -> LeaseWrite:
         if before.version == 0:
             until = now_micros() + self.lease_micros
             return LeaseWrite(LeaseChange.CREATE, owner=self.owner, until=until)
-        if after.is_terminal:
+        if ends:
             return LeaseWrite(LeaseChange.DROP, epoch)
-        if after.at_rest:
-            return LeaseWrite(LeaseChange.REST, epoch, until=_due(after))
+        if isinstance(events[-1], TransferReserved) and before.pending and not before.post_amount:
+            # The hold is placed: the transfer rests until its expiry, or until a client
+            # decides (a post or a void claims it).
+            return LeaseWrite(LeaseChange.REST, epoch, until=_due(before))
         return LeaseWrite(LeaseChange.KEEP, epoch)
 
     # --- ownership ---
