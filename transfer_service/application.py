@@ -21,7 +21,7 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -170,6 +170,33 @@ class Transfers:
             stored.request(request)  # the same contents, or TransferAlreadyExists
             return await self._outcome(stored, deadline)
         return await self._answer(self._driver(transfer, 1), transfer.transfer_id, deadline)
+
+    async def create_many(
+        self, requests: Sequence[TransferRequested], wait: float | None = None
+    ) -> list[Transfer | Exception]:
+        """``create`` for each request, answered in order (a refusal as its exception).
+        New transfers are recorded together, in one transaction; a batch that names a
+        transfer already recorded (a repeat) is recorded item by item instead."""
+        deadline = self._deadline(wait)
+        firsts: dict[str, int] = {}
+        for n, request in enumerate(requests):
+            firsts.setdefault(request.transfer_id, n)
+        if len(firsts) == len(requests):
+            try:
+                recorded = await self._process.record_requests(requests)
+            except ConcurrencyConflict:
+                pass  # an id that is taken: each request on its own, below
+            except StoreUnavailable as exc:
+                return [exc] * len(requests)  # nothing recorded: each item may be sent again
+            else:
+                answers = [
+                    self._answer(self._driver(t, 1), t.transfer_id, deadline) for t in recorded
+                ]
+                return await asyncio.gather(*answers, return_exceptions=True)  # type: ignore[return-value]
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
+        # The same id twice in one batch: the second is a repeat of the first.
+        ordered = [self.create(request, remaining) for request in requests]
+        return await asyncio.gather(*ordered, return_exceptions=True)  # type: ignore[return-value]
 
     async def post(self, transfer_id: str, amount: int, wait: float | None = None) -> Transfer:
         """Post a pending transfer (``amount`` 0: all of it); its outcome."""

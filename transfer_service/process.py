@@ -99,6 +99,11 @@ class TransferRepository(Protocol):
         (its lease created). ``ConcurrencyConflict`` if either stream moved meanwhile."""
         ...
 
+    async def record_requests(self, requests: Sequence[TransferRequested]) -> list[Transfer]:
+        """New transfers' requests (their leases created) in one transaction;
+        ``ConcurrencyConflict`` if one of them exists."""
+        ...
+
 
 # --- retry timing -------------------------------------------------------------------------
 
@@ -202,6 +207,14 @@ class TransferProcess:
         points. Raises as ``TransferRepository.record`` does."""
         recorded = await self._repository.record(transfer, events, epoch)
         self._recorded(events)
+        return recorded
+
+    async def record_requests(self, requests: Sequence[TransferRequested]) -> list[Transfer]:
+        """Records new transfers' requests in one transaction (``ConcurrencyConflict``, and
+        none recorded, if one of them is taken)."""
+        recorded = await self._repository.record_requests(requests)
+        for _ in recorded:
+            self._crash_point(AFTER_RECORD_REQUESTED)
         return recorded
 
     async def record_reversal(

@@ -151,6 +151,20 @@ class StoredTransfers:
                 if conflict.stream_id != settle.stream_id:
                     raise
 
+    async def record_requests(self, requests: Sequence[TransferRequested]) -> list[Transfer]:
+        """New transfers' requests, their leases created, in one transaction."""
+        until = now_micros() + self.lease_micros
+        lease = LeaseWrite(LeaseChange.CREATE, owner=self.owner, until=until)
+        recorded = await self._store.append_batch(
+            [AppendRequest(stream_id(r.transfer_id), 0, [_new_event(r)], lease) for r in requests]
+        )
+        transfers = []
+        for request, (stored,) in zip(requests, recorded, strict=True):
+            transfer = Transfer.empty(request.transfer_id)
+            transfer.apply(request, stored.recorded_at)
+            transfers.append(transfer)
+        return transfers
+
     async def record_reversal(
         self,
         original: Transfer,

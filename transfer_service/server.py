@@ -67,6 +67,12 @@ class _CountedTransfers:
         self._counts.requested()
         return reversal
 
+    async def record_requests(self, requests: Sequence[TransferRequested]) -> list[Transfer]:
+        recorded = await self._repository.record_requests(requests)
+        for _ in recorded:
+            self._counts.requested()
+        return recorded
+
     async def record(
         self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int
     ) -> Transfer:

@@ -21,6 +21,12 @@ _DEADLINE_MARGIN = 0.25
 MAX_BATCH = 1000
 
 
+def _result(outcome: object) -> pb.CreateTransferResult:
+    if isinstance(outcome, Exception):
+        return pb.CreateTransferResult(error=ERRORS.status_message_for(outcome))
+    return pb.CreateTransferResult(transfer=messages.transfer(outcome))  # type: ignore[arg-type]
+
+
 def _wait(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else max(remaining - _DEADLINE_MARGIN, 0.0)
