@@ -95,21 +95,15 @@ def tune_gc() -> None:
 
 
 def run_async(main: Coroutine[Any, Any, None]) -> None:
-    """Runs the service's main coroutine, on uvloop when it is installed, with the garbage
-    collector set by ``tune_gc``.
-
-    ``BANK_EVENT_LOOP=asyncio`` forces the standard loop (for comparison or debugging).
-    """
+    """Runs the service's main coroutine, on uvloop when it is installed (Windows has none),
+    with the garbage collector set by ``tune_gc``."""
     tune_gc()
-    if os.environ.get("BANK_EVENT_LOOP", "uvloop") == "uvloop":
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(main)
-            return
-    asyncio.run(main)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _optional_flag(
