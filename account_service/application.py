@@ -121,6 +121,10 @@ class Accounts:
         stored right now). Read on the event loop, which changes the accounts."""
         return self._mailboxes.open_hold_times()
 
+    def open_pending_hold_times(self) -> list[datetime | None]:
+        """The same for the holds of pending transfers (reservations with an expiry)."""
+        return self._mailboxes.open_pending_hold_times()
+
     async def watch(
         self, account_id: str, from_version: int, poll_interval: float = 1.0
     ) -> AsyncIterator[HistoryEntry]:

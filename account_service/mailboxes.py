@@ -194,6 +194,17 @@ class Mailboxes:
             for hold in mailbox.account.holds.values()
         ]
 
+    def open_pending_hold_times(self) -> list[datetime | None]:
+        """When each open hold of a pending transfer (a reservation with an expiry) of the
+        cached accounts was made."""
+        return [
+            hold.reserved_at
+            for mailbox in self._mailboxes.values()
+            if mailbox.account is not None
+            for hold in mailbox.account.holds.values()
+            if hold.expires_at is not None
+        ]
+
     # -- the cache --------------------------------------------------------------------
 
     def _mailbox(self, account_id: str) -> Mailbox:

@@ -55,7 +55,9 @@ def build(
     measured = metrics.configured()
     if measured is not None:
         # Read on this loop, which changes the accounts, when the metrics thread scrapes.
-        measured.watch_reservations(accounts.open_hold_times, asyncio.get_running_loop())
+        measured.watch_reservations(
+            accounts.open_hold_times, asyncio.get_running_loop(), accounts.open_pending_hold_times
+        )
     return Assembly(
         services=services,
         on_drain=[reservations.drain, accounts.drain],

@@ -142,18 +142,21 @@ class Metrics:
         self,
         hold_times: Callable[[], Iterable[datetime | None]],
         loop: asyncio.AbstractEventLoop | None = None,
+        pending_hold_times: Callable[[], Iterable[datetime | None]] = lambda: (),
     ) -> None:
         """Report open reservations at every scrape, from ``hold_times``.
 
         ``hold_times`` returns when each open reservation was made (None: being stored
-        right now). With ``loop`` it is called on that event loop, so it may read what the
-        loop's tasks change: the scrape, in the HTTP server's thread, waits for it at most
-        ``HOLD_TIMES_TIMEOUT`` seconds. Without, it is called in the scraping thread.
+        right now); ``pending_hold_times`` the same for the holds of pending transfers
+        (those with an expiry). With ``loop`` they are called on that event loop, so they may
+        read what the loop's tasks change: the scrape, in the HTTP server's thread, waits for
+        them at most ``HOLD_TIMES_TIMEOUT`` seconds. Without, they are called in the scraping
+        thread.
         """
         if self._reservations is None:
             self._reservations = _Reservations()
             self.registry.register(self._reservations)
-        self._reservations.source = hold_times
+        self._reservations.source = lambda: (list(hold_times()), list(pending_hold_times()))
         self._reservations.loop = loop
 
 
@@ -275,18 +278,18 @@ class _Reservations(Collector):
     """Open reservations and their age, computed when scraped."""
 
     def __init__(self) -> None:
-        self.source: Callable[[], Iterable[datetime | None]] | None = None
+        self.source: Callable[[], _Times] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def describe(self) -> list[Any]:
-        return list(self._families([], 0.0))
+        return list(self._families([], []))
 
     def collect(self) -> Iterable[Any]:
         if self.source is None:
             return []
         now = datetime.now(UTC)
         try:
-            times = self._read(self.source, self.loop)
+            times, pending = self._read(self.source, self.loop)
         except TimeoutError:
             log.warning(
                 "open reservations not read: the event loop did not answer within %gs",
@@ -296,22 +299,23 @@ class _Reservations(Collector):
         except Exception:
             log.exception("open reservations could not be read")
             return []
-        ages = [0.0 if at is None else max((now - at).total_seconds(), 0.0) for at in times]
-        return self._families(ages, sum(ages))
+
+        def ages(of: list[datetime | None]) -> list[float]:
+            return [0.0 if at is None else max((now - at).total_seconds(), 0.0) for at in of]
+
+        return self._families(ages(times), ages(pending))
 
     @staticmethod
-    def _read(
-        source: Callable[[], Iterable[datetime | None]], loop: asyncio.AbstractEventLoop | None
-    ) -> list[datetime | None]:
+    def _read(source: Callable[[], _Times], loop: asyncio.AbstractEventLoop | None) -> _Times:
         if loop is None or _running_on(loop):
-            return list(source())
-        answer: Future[list[datetime | None]] = Future()
+            return source()
+        answer: Future[_Times] = Future()
 
         def read() -> None:
             if not answer.set_running_or_notify_cancel():
                 return  # the scrape gave up waiting
             try:
-                answer.set_result(list(source()))
+                answer.set_result(source())
             except BaseException as exc:
                 answer.set_exception(exc)
 
@@ -323,7 +327,7 @@ class _Reservations(Collector):
             raise
 
     @staticmethod
-    def _families(ages: Sequence[float], total: float) -> Iterable[Any]:
+    def _families(ages: Sequence[float], pending: Sequence[float]) -> Iterable[Any]:
         yield GaugeMetricFamily(
             "bank_reservations_open",
             "Open reservations (holds) of the accounts this process holds in memory.",
@@ -340,8 +344,23 @@ class _Reservations(Collector):
             "bank_reservation_age_seconds",
             "Open reservations by age.",
             buckets=buckets,
-            gsum_value=total,
+            gsum_value=sum(ages),
         )
+        yield GaugeMetricFamily(
+            "bank_pending_holds_open",
+            "Open holds of pending transfers (reservations with an expiry), of the accounts"
+            " this process holds in memory.",
+            value=len(pending),
+        )
+        yield GaugeMetricFamily(
+            "bank_pending_hold_oldest_age_seconds",
+            "Age of the oldest open hold of a pending transfer (0 when there is none).",
+            value=max(pending, default=0.0),
+        )
+
+
+# What a scrape reads: when each open reservation was made, and each pending transfer's hold.
+_Times = tuple[list[datetime | None], list[datetime | None]]
 
 
 def _running_on(loop: asyncio.AbstractEventLoop) -> bool:

@@ -84,17 +84,25 @@ class _CountedTransfers:
                 pending = event.pending
             elif isinstance(event, TransferReserved) and pending:
                 self._counts.hold("placed")
-            elif isinstance(event, TransferCompleted | TransferFailed):
-                state = "COMPLETED" if isinstance(event, TransferCompleted) else "FAILED"
+            elif type(event) in _ENDS:
+                state = _ENDS[type(event)]
                 reason = event.reason if isinstance(event, TransferFailed) else ""
                 started, ended = recorded.created_at, recorded.updated_at
                 seconds = (ended - started).total_seconds() if started and ended else None
                 self._counts.ended(state, reason, seconds)
-                if pending and isinstance(event, TransferCompleted):
-                    self._counts.hold("posted")
-            elif isinstance(event, TransferVoided | TransferExpired):
-                self._counts.hold("voided" if isinstance(event, TransferVoided) else "expired")
+                if pending and state in _HOLD_ENDS:
+                    self._counts.hold(_HOLD_ENDS[state])
         return recorded
+
+
+_ENDS = {
+    TransferCompleted: "COMPLETED",
+    TransferFailed: "FAILED",
+    TransferVoided: "VOIDED",
+    TransferExpired: "EXPIRED",
+}
+# What became of a pending transfer's hold, by the state the transfer ended in.
+_HOLD_ENDS = {"COMPLETED": "posted", "VOIDED": "voided", "EXPIRED": "expired"}
 
 
 class _TracedProcess(TransferProcess):

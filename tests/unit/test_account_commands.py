@@ -406,3 +406,17 @@ async def test_open_hold_times_lists_when_each_open_reservation_of_the_cache_was
     await accounts.execute("bob", lambda account: account.capture("t-2"))
     await accounts.execute("ada", lambda account: account.release("t-1"))
     assert accounts.open_hold_times() == [reserved_at["t-3"]]
+    assert accounts.open_pending_hold_times() == []
+
+
+async def test_open_pending_hold_times_lists_only_holds_with_an_expiry(store) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    await _opened(accounts, "ada", 100)
+    await accounts.execute("ada", lambda account: account.reserve(10, "now"))
+    await accounts.execute("ada", lambda account: account.reserve(20, "held", expires_at=10**16))
+    held_at = [e.recorded_at for e in appends.inner.read_all() if e.data.get("reference") == "held"]
+    assert len(accounts.open_hold_times()) == 2
+    assert accounts.open_pending_hold_times() == held_at
+    await accounts.execute("ada", lambda account: account.release("held"))
+    assert accounts.open_pending_hold_times() == []

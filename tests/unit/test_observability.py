@@ -219,6 +219,48 @@ async def test_transfers_are_counted_by_end_state_and_reason(measured):
     )
 
 
+async def test_holds_of_pending_transfers_are_counted_by_what_became_of_them(measured):
+    accounts = FakeAccounts()
+    accounts.open(SRC, balance=100)
+    accounts.open(DST)
+    counts = measured.transfers()
+    process = TransferProcess(
+        accounts, _CountedTransfers(InMemoryTransferRepository(), counts), backoff=Backoff()
+    )
+    ends = {}
+    for n, settle in enumerate(("post", "void", "expire", "post")):
+        transfer_id = f"{n + 5}{TID[1:]}"
+        request = requested(transfer_id, [Leg(SRC, DST, 10)], pending=True, expires_after=1)
+        held = await process.drive(
+            await process.record(Transfer.empty(transfer_id), [request], 1), 1
+        )
+        assert held.state.name == "PENDING"
+        later = held.created_at + timedelta(seconds=1)
+        decided = {"post": held.post(0), "void": held.void(), "expire": held.expire(later)}
+        ended = await process.drive(await process.record(held, decided[settle], 1), 1)
+        ends[ended.state.name] = ends.get(ended.state.name, 0) + 1
+    assert ends == {"COMPLETED": 2, "VOIDED": 1, "EXPIRED": 1}
+    assert _sample(measured, "bank_holds_total", outcome="placed") == 4
+    assert _sample(measured, "bank_holds_total", outcome="posted") == 2
+    assert _sample(measured, "bank_holds_total", outcome="voided") == 1
+    assert _sample(measured, "bank_holds_total", outcome="expired") == 1
+    assert _sample(measured, "bank_transfers_total", state="VOIDED", reason="") == 1
+    assert _sample(measured, "bank_transfers_total", state="EXPIRED", reason="") == 1
+
+
+def test_pending_holds_and_the_oldest_are_read_when_scraped(measured):
+    now = datetime.now(UTC)
+    holds = [now - timedelta(seconds=90), now - timedelta(seconds=30), None]
+    pending = [now - timedelta(seconds=30)]
+    measured.watch_reservations(lambda: holds, pending_hold_times=lambda: pending)
+    assert _sample(measured, "bank_reservations_open") == 3
+    assert _sample(measured, "bank_pending_holds_open") == 1
+    assert 29 < _sample(measured, "bank_pending_hold_oldest_age_seconds") < 40
+    pending.clear()
+    assert _sample(measured, "bank_pending_holds_open") == 0
+    assert _sample(measured, "bank_pending_hold_oldest_age_seconds") == 0
+
+
 def test_open_reservations_are_read_when_scraped(measured):
     now = datetime.now(UTC)
     holds = [now - timedelta(seconds=90), now - timedelta(seconds=2), None]
