@@ -26,6 +26,7 @@ from compose_spec import PyCompose
 from kubernetes_validate.utils import ValidationError
 
 from grpc_common.metrics import parse_address
+from transfer_service.accounts_client import parse_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,6 +39,12 @@ SECRET_EXAMPLE = K8S / "secret.example.yaml"
 K8S_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 PORTS = {"account-service": 50051, "transfer-service": 50052}
 MODULES = {"account-service": "account_service", "transfer-service": "transfer_service"}
+# Compose runs each service as replicas named after it, each published on a port of its own;
+# the first of each on the port the README's walkthrough uses.
+COMPOSE_REPLICAS = {
+    "account-service": {"account-service-1": 50051, "account-service-2": 50053},
+    "transfer-service": {"transfer-service-1": 50052, "transfer-service-2": 50054},
+}
 
 
 def _load(path: Path) -> Any:
@@ -53,8 +60,19 @@ def _resources(kind: str) -> list[dict[str, Any]]:
     return [r for r in found if r["kind"] == kind]
 
 
-def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def _workloads() -> list[dict[str, Any]]:
+    """What runs the services' pods: the account service's StatefulSet, the transfer
+    service's Deployment."""
+    return _resources("StatefulSet") + _resources("Deployment")
+
+
+def _workload(name: str) -> dict[str, Any]:
+    (workload,) = (w for w in _workloads() if w["metadata"]["name"] == name)
+    return workload
+
+
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -70,10 +88,15 @@ def compose() -> dict[str, Any]:
     return _load(COMPOSE)
 
 
+def _replicas(compose: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    return {replica: compose["services"][replica] for replica in COMPOSE_REPLICAS[name]}
+
+
 def test_compose_file_follows_the_compose_specification():
     parsed = PyCompose.from_yaml(COMPOSE.read_text())
     parsed.validate()
-    assert sorted(parsed.service_names()) == ["account-service", "postgres", "transfer-service"]
+    replicas = [replica for names in COMPOSE_REPLICAS.values() for replica in names]
+    assert sorted(parsed.service_names()) == sorted(["postgres", *replicas])
 
 
 def test_compose_runs_postgres_15(compose):
@@ -85,49 +108,72 @@ def test_every_compose_service_has_a_health_check(compose):
         assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
 
 
+def test_compose_runs_two_replicas_of_each_service_alike_but_for_the_host_port(compose):
+    for name in PORTS:
+        replicas = list(_replicas(compose, name).values())
+        assert len(replicas) == 2
+        first, *others = ({k: v for k, v in r.items() if k != "ports"} for r in replicas)
+        assert all(other == first for other in others), name
+
+
 def test_compose_services_start_after_what_they_need_is_healthy(compose):
-    services = compose["services"]
-    assert services["account-service"]["depends_on"] == {
-        "postgres": {"condition": "service_healthy"}
-    }
-    assert services["transfer-service"]["depends_on"] == {
-        "postgres": {"condition": "service_healthy"},
-        "account-service": {"condition": "service_healthy"},
-    }
+    healthy = {"condition": "service_healthy"}
+    for service in _replicas(compose, "account-service").values():
+        assert service["depends_on"] == {"postgres": healthy}
+    for service in _replicas(compose, "transfer-service").values():
+        assert service["depends_on"] == {
+            "postgres": healthy,
+            **{replica: healthy for replica in COMPOSE_REPLICAS["account-service"]},
+        }
 
 
 def test_compose_services_share_one_image_and_choose_by_command(compose):
-    services = compose["services"]
+    image = compose["services"]["account-service-1"]["image"]
     for name, module in MODULES.items():
-        service = services[name]
-        assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-        assert service["image"] == services["account-service"]["image"]
-        assert service["command"] == ["python", "-m", module]
+        for service in _replicas(compose, name).values():
+            assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+            assert service["image"] == image
+            assert service["command"] == ["python", "-m", module]
 
 
 def test_compose_services_listen_on_all_interfaces_at_their_published_port(compose):
+    published = []
     for name, port in PORTS.items():
-        service = compose["services"][name]
-        assert service["environment"]["BANK_LISTEN"] == f"0.0.0.0:{port}"
-        assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+        for replica, host_port in COMPOSE_REPLICAS[name].items():
+            service = compose["services"][replica]
+            assert service["environment"]["BANK_LISTEN"] == f"0.0.0.0:{port}"
+            assert service["ports"] == [f"127.0.0.1:{host_port}:{port}"]
+            published.append(host_port)
+    assert len(set(published)) == len(published)
 
 
 def test_each_compose_service_owns_a_database_the_init_script_creates(compose):
     databases = {
-        name: compose["services"][name]["environment"]["BANK_DB"].rsplit("/", 1)[1]
+        name: {
+            service["environment"]["BANK_DB"].rsplit("/", 1)[1]
+            for service in _replicas(compose, name).values()
+        }
         for name in PORTS
     }
-    assert databases == {"account-service": "accounts", "transfer-service": "transfers"}
+    assert databases == {"account-service": {"accounts"}, "transfer-service": {"transfers"}}
     init = (DEPLOY / "postgres" / "create-databases.sql").read_text()
-    for database in databases.values():
+    for (database,) in databases.values():
         assert f"CREATE DATABASE {database};" in init
     mount = "./postgres/create-databases.sql:/docker-entrypoint-initdb.d/create-databases.sql:ro"
     assert mount in compose["services"]["postgres"]["volumes"]
 
 
-def test_compose_transfer_service_calls_the_account_service(compose):
-    environment = compose["services"]["transfer-service"]["environment"]
-    assert environment["BANK_ACCOUNTS"] == "account-service:50051"
+def test_compose_transfer_replicas_call_every_account_replica_by_name(compose):
+    """Each account's steps go to one of the listed replicas, so every one is listed, by its
+    service name, at the port it listens on; not one name that resolves to some of them."""
+    port = PORTS["account-service"]
+    expected = [f"{replica}:{port}" for replica in COMPOSE_REPLICAS["account-service"]]
+    for service in _replicas(compose, "transfer-service").values():
+        targets = parse_targets(service["environment"]["BANK_ACCOUNTS"])
+        assert sorted(targets) == sorted(expected)
+    for replica in COMPOSE_REPLICAS["account-service"]:
+        listen = compose["services"][replica]["environment"]["BANK_LISTEN"]
+        assert listen.rpartition(":")[2] == str(port)
 
 
 def test_compose_named_volumes_are_declared(compose):
@@ -143,7 +189,7 @@ def test_compose_health_check_command_tells_serving_from_down(compose, tmp_path)
     """The services' health check, run for real against an account service and a dead port."""
     from bank_cli.harness import ServiceProcess, free_port
 
-    test = compose["services"]["account-service"]["healthcheck"]["test"]
+    test = compose["services"]["account-service-1"]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
     command = [sys.executable, "-c", test[3]]
     service = ServiceProcess(
@@ -170,12 +216,13 @@ def test_manifest_validates_against_the_kubernetes_schema(path, version):
     kubernetes_validate.validate(_load(path), version, strict=True)
 
 
-def test_schema_validation_rejects_a_misspelled_field():
-    deployment = copy.deepcopy(_resources("Deployment")[0])
-    container = _container(deployment)
+@pytest.mark.parametrize("name", PORTS)
+def test_schema_validation_rejects_a_misspelled_field(name):
+    workload = copy.deepcopy(_workload(name))
+    container = _container(workload)
     container["readinesProbe"] = container.pop("readinessProbe")
     with pytest.raises(ValidationError, match="readinesProbe"):
-        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+        kubernetes_validate.validate(workload, K8S_VERSIONS[-1], strict=True)
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_example():
@@ -184,21 +231,59 @@ def test_kustomization_lists_every_manifest_but_the_secret_example():
     assert sorted(kustomization["resources"]) == sorted(expected)
 
 
-def test_there_is_a_deployment_and_a_service_for_each_service():
+def test_there_is_a_workload_and_a_service_for_each_service():
+    statefulsets = {s["metadata"]["name"] for s in _resources("StatefulSet")}
     deployments = {d["metadata"]["name"] for d in _resources("Deployment")}
     services = {s["metadata"]["name"] for s in _resources("Service")}
-    assert deployments == services == set(PORTS)
+    assert statefulsets == {"account-service"}
+    assert deployments == {"transfer-service"}
+    assert services == set(PORTS)
 
 
-def test_account_service_runs_three_replicas():
-    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in _resources("Deployment")}
-    assert replicas == {"account-service": 3, "transfer-service": 1}
+def test_account_service_runs_three_replicas_and_transfer_service_two():
+    replicas = {w["metadata"]["name"]: w["spec"]["replicas"] for w in _workloads()}
+    assert replicas == {"account-service": 3, "transfer-service": 2}
+
+
+def test_account_replicas_have_stable_names_and_update_one_at_a_time():
+    """The StatefulSet's headless Service gives pod N the name account-service-N.account-service;
+    the pods hold no state of their own, so they start together, not one after another."""
+    accounts = _workload("account-service")
+    (service,) = (s for s in _resources("Service") if s["metadata"]["name"] == "account-service")
+    assert accounts["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert accounts["spec"]["podManagementPolicy"] == "Parallel"
+    assert accounts["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    assert "volumeClaimTemplates" not in accounts["spec"]
+
+
+def test_transfer_service_rolls_out_a_new_pod_before_stopping_an_old_one():
+    """Old and new pods overlap: leases keep each transfer with one of them."""
+    strategy = _workload("transfer-service")["spec"]["strategy"]
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+
+def test_each_service_has_a_disruption_budget_that_still_lets_a_node_drain():
+    budgets = {b["metadata"]["name"]: b for b in _resources("PodDisruptionBudget")}
+    assert {name: b["spec"]["minAvailable"] for name, b in budgets.items()} == {
+        "account-service": 2,
+        "transfer-service": 1,
+    }
+    for name, budget in budgets.items():
+        workload = _workload(name)
+        assert budget["spec"]["minAvailable"] < workload["spec"]["replicas"], name
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+        assert workload["spec"]["selector"] == budget["spec"]["selector"], name
 
 
 @pytest.mark.parametrize("name", PORTS)
-def test_deployment_has_grpc_readiness_and_liveness_probes_on_its_port(name):
-    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
-    container = _container(deployment)
+def test_workload_has_grpc_readiness_and_liveness_probes_on_its_port(name):
+    workload = _workload(name)
+    container = _container(workload)
     port = PORTS[name]
     grpc = {"name": "grpc", "containerPort": port, "protocol": "TCP"}
     assert container["ports"][0] == grpc
@@ -209,18 +294,18 @@ def test_deployment_has_grpc_readiness_and_liveness_probes_on_its_port(name):
 
 
 @pytest.mark.parametrize("name", PORTS)
-def test_deployment_serves_metrics_where_prometheus_is_told_to_look(name):
+def test_workload_serves_metrics_where_prometheus_is_told_to_look(name):
     """BANK_METRICS_PORT, read as the service reads it, binds the pod's address on the
     container port named metrics, and the scrape annotations name that port."""
-    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
-    container = _container(deployment)
+    workload = _workload(name)
+    container = _container(workload)
     env = _env(container)
     address = parse_address(env["BANK_METRICS_PORT"]["value"], env["BANK_LISTEN"]["value"])
     assert address is not None and address.host == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert set(ports) == {"grpc", "metrics"}
     assert ports["metrics"] == address.port != ports["grpc"]
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(address.port),
@@ -230,65 +315,69 @@ def test_deployment_serves_metrics_where_prometheus_is_told_to_look(name):
 
 
 @pytest.mark.parametrize("name", PORTS)
-def test_deployment_runs_as_non_root(name):
-    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
-    pod = deployment["spec"]["template"]["spec"]
+def test_workload_runs_as_non_root(name):
+    workload = _workload(name)
+    pod = workload["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
-    container = _container(deployment)
+    container = _container(workload)
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize("name", PORTS)
-def test_deployment_requests_and_limits_resources(name):
-    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
-    resources = _container(deployment)["resources"]
+def test_workload_requests_and_limits_resources(name):
+    workload = _workload(name)
+    resources = _container(workload)["resources"]
     assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
 
 
 @pytest.mark.parametrize("name", PORTS)
-def test_deployment_takes_its_database_url_from_the_secret(name):
-    (deployment,) = (d for d in _resources("Deployment") if d["metadata"]["name"] == name)
-    database = _env(_container(deployment))["BANK_DB"]
+def test_workload_takes_its_database_url_from_the_secret(name):
+    workload = _workload(name)
+    database = _env(_container(workload))["BANK_DB"]
     assert "value" not in database
     assert database["valueFrom"]["secretKeyRef"]["name"] == "reservebank"
 
 
-def test_secret_example_has_every_key_the_deployments_read():
+def test_secret_example_has_every_key_the_workloads_read():
     secret = _load(SECRET_EXAMPLE)
     wanted = {
         (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
-        for deployment in _resources("Deployment")
-        for item in _container(deployment)["env"]
+        for workload in _workloads()
+        for item in _container(workload)["env"]
         if "secretKeyRef" in item.get("valueFrom", {})
     }
     assert wanted == {(secret["metadata"]["name"], key) for key in secret["stringData"]}
 
 
 def test_services_expose_a_port_named_grpc_onto_their_pods():
-    deployments = {d["metadata"]["name"]: d for d in _resources("Deployment")}
     for service in _resources("Service"):
         name = service["metadata"]["name"]
         (port,) = service["spec"]["ports"]
         assert (port["name"], port["port"], port["targetPort"]) == ("grpc", PORTS[name], "grpc")
-        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        labels = _workload(name)["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items()
 
 
-def test_transfer_service_reaches_every_account_replica():
-    """A headless Service, so that round_robin sees each replica, not one virtual IP."""
-    (accounts,) = (s for s in _resources("Service") if s["metadata"]["name"] == "account-service")
-    assert accounts["spec"]["clusterIP"] == "None"
-    (transfers,) = (
-        d for d in _resources("Deployment") if d["metadata"]["name"] != "account-service"
-    )
-    target = _env(_container(transfers))["BANK_ACCOUNTS"]["value"]
-    assert target == "dns:///account-service:50051"
+def test_transfer_service_lists_every_account_replica_by_its_stable_name():
+    """Each account's steps go to one listed replica (a hash of the account id): the list is
+    the StatefulSet's pods, each by the name its governing Service gives it, no more and no
+    fewer; one name for all of them would be one stream to one replica."""
+    accounts = _workload("account-service")
+    spec = accounts["spec"]
+    port = PORTS["account-service"]
+    expected = [
+        f"{accounts['metadata']['name']}-{ordinal}.{spec['serviceName']}:{port}"
+        for ordinal in range(spec["replicas"])
+    ]
+    target = _env(_container(_workload("transfer-service")))["BANK_ACCOUNTS"]["value"]
+    assert parse_targets(target) == expected
+    assert "dns:" not in target
 
 
-def test_both_deployments_run_the_same_image():
-    images = {_container(d)["image"] for d in _resources("Deployment")}
+def test_both_workloads_run_the_same_image():
+    images = {_container(w)["image"] for w in _workloads()}
     assert len(images) == 1
 
 
