@@ -84,7 +84,9 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         account_id = parse_id(request.account_id, "account_id")
         page_size = parse_page_size(request.page_size)
         listing = f"account-events:{account_id}"
-        after = page_tokens.decode(request.page_token, listing) if request.page_token else 0
+        after = parse_version(request.from_version, "from_version")
+        if request.page_token:
+            after = page_tokens.decode(request.page_token, listing)
         # One more than asked tells whether another page exists.
         entries = await self._accounts.history(account_id, after, page_size + 1)
         page = entries[:page_size]
