@@ -129,9 +129,17 @@ _STREAM_VERSION = (
     .order_by(events.c.version.desc())
     .limit(1)
 )
+# Versions have no gaps, so the next ``limit`` events are those up to ``after + limit``:
+# bounded on both sides, the range costs what it returns on any plan. With only its lower
+# bound, Postgres planned a table it had no statistics of yet (a store just filled) as a
+# scan of the whole rest of the stream, sorted for the limit.
 _READ_STREAM = (
     select(*_EVENT_COLUMNS)
-    .where(events.c.stream_id == bindparam("stream_id"), events.c.version > bindparam("after"))
+    .where(
+        events.c.stream_id == bindparam("stream_id"),
+        events.c.version > bindparam("after", type_=BigInteger),
+        events.c.version <= bindparam("upto", type_=BigInteger),
+    )
     .order_by(events.c.version)
     .limit(bindparam("limit", type_=BigInteger))
 )
@@ -415,9 +423,9 @@ class SqlEventStore:
         if limit is None:
             limit = _MAX_POSITION
         _check_limit(limit)
-        return self._read(
-            _READ_STREAM, {"stream_id": stream_id, "after": after_version, "limit": limit}
-        )
+        upto = min(max(after_version, 0) + limit, _MAX_POSITION)
+        params = {"stream_id": stream_id, "after": after_version, "upto": upto, "limit": limit}
+        return self._read(_READ_STREAM, params)
 
     def stream_version(self, stream_id: str) -> int:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -19,7 +20,7 @@ from event_store import (
     open_store,
     schemas,
 )
-from event_store.sql import _READ_TAG
+from event_store.sql import _READ_STREAM, _READ_TAG
 from tests import pg
 from tests.event_store.conformance import EventStoreConformance
 
@@ -248,3 +249,24 @@ def test_a_tag_read_walks_the_index_only_between_its_bounds(
         """Index Cond: ((tag = 'x'::text) AND (ROW(recorded_at, "position") > ROW('1'::bigint,"""
         """ '2'::bigint)) AND (ROW(recorded_at, "position") < ROW('3'::bigint, '4'::bigint)))"""
     ) in plan, plan
+
+
+def test_a_page_of_a_stream_reads_only_that_page_before_the_table_is_analyzed(
+    store: PostgresEventStore,
+) -> None:
+    # A long history just written: the planner has no statistics of the table yet, and a
+    # page bounded below only was planned as a scan of the whole rest of the stream.
+    for start in range(0, 20_000, 5_000):
+        batch = [
+            NewEvent("Deposited", {"amount": 1, "reference": f"r-{start + n}"})
+            for n in range(5_000)
+        ]
+        store.append("long", start, batch)
+    compiled = _READ_STREAM.compile(dialect=store.engine.dialect)
+    params = {"stream_id": "long", "after": 100, "upto": 200, "limit": 100}
+    with store.engine.connect() as conn:
+        plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN ANALYZE {compiled}", params)]
+    rows = [int(n) for line in plan for n in re.findall(r"actual time=\S+ rows=(\d+)", line)]
+    # No step of the plan touches more rows than the page holds.
+    assert rows and max(rows) <= 100, "\n".join(plan)
+    assert [e.version for e in store.read_stream("long", 100, 100)] == list(range(101, 201))
