@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, SERVICE_NAME, run
+from account_service.streams import DEFAULT_CHECKPOINT_EVERY
 from grpc_common.settings import (
     add_observability_flags,
     add_security_flags,
@@ -47,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         "1000",
         "events an account grows by between two snapshots of its state; 0: none",
     )
+    env_flag(
+        parser,
+        "--checkpoint-every",
+        "BANK_CHECKPOINT_EVERY",
+        str(DEFAULT_CHECKPOINT_EVERY),
+        "an account's checkpoint is kept at every version that is a multiple of this, for"
+        " reads of its past; 0: none",
+    )
     add_security_flags(parser, reservation=True)
     add_observability_flags(parser)
     args = parser.parse_args(argv)
@@ -55,12 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_observability(parser, args, SERVICE_NAME)
     naive = args.experimental_naive_transfers
     lock_timeout = float(args.experimental_naive_lock_timeout)
-    try:
-        snapshot_every = int(args.snapshot_every)
-        if snapshot_every < 0:
-            raise ValueError
-    except ValueError:
-        parser.error(f"--snapshot-every: expected a whole number >= 0, not {args.snapshot_every!r}")
+    snapshot_every = _count(parser, "--snapshot-every", args.snapshot_every)
+    checkpoint_every = _count(parser, "--checkpoint-every", args.checkpoint_every)
     run_async(
         run(
             args.listen,
@@ -69,9 +75,20 @@ def main(argv: list[str] | None = None) -> int:
             naive_transfers=naive,
             naive_lock_timeout=lock_timeout,
             snapshot_every=snapshot_every,
+            checkpoint_every=checkpoint_every,
         )
     )
     return 0
+
+
+def _count(parser: argparse.ArgumentParser, flag: str, value: str) -> int:
+    try:
+        count = int(value)
+        if count < 0:
+            raise ValueError
+    except ValueError:
+        parser.error(f"{flag}: expected a whole number >= 0, not {value!r}")
+    return count
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ history.
 of its own: the mailboxes (``account_service.mailboxes``), which decide one account's
 commands in bursts and keep the cache of accounts; the sequences
 (``account_service.sequences``), which store a transfer's forward steps over idle accounts
-in one transaction; and the snapshots (``account_service.snapshots``), from which accounts
-are loaded and which are saved as they grow. Watching is this module's own: a commit in
-this process wakes the account's watchers at once.
+in one transaction; the snapshots (``account_service.snapshots``), from which accounts
+are loaded and which are saved as they grow; and the past (``account_service.past``),
+accounts as they were, rebuilt from their checkpoints. Watching is this module's own: a
+commit in this process wakes the account's watchers at once.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ from datetime import datetime
 
 from account_service.domain import Account, AccountEvent, AccountNotFound
 from account_service.mailboxes import CrashPoint, Decision, HeldAccount, Mailboxes
+from account_service.past import Past
 from account_service.sequences import Sequences
 from account_service.snapshots import DEFAULT_SNAPSHOT_EVERY, Snapshots
-from account_service.streams import STREAM_PREFIX, event_of, stream_id
-from account_service.views import AccountView, HistoryEntry
+from account_service.streams import (
+    DEFAULT_CHECKPOINT_EVERY,
+    STREAM_PREFIX,
+    event_of,
+    stream_id,
+)
+from account_service.views import AccountView, HistoryEntry, view
 from event_store import AsyncEventStore
 
 # STREAM_PREFIX and stream_id: where the audit and the benchmark find account streams.
@@ -44,11 +51,17 @@ class Accounts:
         cache_size: int = 100_000,
         crash_point: CrashPoint = _no_crash,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     ) -> None:
         """``snapshot_every``: events an account grows by before its state is snapshotted
-        again; 0 never writes snapshots (those already stored are still read)."""
+        again; 0 never writes snapshots (those already stored are still read).
+        ``checkpoint_every``: an account's checkpoint is kept at every version that is a
+        multiple of it (0: none), so a read of its past folds fewer events than that."""
+        if checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0")
         self._store = store
         self._snapshots = Snapshots(store, snapshot_every)
+        self._past = Past(store, checkpoint_every)
         self._mailboxes = Mailboxes(
             store,
             self._snapshots,
@@ -56,8 +69,11 @@ class Accounts:
             cache_size=cache_size,
             crash_point=crash_point,
             on_stored=self._notify,
+            checkpoint_every=checkpoint_every,
         )
-        self._sequences = Sequences(store, self._mailboxes, crash_point=crash_point)
+        self._sequences = Sequences(
+            store, self._mailboxes, crash_point=crash_point, checkpoint_every=checkpoint_every
+        )
         self._changed: dict[str, asyncio.Event] = {}
         self._draining = asyncio.Event()
         # The parts' own methods rather than wrappers: no call in between on a command's way.
@@ -93,6 +109,23 @@ class Accounts:
         # Through the mailbox, so the answer reflects every acknowledged command, including
         # those of other processes sharing the database (see account_service.mailboxes).
         return await self.execute(account_id, _existing, with_reservations=True)
+
+    async def as_of(
+        self, account_id: str, *, version: int | None = None, instant: datetime | None = None
+    ) -> AccountView:
+        """The account as it stood after its event ``version``, or with every event recorded
+        at or before ``instant``, with the reservations open then. Beyond the present: the
+        present. Before it was opened: ``AccountNotFound``."""
+        if version is not None:
+            past = await self._past.after_version(account_id, version)
+        else:
+            assert instant is not None
+            past = await self._past.at(account_id, instant)
+        if past is None:
+            return await self.get(account_id)
+        if not past.exists:
+            raise AccountNotFound(account_id)
+        return view(past, with_reservations=True)
 
     async def history(self, account_id: str, after_version: int, limit: int) -> list[HistoryEntry]:
         """Up to ``limit`` events after ``after_version``, oldest first (also the refusals

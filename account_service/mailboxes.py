@@ -26,9 +26,15 @@ from typing import Any
 
 from account_service.domain import Account, AccountEvent, Reserved
 from account_service.snapshots import SnapshotMark, Snapshots
-from account_service.streams import stored, stream_id
+from account_service.streams import checkpoint_due, stored, stream_id
 from account_service.views import AccountView, view
-from event_store import AsyncEventStore, ConcurrencyConflict, NewEvent, RecordedEvent
+from event_store import (
+    AsyncEventStore,
+    ConcurrencyConflict,
+    NewCheckpoint,
+    NewEvent,
+    RecordedEvent,
+)
 from shared_kernel.crash import ACCOUNT_AFTER_APPEND
 from shared_kernel.errors import DomainError
 
@@ -115,9 +121,11 @@ class Mailboxes:
         cache_size: int,
         crash_point: CrashPoint,
         on_stored: OnStored,
+        checkpoint_every: int,
     ) -> None:
         self._store = store
         self._snapshots = snapshots
+        self._checkpoint_every = checkpoint_every
         self._max_batch = max_batch
         self._cache_size = cache_size
         self._crash_point = crash_point
@@ -266,26 +274,28 @@ class Mailboxes:
                 expected = account.version
                 outcomes: list[AccountView | BaseException] = []
                 new: list[NewEvent] = []
+                checkpoints: list[NewCheckpoint] = []
                 reserved: list[tuple[int, str]] = []
                 for decision, with_reservations, _ in batch:
+                    refusal: Exception | None = None
                     try:
                         events = decision(account)
                     except Exception as exc:
                         # A step's refusal is stored with it (see the domain), and answered
                         # once stored.
-                        events = getattr(exc, "record", ())
-                        for event in events:
-                            account.apply(event)
-                            new.append(stored(account, event))
-                        outcomes.append(exc)
-                        continue
+                        events, refusal = getattr(exc, "record", ()), exc
                     for event in events:
                         # Applied before the commit: a failed append drops the aggregate.
                         account.apply(event)
                         new.append(stored(account, event))
                         if isinstance(event, Reserved):
                             reserved.append((len(new) - 1, event.reference))
-                    outcomes.append(view(account, with_reservations))
+                        checkpoint = checkpoint_due(account, self._checkpoint_every)
+                        if checkpoint is not None:
+                            checkpoints.append(checkpoint)
+                    outcomes.append(
+                        refusal if refusal is not None else view(account, with_reservations)
+                    )
                 if not new and not loaded and await self._is_stale(account_id, expected):
                     # Nothing to append, so no version check vouches for the cached state
                     # these refusals and repeats were decided on: another process may have
@@ -293,7 +303,9 @@ class Mailboxes:
                     mailbox.account = None
                     continue
                 if new:
-                    recorded = await self._store.append(stream_id(account_id), expected, new)
+                    recorded = await self._store.append(
+                        stream_id(account_id), expected, new, checkpoints=checkpoints
+                    )
                     for index, reference in reserved:
                         hold = account.holds.get(reference)
                         if hold is not None:

@@ -18,9 +18,16 @@ from dataclasses import replace
 
 from account_service.domain import Reserved
 from account_service.mailboxes import CrashPoint, Decision, Mailbox, Mailboxes
-from account_service.streams import stored, stream_id
+from account_service.streams import checkpoint_due, stored, stream_id
 from account_service.views import AccountView, view
-from event_store import AppendRequest, AsyncEventStore, EventStoreError, NewEvent, RecordedEvent
+from event_store import (
+    AppendRequest,
+    AsyncEventStore,
+    EventStoreError,
+    NewCheckpoint,
+    NewEvent,
+    RecordedEvent,
+)
 from shared_kernel.crash import ACCOUNT_AFTER_APPEND
 
 # One step of a sequence: its account, and its decision made from the state the step before
@@ -32,11 +39,17 @@ class Sequences:
     """Decides sequences on the accounts cached in ``mailboxes`` and stores them whole."""
 
     def __init__(
-        self, store: AsyncEventStore, mailboxes: Mailboxes, *, crash_point: CrashPoint
+        self,
+        store: AsyncEventStore,
+        mailboxes: Mailboxes,
+        *,
+        crash_point: CrashPoint,
+        checkpoint_every: int,
     ) -> None:
         self._store = store
         self._mailboxes = mailboxes
         self._crash_point = crash_point
+        self._checkpoint_every = checkpoint_every
 
     def submit(self, steps: Sequence[SequenceStep]) -> asyncio.Future[list[AccountView]] | None:
         """Decides ``steps`` now, in order, and stores their events in one append, if it can.
@@ -58,6 +71,7 @@ class Sequences:
             mailboxes[account_id] = mailbox
             expected[account_id] = mailbox.account.version
         new: dict[str, list[NewEvent]] = {}
+        checkpoints: dict[str, list[NewCheckpoint]] = {}
         holds: list[tuple[str, int, str]] = []  # (account, index in its events, reference)
         views: list[AccountView] = []
         after: AccountView | None = None
@@ -78,10 +92,18 @@ class Sequences:
                 events_of_account.append(stored(account, event))
                 if isinstance(event, Reserved):
                     holds.append((account_id, len(events_of_account) - 1, event.reference))
+                checkpoint = checkpoint_due(account, self._checkpoint_every)
+                if checkpoint is not None:
+                    checkpoints.setdefault(account_id, []).append(checkpoint)
             after = view(account)
             views.append(after)
         requests = [
-            AppendRequest(stream_id(account_id), expected[account_id], events)
+            AppendRequest(
+                stream_id(account_id),
+                expected[account_id],
+                events,
+                checkpoints=checkpoints.get(account_id, ()),
+            )
             for account_id, events in new.items()
         ]
         appended = asyncio.ensure_future(self._store.append_batch(requests))

@@ -11,6 +11,7 @@ from account_service.grpc_api.servicers import AccountServicer, ReservationServi
 from account_service.naive import LOCK_TIMEOUT as NAIVE_LOCK_TIMEOUT
 from account_service.naive import naive_service
 from account_service.snapshots import DEFAULT_SNAPSHOT_EVERY
+from account_service.streams import DEFAULT_CHECKPOINT_EVERY
 from bank.v1 import account_pb2, account_pb2_grpc
 from event_store import AsyncEventStore, OwnedByAnother, open_async_store
 from grpc_common import metrics
@@ -31,12 +32,14 @@ def build(
     naive_transfers: bool = False,
     naive_lock_timeout: float = NAIVE_LOCK_TIMEOUT,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> Assembly:
     """``naive_transfers``: also serve the experimental NaiveTransferService."""
     accounts = Accounts(
         store,
         crash_point=crash_point_from_env(ACCOUNT_POINTS),
         snapshot_every=snapshot_every,
+        checkpoint_every=checkpoint_every,
     )
     services = [
         Service(
@@ -75,12 +78,14 @@ async def run(
     naive_transfers: bool = False,
     naive_lock_timeout: float = NAIVE_LOCK_TIMEOUT,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
 ) -> None:
     assemble = functools.partial(
         build,
         naive_transfers=naive_transfers,
         naive_lock_timeout=naive_lock_timeout,
         snapshot_every=snapshot_every,
+        checkpoint_every=checkpoint_every,
     )
     try:
         store = await open_async_store(db, owner=SERVICE_NAME, observer=metrics.store_observer())

@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("commands", "print an account's events as they happen"),
     "transfers": ("commands", "list an account's transfers, newest first"),
     "close": ("commands", "close an empty account"),
+    "overdraft": ("commands", "set how far below zero an account may go"),
+    "statement": ("commands", "an account's movements between two instants, with its balances"),
     "audit": ("audit", "check the account and transfer stores against each other"),
     "bench": ("bench", "run the seed experiment and more: reservation protocol vs naive locking"),
     "chaos": ("chaos", "run thousands of transfers while killing the services, then audit"),

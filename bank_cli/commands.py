@@ -1,6 +1,6 @@
-"""``bank open|deposit|withdraw|transfer|show|history|watch|transfers|close``: the bank
-for people, over the two services' public APIs. This module holds their parsers; what
-each does when it runs is in ``bank_cli.handlers``, imported only then.
+"""``bank open|deposit|withdraw|transfer|show|history|watch|transfers|close|overdraft|
+statement``: the bank for people, over the two services' public APIs. This module holds
+their parsers; what each does when it runs is in ``bank_cli.handlers``, imported only then.
 
 Amounts given on the command line are in minor units of the account's currency (2500 is
 25.00 EUR); amounts printed are in major units with the currency. ``--json`` prints the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from bank_cli.options import EXIT_STATUS_HELP, common_options
@@ -68,6 +69,25 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
     return value
+
+
+def non_negative_amount(text: str) -> int:
+    """A LIMIT argument: a whole number of minor units, 0 to 2**63-1."""
+    if text.strip().replace("_", "") in ("0", "+0", "-0"):
+        return 0
+    return minor_amount(text)
+
+
+def instant(text: str) -> datetime:
+    """An ISO 8601 date or time (2024-06-01, 2024-06-01T12:00:00+02:00); UTC unless it
+    says otherwise."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time (e.g. 2024-06-01 or 2024-06-01T12:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -198,6 +218,39 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Close an account. Only an account with a zero balance and nothing reserved closes.",
     )
     p.add_argument("account", metavar="ACCOUNT", help="the account's id")
+
+    p = add(
+        "overdraft",
+        "overdraft",
+        "set how far below zero an account may go",
+        "Set the account's overdraft limit: withdrawals and transfers out may take its\n"
+        "balance down to -LIMIT, not beyond. LIMIT is in minor units of the account's\n"
+        "currency (50000 is 500.00 EUR); 0 allows no overdraft. Lowering it below what is in\n"
+        "use only refuses further debits. Without --request-id a fresh one is chosen and\n"
+        "printed: repeating the command with it never applies it twice.",
+    )
+    p.add_argument("account", metavar="ACCOUNT", help="the account's id")
+    p.add_argument(
+        "limit",
+        metavar="LIMIT",
+        type=non_negative_amount,
+        help="minor units of the account's currency, a whole number >= 0",
+    )
+    p.add_argument("--request-id", metavar="KEY", help="idempotency key (1-128 ASCII)")
+
+    p = add(
+        "statement",
+        "statement",
+        "an account's movements between two instants, with its balances",
+        "The account's balance at --from (the opening balance), every movement after it up\n"
+        "to --to (deposits, withdrawals, transfers in and out), and its balance at --to\n"
+        "(the closing balance). Times are ISO 8601 (2024-06-01, 2024-06-01T12:00Z); UTC\n"
+        "unless they say otherwise. Without --from: since the account was opened; without\n"
+        "--to: until now.",
+    )
+    p.add_argument("account", metavar="ACCOUNT", help="the account's id")
+    p.add_argument("--from", dest="start", metavar="TIME", type=instant, help="opening instant")
+    p.add_argument("--to", dest="end", metavar="TIME", type=instant, help="closing instant")
 
 
 def run(handler: str, args: argparse.Namespace, client: Any = None) -> int:

@@ -1,7 +1,7 @@
-"""What ``bank open|deposit|withdraw|transfer|show|history|watch|transfers|close`` do when
-they run: the calls to the two services' public APIs and the answers printed for people
-(``--json``: the proto field names, 64-bit integers as strings, as in the proto3 JSON
-mapping). Their parsers are in ``bank_cli.commands``.
+"""What ``bank open|deposit|withdraw|transfer|show|history|watch|transfers|close|overdraft|
+statement`` do when they run: the calls to the two services' public APIs and the answers
+printed for people (``--json``: the proto field names, 64-bit integers as strings, as in
+the proto3 JSON mapping). Their parsers are in ``bank_cli.commands``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -17,11 +18,16 @@ import grpc
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.client import EXIT_OK, CallFailed, Cli, Facts, to_dict
+from bank_cli.commands import MAX_PAGE_SIZE
 from bank_cli.display import Progress, age, enum_name, fields, money, table, timestamp
 from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import parse_currency
 
-_CREDIT = {apb.ACCOUNT_EVENT_TYPE_DEPOSITED, apb.ACCOUNT_EVENT_TYPE_CREDITED}
+_CREDIT = {
+    apb.ACCOUNT_EVENT_TYPE_DEPOSITED,
+    apb.ACCOUNT_EVENT_TYPE_CREDITED,
+    apb.ACCOUNT_EVENT_TYPE_CREDIT_CONFIRMED,
+}
 _DEBIT = {apb.ACCOUNT_EVENT_TYPE_WITHDRAWN, apb.ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED}
 _NO_AMOUNT = {apb.ACCOUNT_EVENT_TYPE_OPENED, apb.ACCOUNT_EVENT_TYPE_CLOSED}
 
@@ -262,6 +268,131 @@ def close(cli: Cli) -> int:
     return EXIT_OK
 
 
+def overdraft(cli: Cli) -> int:
+    args = cli.args
+    request_id = args.request_id or str(uuid.uuid4())
+    cli.facts = Facts(account_id=args.account, retry=f"--request-id {request_id}")
+    account = cli.client.account(
+        "SetOverdraftLimit",
+        apb.SetOverdraftLimitRequest(
+            account_id=args.account, overdraft_limit=args.limit, request_id=request_id
+        ),
+    )
+    if cli.json:
+        cli.emit({"request_id": request_id, "account": to_dict(account)})
+    else:
+        limit = money(account.overdraft_limit, account.currency)
+        cli.out(f"overdraft limit set to {limit} (request id {request_id})")
+        cli.out(account_fields(account))
+    return EXIT_OK
+
+
+def statement(cli: Cli) -> int:
+    """Opening and closing balances from reads of the past; the movements between them
+    from the account's events after the opening version (see ``bank_cli.commands``)."""
+    args = cli.args
+    cli.facts = Facts(account_id=args.account)
+    if args.start and args.end and args.start > args.end:
+        return cli.refuse(InvalidArgument("--from", "must not be after --to"))
+    closing = cli.client.account("GetAccount", _as_of(args.account, args.end))
+    opening_balance, opening_version = 0, 0
+    if args.start is not None:
+        try:
+            opening = cli.client.account("GetAccount", _as_of(args.account, args.start))
+            opening_balance, opening_version = opening.balance, opening.version
+        except CallFailed as failed:
+            # NOT_FOUND: not opened yet at --from, so it held nothing then.
+            if failed.error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+    events = _events_between(cli, args.account, opening_version, closing.version)
+    moves = [e for e in events if e.type in _CREDIT | _DEBIT]
+    currency = closing.currency
+    if cli.json:
+        cli.emit(
+            {
+                "account_id": closing.account_id,
+                "currency": currency,
+                "from": _iso(args.start),
+                "to": _iso(args.end),
+                "opening_balance": str(opening_balance),
+                "closing_balance": str(closing.balance),
+                "opening_version": str(opening_version),
+                "closing_version": str(closing.version),
+                "movements": [
+                    {
+                        "version": str(e.version),
+                        "occurred_at": to_dict(e)["occurred_at"],
+                        "type": apb.AccountEventType.Name(e.type),
+                        "amount": str(_signed(e)),
+                        "balance_after": str(e.balance_after),
+                        "reference": e.reference,
+                    }
+                    for e in moves
+                ],
+            }
+        )
+        return EXIT_OK
+    cli.out(f"statement of account {closing.account_id} ({closing.owner}), {currency}")
+    cli.out(fields([("from", _shown(args.start, "the opening")), ("to", _shown(args.end, "now"))]))
+    cli.out()
+    rows = [
+        ["", "", "opening balance", "", money(opening_balance, currency), ""],
+        *(
+            [
+                str(e.version),
+                timestamp(e.occurred_at),
+                enum_name(apb.AccountEventType.Name(e.type), "ACCOUNT_EVENT_TYPE_"),
+                ("+" if e.type in _CREDIT else "-") + money(e.amount, currency),
+                money(e.balance_after, currency),
+                e.reference,
+            ]
+            for e in moves
+        ),
+        ["", "", "closing balance", "", money(closing.balance, currency), ""],
+    ]
+    headers = ["VERSION", "TIME", "MOVEMENT", "AMOUNT", "BALANCE", "REFERENCE"]
+    cli.out(table(headers, rows, right=[0, 3, 4]))
+    return EXIT_OK
+
+
+def _events_between(cli: Cli, account_id: str, after: int, upto: int) -> list[apb.AccountEvent]:
+    """The account's events with a version above ``after``, up to ``upto``."""
+    if upto <= after:
+        return []
+    events, _ = _read_pages(
+        lambda size, token: cli.client.account(
+            "ListAccountEvents",
+            apb.ListAccountEventsRequest(
+                account_id=account_id, page_size=size, page_token=token, from_version=after
+            ),
+        ),
+        lambda page: page.events,
+        upto - after,
+        MAX_PAGE_SIZE,
+        Progress("reading events", upto - after),
+    )
+    return events
+
+
+def _as_of(account_id: str, at: datetime | None) -> apb.GetAccountRequest:
+    request = apb.GetAccountRequest(account_id=account_id)
+    if at is not None:
+        request.as_of_time.FromDatetime(at)
+    return request
+
+
+def _signed(event: apb.AccountEvent) -> int:
+    return event.amount if event.type in _CREDIT else -event.amount
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _shown(at: datetime | None, otherwise: str) -> str:
+    return otherwise if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%fZ")
+
+
 def _get_account(cli: Cli) -> apb.Account:
     cli.facts = Facts(account_id=cli.args.account)
     return cli.client.account("GetAccount", apb.GetAccountRequest(account_id=cli.args.account))
@@ -277,11 +408,10 @@ _WATCH_WIDTHS = [7, 20, 20, 15, 15, 15]
 
 
 def account_fields(account: apb.Account) -> str:
-    amounts = [
-        money(v, account.currency) for v in (account.balance, account.reserved, account.available)
-    ]
+    values = (account.balance, account.reserved, account.available, account.overdraft_limit)
+    amounts = [money(v, account.currency) for v in values]
     width = max(len(a) for a in amounts)
-    balance, reserved, available = (a.rjust(width) for a in amounts)
+    balance, reserved, available, limit = (a.rjust(width) for a in amounts)
     return fields(
         [
             ("account", account.account_id),
@@ -290,6 +420,7 @@ def account_fields(account: apb.Account) -> str:
             ("balance", balance),
             ("reserved", reserved),
             ("available", available),
+            ("overdraft limit", limit),
             ("version", str(account.version)),
         ]
     )

@@ -21,7 +21,8 @@ EXIT_ERROR = 5
 EXIT_INTERRUPTED = 130
 
 EXIT_STATUS_HELP = """\
-exit status of open, deposit, withdraw, transfer, show, history, watch, transfers, close:
+exit status of open, deposit, withdraw, transfer, show, history, watch, transfers, close,
+overdraft, statement:
   0    done
   1    refused: a business rule (insufficient funds, account closed or not empty,
        currency mismatch, balance out of range), or an id or request id reused with

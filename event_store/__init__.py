@@ -15,6 +15,7 @@ from .aio import AppendObserver, AsyncEventStore
 from .memory import InMemoryEventStore
 from .port import (
     AppendRequest,
+    Checkpoint,
     ConcurrencyConflict,
     EventStore,
     EventStoreError,
@@ -22,6 +23,7 @@ from .port import (
     LeaseChange,
     LeaseLost,
     LeaseWrite,
+    NewCheckpoint,
     NewEvent,
     OwnedByAnother,
     RecordedEvent,
@@ -37,6 +39,7 @@ __all__ = [
     "AppendObserver",
     "AppendRequest",
     "AsyncEventStore",
+    "Checkpoint",
     "ConcurrencyConflict",
     "EventStore",
     "EventStoreError",
@@ -45,6 +48,7 @@ __all__ = [
     "LeaseChange",
     "LeaseLost",
     "LeaseWrite",
+    "NewCheckpoint",
     "NewEvent",
     "OwnedByAnother",
     "PostgresEventStore",

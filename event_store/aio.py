@@ -31,10 +31,10 @@ conflicts, the batch is written again caller by caller, so only the callers at f
 An observer (``AppendObserver``), when given, hears of every append and every commit; with
 none, the appends run exactly as they would without the hook.
 
-Reads go straight to a thread pool; only appends are batched. Snapshots are saved by a
-thread of their own, one at a time: off the group commit (a large snapshot never delays
-the appends queued behind it in a batch) and off the read pool (a slow save never holds
-up the reads that load accounts).
+Reads go straight to a thread pool; only appends are batched. Snapshots (and checkpoints
+found missing) are saved by a thread of their own, one at a time: off the group commit (a
+large snapshot never delays the appends queued behind it in a batch) and off the read pool
+(a slow save never holds up the reads that load accounts).
 """
 
 from __future__ import annotations
@@ -49,22 +49,26 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from .port import (
     AppendRequest,
+    Checkpoint,
     ConcurrencyConflict,
     EventStore,
     EventStoreError,
     Lease,
     LeaseLost,
     LeaseWrite,
+    NewCheckpoint,
     NewEvent,
     RecordedEvent,
     Snapshot,
     StoreUnavailable,
     check_append,
     check_batch,
+    check_checkpoints,
     check_lease,
 )
 
@@ -180,13 +184,15 @@ class AsyncEventStore:
         expected_version: int,
         events: Sequence[NewEvent],
         lease: LeaseWrite | None = None,
+        checkpoints: Sequence[NewCheckpoint] = (),
     ) -> list[RecordedEvent]:
-        requests = (AppendRequest(stream_id, expected_version, events, lease),)
+        requests = (AppendRequest(stream_id, expected_version, events, lease, checkpoints),)
         if self._observer is not None:
             return (await self._observed(self._observer, requests))[0]
         # Rejected here so that one malformed request never reaches (and fails) a batch.
         check_append(stream_id, expected_version, events)
         check_lease(lease)
+        check_checkpoints(requests[0])
         (recorded,) = await self._queue(requests)
         return recorded
 
@@ -371,9 +377,24 @@ class AsyncEventStore:
         return await self._run(self.store.read_all, after_position, limit)
 
     async def read_tag(
-        self, tag: str, before_position: int | None = None, limit: int = 50
+        self,
+        tag: str,
+        start_after: int | None = None,
+        limit: int = 50,
+        *,
+        oldest_first: bool = False,
+        recorded_after: datetime | None = None,
+        recorded_before: datetime | None = None,
     ) -> list[RecordedEvent]:
-        return await self._run(self.store.read_tag, tag, before_position, limit)
+        return await self._run(
+            self.store.read_tag,
+            tag,
+            start_after,
+            limit,
+            oldest_first=oldest_first,
+            recorded_after=recorded_after,
+            recorded_before=recorded_before,
+        )
 
     # Lease changes go through the writer's thread, between batches: on SQLite they need
     # the write lock, which the writer would otherwise have to wait for.
@@ -403,12 +424,22 @@ class AsyncEventStore:
 
     async def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
         """Saved (and encoded) in the snapshot thread; saves queue there one at a time."""
+        await self._in_snapshot_thread(self.store.save_snapshot, stream_id, version, data)
+
+    async def load_checkpoint(
+        self, stream_id: str, *, version: int | None = None, time: datetime | None = None
+    ) -> Checkpoint | None:
+        return await self._run(self.store.load_checkpoint, stream_id, version=version, time=time)
+
+    async def save_checkpoints(self, stream_id: str, checkpoints: Sequence[NewCheckpoint]) -> None:
+        """Saved in the snapshot thread, like snapshots."""
+        await self._in_snapshot_thread(self.store.save_checkpoints, stream_id, checkpoints)
+
+    async def _in_snapshot_thread(self, fn: Callable[..., None], /, *args: Any) -> None:
         if self._closing:
             raise EventStoreError("AsyncEventStore is closed")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._snapshots, functools.partial(self.store.save_snapshot, stream_id, version, data)
-        )
+        await loop.run_in_executor(self._snapshots, functools.partial(fn, *args))
 
 
 class _Thread:

@@ -9,24 +9,29 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from .port import (
     AppendRequest,
+    Checkpoint,
     ConcurrencyConflict,
     Lease,
     LeaseChange,
     LeaseLost,
     LeaseWrite,
+    NewCheckpoint,
     NewEvent,
     OwnedByAnother,
     RecordedEvent,
     Snapshot,
     check_append,
     check_batch,
+    check_checkpoints,
     check_lease,
     check_owner,
     check_snapshot,
+    check_time,
     decode_data,
     encode_data,
     micros_to_datetime,
@@ -34,6 +39,8 @@ from .port import (
 )
 
 __all__ = ["InMemoryEventStore"]
+
+_MAX = 2**63 - 1
 
 
 class _Stored(NamedTuple):
@@ -64,8 +71,11 @@ class InMemoryEventStore:
         self._lock = threading.Lock()
         self._log: list[_Stored] = []  # position p is at index p - 1
         self._streams: dict[str, list[_Stored]] = {}
-        self._tags: dict[str, list[int]] = {}  # positions, ascending
+        # tag -> (recorded_at, position) of its events, ascending
+        self._tags: dict[str, list[tuple[int, int]]] = {}
         self._snapshots: dict[str, tuple[int, str]] = {}  # stream -> (version, JSON)
+        # stream -> version -> (recorded_at, JSON)
+        self._checkpoints: dict[str, dict[int, tuple[int, str]]] = {}
         self._leases: dict[str, Lease] = {}
         self._owner: str | None = None
 
@@ -91,10 +101,13 @@ class InMemoryEventStore:
         expected_version: int,
         events: Sequence[NewEvent],
         lease: LeaseWrite | None = None,
+        checkpoints: Sequence[NewCheckpoint] = (),
     ) -> list[RecordedEvent]:
         check_append(stream_id, expected_version, events)
         check_lease(lease)
-        return self._append((AppendRequest(stream_id, expected_version, events, lease),))[0]
+        request = AppendRequest(stream_id, expected_version, events, lease, checkpoints)
+        check_checkpoints(request)
+        return self._append((request,))[0]
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         if not requests:
@@ -104,6 +117,10 @@ class InMemoryEventStore:
 
     def _append(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         encoded = [[encode_data(e.data) for e in r.events] for r in requests]
+        kept = [
+            [(c.version, encode_data(c.data, "checkpoint data")) for c in r.checkpoints]
+            for r in requests
+        ]
         with self._lock:
             for request in requests:
                 current = len(self._streams.get(request.stream_id, ()))
@@ -131,9 +148,14 @@ class InMemoryEventStore:
                     self._log.append(stored)
                     stream.append(stored)
                     for tag in dict.fromkeys(event.tags):
-                        self._tags.setdefault(tag, []).append(stored.position)
+                        entry = (recorded_at, stored.position)
+                        bisect.insort(self._tags.setdefault(tag, []), entry)
                     recorded.append(stored.to_event())
                 results.append(recorded)
+            for request, checkpoints in zip(requests, kept, strict=True):
+                stream_checkpoints = self._checkpoints.setdefault(request.stream_id, {})
+                for version, data in checkpoints:
+                    stream_checkpoints[version] = (recorded_at, data)
             return results
 
     def read_stream(
@@ -159,18 +181,36 @@ class InMemoryEventStore:
         return [s.to_event() for s in selected]
 
     def read_tag(
-        self, tag: str, before_position: int | None = None, limit: int = 50
+        self,
+        tag: str,
+        start_after: int | None = None,
+        limit: int = 50,
+        *,
+        oldest_first: bool = False,
+        recorded_after: datetime | None = None,
+        recorded_before: datetime | None = None,
     ) -> list[RecordedEvent]:
         _check_limit(limit)
+        after = check_time(recorded_after, "recorded_after")
+        before = check_time(recorded_before, "recorded_before")
         with self._lock:
-            positions = self._tags.get(tag, [])
-            end = (
-                len(positions)
-                if before_position is None
-                else bisect.bisect_left(positions, before_position)
-            )
-            chosen = positions[max(end - limit, 0) : end]
-            selected = [self._log[p - 1] for p in reversed(chosen)]
+            entries = self._tags.get(tag, [])
+            # The slice within the times, then past the cursor, in the order asked.
+            low = 0 if after is None else bisect.bisect_right(entries, (after, _MAX))
+            high = len(entries) if before is None else bisect.bisect_left(entries, (before, 0))
+            if start_after is not None:
+                if not 0 < start_after <= len(self._log):
+                    raise ValueError(f"no event at position {start_after}")
+                cursor = (self._log[start_after - 1].recorded_at, start_after)
+                if oldest_first:
+                    low = max(low, bisect.bisect_right(entries, cursor))
+                else:
+                    high = min(high, bisect.bisect_left(entries, cursor))
+            if oldest_first:
+                chosen = entries[low : min(low + limit, high)]
+            else:
+                chosen = entries[max(high - limit, low) : high][::-1]
+            selected = [self._log[position - 1] for _, position in chosen]
         return [s.to_event() for s in selected]
 
     def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
@@ -187,6 +227,37 @@ class InMemoryEventStore:
         if stored is None:
             return None
         return Snapshot(stream_id, stored[0], decode_data(stored[1]))
+
+    def save_checkpoints(self, stream_id: str, checkpoints: Sequence[NewCheckpoint]) -> None:
+        encoded = []
+        for checkpoint in checkpoints:
+            check_snapshot(stream_id, checkpoint.version)
+            encoded.append((checkpoint.version, encode_data(checkpoint.data, "checkpoint data")))
+        with self._lock:
+            stream = self._streams.get(stream_id, [])
+            kept = self._checkpoints.setdefault(stream_id, {})
+            for version, data in encoded:
+                if version <= len(stream) and version not in kept:
+                    kept[version] = (stream[version - 1].recorded_at, data)
+
+    def load_checkpoint(
+        self, stream_id: str, *, version: int | None = None, time: datetime | None = None
+    ) -> Checkpoint | None:
+        if version is not None and time is not None:
+            raise ValueError("a checkpoint is found by version or by time, not both")
+        at = check_time(time, "time")
+        with self._lock:
+            kept = self._checkpoints.get(stream_id, {})
+            if at is not None:
+                found = [(t, v) for v, (t, _) in kept.items() if t <= at]
+                best = max(found)[1] if found else None
+            else:
+                below = [v for v in kept if version is None or v <= version]
+                best = max(below) if below else None
+            if best is None:
+                return None
+            recorded_at, data = kept[best]
+        return Checkpoint(stream_id, best, decode_data(data), micros_to_datetime(recorded_at))
 
     # --- leases ---
 

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_TAG_LENGTH",
     "MAX_TYPE_LENGTH",
     "AppendRequest",
+    "Checkpoint",
     "ConcurrencyConflict",
     "EventStore",
     "EventStoreError",
@@ -26,6 +27,7 @@ __all__ = [
     "LeaseChange",
     "LeaseLost",
     "LeaseWrite",
+    "NewCheckpoint",
     "NewEvent",
     "OwnedByAnother",
     "RecordedEvent",
@@ -97,14 +99,40 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class NewCheckpoint:
+    """A stream's state as of ``version``, to keep as a checkpoint (see ``Checkpoint``)."""
+
+    version: int
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The state of one stream as of ``version``, in whatever form its owner chose, kept
+    beside its events: a stream has any number of checkpoints, one per version at most, so
+    that its state as of any version is rebuilt from the nearest one at or below it and the
+    events after. ``recorded_at`` is when the event at ``version`` was recorded.
+
+    Like a snapshot, a cache of a fold: the events stay the truth.
+    """
+
+    stream_id: str
+    version: int
+    data: dict[str, Any]
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class AppendRequest:
     """One stream's part of ``append_batch``: ``expected_version`` is 0 for a new stream.
-    ``lease``: what the append does to the stream's lease (nothing when None)."""
+    ``lease``: what the append does to the stream's lease (nothing when None).
+    ``checkpoints``: kept in the same transaction, each at a version the append writes."""
 
     stream_id: str
     expected_version: int
     events: Sequence[NewEvent]
     lease: LeaseWrite | None = None
+    checkpoints: Sequence[NewCheckpoint] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +226,12 @@ class EventStore(Protocol):
         expected_version: int,
         events: Sequence[NewEvent],
         lease: LeaseWrite | None = None,
+        checkpoints: Sequence[NewCheckpoint] = (),
     ) -> list[RecordedEvent]:
         """Also does ``lease`` to the stream's lease, or stores nothing and raises
         ``LeaseLost`` (a lease held at another epoch, or none) or ``ConcurrencyConflict``
-        (creating a lease that exists)."""
+        (creating a lease that exists). Keeps ``checkpoints`` (each at a version this
+        append writes) in the same transaction."""
         ...
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]: ...
@@ -251,9 +281,22 @@ class EventStore(Protocol):
         ...
 
     def read_tag(
-        self, tag: str, before_position: int | None = None, limit: int = 50
+        self,
+        tag: str,
+        start_after: int | None = None,
+        limit: int = 50,
+        *,
+        oldest_first: bool = False,
+        recorded_after: datetime | None = None,
+        recorded_before: datetime | None = None,
     ) -> list[RecordedEvent]:
-        """Events carrying ``tag``, newest first, position < ``before_position`` if given."""
+        """Events carrying ``tag`` in the order they were recorded (by ``recorded_at``,
+        then position): newest first, or ``oldest_first``.
+
+        ``start_after``: the position of an event (the last of the previous page): the
+        page goes on past it, in the order asked. ``recorded_after``, ``recorded_before``:
+        only events recorded strictly after, strictly before. A page costs what it holds,
+        however many events carry the tag outside those bounds."""
         ...
 
     def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
@@ -264,6 +307,20 @@ class EventStore(Protocol):
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         """The stream's snapshot, or None if it has none."""
+        ...
+
+    def save_checkpoints(self, stream_id: str, checkpoints: Sequence[NewCheckpoint]) -> None:
+        """Keeps each checkpoint at a version the stream has reached and that has none yet;
+        the others are ignored (never an error). For checkpoints found missing after the
+        events were stored; each gets the ``recorded_at`` of the event at its version."""
+        ...
+
+    def load_checkpoint(
+        self, stream_id: str, *, version: int | None = None, time: datetime | None = None
+    ) -> Checkpoint | None:
+        """The stream's newest checkpoint at or below ``version``, or the newest recorded at
+        or before ``time`` (the latest time, then the highest version); without either, its
+        newest. None if there is none."""
         ...
 
     def close(self) -> None: ...
@@ -350,6 +407,31 @@ def check_snapshot(stream_id: str, version: int) -> None:
         raise ValueError(f"snapshot version must be 1..{_MAX_VERSION}")
 
 
+def check_checkpoints(request: AppendRequest) -> None:
+    """Checkpoints of an append: each at a version the append writes, in ascending order."""
+    previous = request.expected_version
+    for checkpoint in request.checkpoints:
+        if not isinstance(checkpoint, NewCheckpoint):
+            raise ValueError("checkpoints must be NewCheckpoint values")
+        version = checkpoint.version
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ValueError("a checkpoint's version must be an int")
+        if not previous < version <= request.expected_version + len(request.events):
+            raise ValueError(
+                f"checkpoint at version {version} is not one this append writes, in order"
+            )
+        previous = version
+
+
+def check_time(value: datetime | None, what: str) -> int | None:
+    """``value`` as stored (microseconds since the Unix epoch); ``ValueError`` if naive."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime")
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
 def check_lease(lease: LeaseWrite | None) -> None:
     if lease is None:
         return
@@ -366,6 +448,7 @@ def check_batch(requests: Sequence[AppendRequest]) -> None:
     for request in requests:
         check_append(request.stream_id, request.expected_version, request.events)
         check_lease(request.lease)
+        check_checkpoints(request)
         if request.stream_id in seen:
             raise ValueError(f"stream {request.stream_id!r} appears twice in one batch")
         seen.add(request.stream_id)

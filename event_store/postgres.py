@@ -62,8 +62,14 @@ _INSERT_EVENTS = (
     " RETURNING position, stream_id, version"
 )
 _INSERT_TAGS = (
-    "INSERT INTO event_tags (tag, position)"
-    " SELECT tag, position FROM json_to_recordset(%s::json) AS t(tag varchar, position bigint)"
+    "INSERT INTO event_tags (tag, position, recorded_at)"
+    " SELECT tag, position, recorded_at FROM json_to_recordset(%s::json)"
+    " AS t(tag varchar, position bigint, recorded_at bigint)"
+)
+_INSERT_CHECKPOINTS = (
+    "INSERT INTO checkpoints (stream_id, version, recorded_at, data)"
+    " SELECT stream_id, version, recorded_at, data FROM json_to_recordset(%s::json)"
+    " AS c(stream_id varchar, version bigint, recorded_at bigint, data text)"
 )
 # Rows as a JSON array of objects named like the columns; built once (see port.py).
 _rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -127,6 +133,7 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
         requests: Sequence[AppendRequest],
         keys: list[tuple[str, int]],
         rows: list[dict[str, Any]],
+        checkpoint_rows: list[dict[str, Any]],
     ) -> dict[tuple[str, int], int]:
         """The append's transaction on a psycopg connection, in two round trips.
 
@@ -143,10 +150,14 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
             kept = self._kept.take() if keep else None
             if kept is not None:
                 try:
-                    return self._write_on(kept, requests, keys, rows, keep=True, kept=True)
+                    return self._write_on(
+                        kept, requests, keys, rows, checkpoint_rows, keep=True, kept=True
+                    )
                 except _DeadBeforeCommit:
                     pass  # closed meanwhile (a restart, an idle timeout): once more, fresh
-            return self._write_on(self._checkout(), requests, keys, rows, keep=keep)
+            return self._write_on(
+                self._checkout(), requests, keys, rows, checkpoint_rows, keep=keep
+            )
 
     def _checkout(self) -> Any:
         try:
@@ -162,6 +173,7 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
         requests: Sequence[AppendRequest],
         keys: list[tuple[str, int]],
         rows: list[dict[str, Any]],
+        checkpoint_rows: list[dict[str, Any]],
         keep: bool,
         kept: bool = False,
     ) -> dict[tuple[str, int], int]:
@@ -178,12 +190,14 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
                     )
                     conn.execute(_APPEND_LOCK)
                     inserted = conn.execute(_INSERT_EVENTS, (_rows_json(rows),))
+                    if checkpoint_rows:
+                        conn.execute(_INSERT_CHECKPOINTS, (_rows_json(checkpoint_rows),))
                     check_leases = lease_writes_postgres(conn.execute, requests)
                     # The checks ran before the insert; if one fails, nothing is committed.
                     check_versions(requests, {(s, v) for s, v in found.fetchall()})
                     check_leases()
                     positions = {(s, v): p for p, s, v in inserted.fetchall()}
-                    tag_rows = tag_rows_for(requests, positions)
+                    tag_rows = tag_rows_for(requests, positions, rows[0]["recorded_at"])
                     if tag_rows:
                         conn.execute(_INSERT_TAGS, (_rows_json(tag_rows),))
                     committing = True

@@ -1,23 +1,29 @@
 """The SQLAlchemy implementation of the event store shared by the SQL backends.
 
-Owns the schema (``events``, ``event_tags``, ``event_tag_log``, ``snapshots``,
-``store_owner``, ``schema_version``), its migration steps, the prebuilt statements, the
-reads, the preparation of an append (its rows, the version keys it checks, what it
-returns) and the one translation of database errors into the port's. Backends subclass
+Owns the migration of the schema (its tables and steps are in ``sql_schema``, reached
+through this module too), the prebuilt statements, the reads, the preparation of an
+append (its rows, the version keys it checks, what it returns) and the one translation of
+database errors into the port's. Backends subclass
 ``SqlEventStore`` to configure the engine and to write an append's transaction (``_write``)
 on their driver's connection, with the locking that keeps positions in commit order.
 
-Tags are found through two tables: ``event_tags``, keyed by ``(tag, position)``, and
-``event_tag_log``, rows in the order they were appended with no index of their own. An
-append may write its tag rows to either; a backend that uses the log moves it into the
-index, sorted, once it has grown to a set size, in the transaction of the append that
-crossed it (so a tag row is always in exactly one of the two). Reads look in both.
+Tags are found through two tables: ``event_tags``, keyed by ``(tag, position)`` and
+read through its index on ``(tag, recorded_at, position)``, and ``event_tag_log``, rows
+in the order they were appended with no index of their own. A tag row carries its event's
+``recorded_at``, so that a read seeks straight to a time or to the event a page ended
+with. An append may write its tag rows to either table; a backend that uses the log moves
+it into the index, sorted, once it has grown to a set size, in the transaction of the
+append that crossed it (so a tag row is always in exactly one of the two). Reads look in
+both.
 
 Leases (``leases``) are written by appends, in their transaction (see ``leases.py``), and
 claimed, renewed and handed back in short transactions of their own.
 
 Snapshots live in a table of their own, one row per stream, written in short
-transactions of their own: an upsert that keeps whichever version is higher.
+transactions of their own: an upsert that keeps whichever version is higher. Checkpoints
+(``checkpoints``) are many per stream, one per version, written in the transaction of the
+append that reaches their version (or later, by ``save_checkpoints``, taking the time of
+the event at their version), and found by version or by time through their two keys.
 
 Optimistic concurrency: versions of one append are ``expected_version + 1 ..``, and the
 UNIQUE key on ``(stream_id, version)`` refuses any second writer of the same version. A
@@ -27,44 +33,36 @@ ahead of the stream, which the key alone would accept (it would leave a gap).
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Column,
     Connection,
     Engine,
-    Identity,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
     Text,
-    UniqueConstraint,
     bindparam,
     delete,
     func,
     insert,
     select,
     text,
+    tuple_,
     union_all,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .kept import KeptConnection
 from .port import (
-    MAX_OWNER_LENGTH,
-    MAX_STREAM_ID_LENGTH,
-    MAX_TAG_LENGTH,
-    MAX_TYPE_LENGTH,
     AppendRequest,
+    Checkpoint,
     ConcurrencyConflict,
     EventStoreError,
     LeaseWrite,
+    NewCheckpoint,
     NewEvent,
     OwnedByAnother,
     RecordedEvent,
@@ -72,19 +70,35 @@ from .port import (
     StoreUnavailable,
     check_append,
     check_batch,
+    check_checkpoints,
     check_lease,
     check_owner,
     check_snapshot,
+    check_time,
     decode_data,
     encode_data,
     micros_to_datetime,
     now_micros,
+)
+from .sql_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    checkpoints,
+    event_tag_log,
+    event_tags,
+    events,
+    leases,
+    metadata,
+    schema_version,
+    snapshots,
+    store_owner,
 )
 
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "SqlEventStore",
+    "checkpoints",
     "event_tag_log",
     "event_tags",
     "events",
@@ -95,114 +109,6 @@ __all__ = [
     "store_owner",
 ]
 
-metadata = MetaData()
-
-events = Table(
-    "events",
-    metadata,
-    # INTEGER on SQLite so the column aliases the rowid and AUTOINCREMENT applies: a
-    # position is never handed out twice, even after the newest events are rolled back.
-    Column(
-        "position",
-        BigInteger().with_variant(Integer(), "sqlite"),
-        Identity(),
-        primary_key=True,
-    ),
-    Column("stream_id", String(MAX_STREAM_ID_LENGTH), nullable=False),
-    Column("version", BigInteger, nullable=False),
-    Column("type", String(MAX_TYPE_LENGTH), nullable=False),
-    Column("data", Text, nullable=False),
-    Column("recorded_at", BigInteger, nullable=False),
-    UniqueConstraint("stream_id", "version", name="events_stream_version_key"),
-    sqlite_autoincrement=True,
-)
-
-event_tags = Table(
-    "event_tags",
-    metadata,
-    Column("tag", String(MAX_TAG_LENGTH), primary_key=True),
-    Column("position", BigInteger, primary_key=True),
-    sqlite_with_rowid=False,
-)
-
-# Tag rows not yet in ``event_tags``, in append order (see the module's docstring). On
-# SQLite a rowid table, so a row goes in at the end of the table's one B-tree: a batch of
-# appends whose tags are spread over thousands of keys changes a page or two here, where
-# ``event_tags`` would change a page per key. Read by scanning it whole, which stays cheap
-# because it is kept short.
-event_tag_log = Table(
-    "event_tag_log",
-    metadata,
-    Column("tag", String(MAX_TAG_LENGTH), nullable=False),
-    Column("position", BigInteger, nullable=False),
-)
-
-# One row per stream: the newest snapshot only. Not referenced by the events, so it can be
-# emptied at any time without losing anything but the time it saves.
-snapshots = Table(
-    "snapshots",
-    metadata,
-    Column("stream_id", String(MAX_STREAM_ID_LENGTH), primary_key=True),
-    Column("version", BigInteger, nullable=False),
-    Column("data", Text, nullable=False),
-)
-
-# Which service keeps its events here: one row, written by the first ``migrate(owner)``.
-store_owner = Table(
-    "store_owner",
-    metadata,
-    Column("service", String(MAX_OWNER_LENGTH), primary_key=True),
-)
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, nullable=False),
-)
-
-# At most one lease per stream, keyed by its stream id (see ``port.Lease`` and ``leases``).
-leases = Table(
-    "leases",
-    metadata,
-    Column("key", String(MAX_STREAM_ID_LENGTH), primary_key=True),
-    Column("owner", String(MAX_STREAM_ID_LENGTH), nullable=False),
-    Column("epoch", BigInteger, nullable=False),
-    Column("expires_at", BigInteger, nullable=False),
-    Index("leases_expires_at", "expires_at"),
-    Index("leases_owner", "owner"),
-)
-
-
-def _create_events_and_tags(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[events, event_tags], checkfirst=True)
-
-
-def _create_snapshots(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[snapshots], checkfirst=True)
-
-
-def _create_tag_log(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[event_tag_log], checkfirst=True)
-
-
-def _create_store_owner(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[store_owner], checkfirst=True)
-
-
-def _create_leases(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[leases], checkfirst=True)
-
-
-# Step i upgrades the schema from version i to i + 1. Append only; never edit a step
-# that has shipped.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
-    _create_events_and_tags,
-    _create_snapshots,
-    _create_tag_log,
-    _create_store_owner,
-    _create_leases,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _MAX_POSITION = 2**63 - 1
 
@@ -223,9 +129,17 @@ _STREAM_VERSION = (
     .order_by(events.c.version.desc())
     .limit(1)
 )
+# Versions have no gaps, so the next ``limit`` events are those up to ``after + limit``:
+# bounded on both sides, the range costs what it returns on any plan. With only its lower
+# bound, Postgres planned a table it had no statistics of yet (a store just filled) as a
+# scan of the whole rest of the stream, sorted for the limit.
 _READ_STREAM = (
     select(*_EVENT_COLUMNS)
-    .where(events.c.stream_id == bindparam("stream_id"), events.c.version > bindparam("after"))
+    .where(
+        events.c.stream_id == bindparam("stream_id"),
+        events.c.version > bindparam("after", type_=BigInteger),
+        events.c.version <= bindparam("upto", type_=BigInteger),
+    )
     .order_by(events.c.version)
     .limit(bindparam("limit", type_=BigInteger))
 )
@@ -235,33 +149,87 @@ _READ_ALL = (
     .order_by(events.c.position)
     .limit(bindparam("limit", type_=BigInteger))
 )
-# The newest ``limit`` positions from the index (one walk down its range, stopped at the
-# limit) and every match from the short log, joined to their events by position; then
-# the newest ``limit`` of those. A join, not ``position IN (..) OR position IN (..)``,
-# which Postgres answers by walking the whole events table.
+# A page of a tag, in either order: the first ``limit`` rows of the index between its two
+# bounds (one walk down its ``(tag, recorded_at, position)`` range from one bound, stopped
+# at the limit or at the other bound), and every match from the short log, joined to
+# their events by position; then the first ``limit`` of those. A join, not
+# ``position IN (..) OR position IN (..)``, which Postgres answers by walking the whole
+# events table. Both bounds are (recorded_at, position) pairs, so that the cursor and
+# the times make one range of the key (see ``SqlEventStore.read_tag``).
 _TAG_LIMIT = bindparam("limit", type_=BigInteger)
-_INDEXED = (
-    select(event_tags.c.position)
-    .where(event_tags.c.tag == bindparam("tag"), event_tags.c.position < bindparam("before"))
-    .order_by(event_tags.c.position.desc())
-    .limit(_TAG_LIMIT)
-    .subquery("indexed")
-)
-_TAGGED = union_all(
-    select(_INDEXED.c.position),
-    select(event_tag_log.c.position).where(
-        event_tag_log.c.tag == bindparam("tag"), event_tag_log.c.position < bindparam("before")
-    ),
-).subquery("tagged")
-_READ_TAG = (
-    select(*_EVENT_COLUMNS)
-    .select_from(_TAGGED.join(events, events.c.position == _TAGGED.c.position))
-    .order_by(events.c.position.desc())
-    .limit(_TAG_LIMIT)
-)
+
+
+def _tag_rows(table: Table) -> Any:
+    key = tuple_(table.c.recorded_at, table.c.position)
+    low, low_at, high, high_at = (
+        bindparam(name, type_=BigInteger) for name in ("low", "low_at", "high", "high_at")
+    )
+    return select(table.c.position).where(
+        table.c.tag == bindparam("tag"),
+        key > tuple_(low_at, low),
+        key < tuple_(high_at, high),
+    )
+
+
+def _read_tag(newest_first: bool) -> Any:
+    def order(table: Table) -> tuple[Any, ...]:
+        columns = (table.c.recorded_at, table.c.position)
+        return tuple(c.desc() for c in columns) if newest_first else columns
+
+    indexed = (
+        _tag_rows(event_tags).order_by(*order(event_tags)).limit(_TAG_LIMIT).subquery("indexed")
+    )
+    tagged = union_all(select(indexed.c.position), _tag_rows(event_tag_log)).subquery("tagged")
+    return (
+        select(*_EVENT_COLUMNS)
+        .select_from(tagged.join(events, events.c.position == tagged.c.position))
+        .order_by(*order(events))
+        .limit(_TAG_LIMIT)
+    )
+
+
+_READ_TAG = {newest_first: _read_tag(newest_first) for newest_first in (True, False)}
+_RECORDED_AT = select(events.c.recorded_at).where(events.c.position == bindparam("position"))
 _LOAD_SNAPSHOT = select(snapshots.c.version, snapshots.c.data).where(
     snapshots.c.stream_id == bindparam("stream_id")
 )
+_CHECKPOINT_COLUMNS = (checkpoints.c.version, checkpoints.c.recorded_at, checkpoints.c.data)
+_CHECKPOINT_AT_VERSION = (
+    select(*_CHECKPOINT_COLUMNS)
+    .where(
+        checkpoints.c.stream_id == bindparam("stream_id"),
+        checkpoints.c.version <= bindparam("version"),
+    )
+    .order_by(checkpoints.c.version.desc())
+    .limit(1)
+)
+_CHECKPOINT_AT_TIME = (
+    select(*_CHECKPOINT_COLUMNS)
+    .where(
+        checkpoints.c.stream_id == bindparam("stream_id"),
+        checkpoints.c.recorded_at <= bindparam("time"),
+    )
+    .order_by(checkpoints.c.recorded_at.desc(), checkpoints.c.version.desc())
+    .limit(1)
+)
+
+
+def _insert_checkpoint_late(dialect: str) -> Any:
+    """INSERT .. SELECT of a checkpoint at a version the stream has, unless one is there."""
+    row = select(
+        events.c.stream_id,
+        events.c.version,
+        events.c.recorded_at,
+        bindparam("data", type_=Text),
+    ).where(events.c.stream_id == bindparam("stream_id"), events.c.version == bindparam("v"))
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(checkpoints)
+    elif dialect == "sqlite":
+        statement = sqlite.insert(checkpoints)
+    else:  # pragma: no cover - only the two backends exist
+        raise NotImplementedError(f"no checkpoint insert for {dialect}")
+    columns = ["stream_id", "version", "recorded_at", "data"]
+    return statement.from_select(columns, row).on_conflict_do_nothing()
 
 
 def _upsert_snapshot(dialect: str) -> Any:
@@ -320,7 +288,9 @@ def check_versions(requests: Sequence[AppendRequest], found: set[tuple[str, int]
 
 
 def tag_rows_for(
-    requests: Sequence[AppendRequest], positions: Mapping[tuple[str, int], int]
+    requests: Sequence[AppendRequest],
+    positions: Mapping[tuple[str, int], int],
+    recorded_at: int,
 ) -> list[dict[str, Any]]:
     """The ``event_tags`` rows of an append, once its events have positions."""
     tag_rows = []
@@ -332,64 +302,26 @@ def tag_rows_for(
                 position = positions[(request.stream_id, version)]
                 # dict.fromkeys: a tag repeated on one event is indexed once.
                 tag_rows.extend(
-                    {"tag": tag, "position": position} for tag in dict.fromkeys(event.tags)
+                    {"tag": tag, "position": position, "recorded_at": recorded_at}
+                    for tag in dict.fromkeys(event.tags)
                 )
     return tag_rows
 
 
-class KeptConnection:
-    """One pooled connection kept between appends by the thread that appends (the store's
-    writer), which saves the pool's checkout and checkin (and its reset) per append.
-
-    A thread appends within ``turn``: if no other thread is appending on the kept
-    connection it may ``take`` it (``None`` when there is none yet) and ``give_back`` the
-    one it used to be kept for the next append; a thread that finds another appending uses
-    a connection of the pool's own. A connection that failed is not given back but
-    invalidated, so the next append checks out a fresh one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pooled: Any = None
-        self._closed = False
-
-    @property
-    def connection(self) -> Any:
-        """The kept connection, or ``None`` (to look at; it stays kept)."""
-        return self._pooled
-
-    @contextlib.contextmanager
-    def turn(self) -> Iterator[bool]:
-        """Whether this thread may take and keep the connection until the block ends."""
-        if not self._lock.acquire(blocking=False):
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            self._lock.release()
-
-    def take(self) -> Any:
-        """The kept connection (no longer kept), or ``None``; only on a ``turn`` that said
-        True."""
-        pooled, self._pooled = self._pooled, None
-        return pooled
-
-    def give_back(self, pooled: Any, keep: bool) -> None:
-        """Keeps ``pooled`` for the next append (``keep``: on a ``turn`` that said True),
-        or returns it to the pool."""
-        if keep and not self._closed:
-            self._pooled = pooled
-        else:
-            pooled.close()
-
-    def close(self) -> None:
-        """Returns the kept connection to the pool and keeps none from now on."""
-        with self._lock:
-            self._closed = True
-            if self._pooled is not None:
-                self._pooled.close()
-                self._pooled = None
+def checkpoint_rows_for(
+    requests: Sequence[AppendRequest], recorded_at: int
+) -> list[dict[str, Any]]:
+    """The ``checkpoints`` rows of an append."""
+    return [
+        {
+            "stream_id": request.stream_id,
+            "version": checkpoint.version,
+            "recorded_at": recorded_at,
+            "data": encode_data(checkpoint.data, "checkpoint data"),
+        }
+        for request in requests
+        for checkpoint in request.checkpoints
+    ]
 
 
 class SqlEventStore:
@@ -405,6 +337,7 @@ class SqlEventStore:
         self._kept = KeptConnection()
         self.read_engine = read_engine if read_engine is not None else engine
         self._upsert_snapshot = _upsert_snapshot(engine.dialect.name)
+        self._insert_checkpoint_late = _insert_checkpoint_late(engine.dialect.name)
 
     # --- backend hooks -----------------------------------------------------------------
 
@@ -416,9 +349,11 @@ class SqlEventStore:
         requests: Sequence[AppendRequest],
         keys: list[tuple[str, int]],
         rows: list[dict[str, Any]],
+        checkpoint_rows: list[dict[str, Any]],
     ) -> dict[tuple[str, int], int]:
-        """One transaction: check the versions (``keys``, see ``_append``), insert the rows
-        and their tags (``tag_rows_for``), with positions committed in order.
+        """One transaction: check the versions (``keys``, see ``_append``), insert the rows,
+        their tags (``tag_rows_for``) and the checkpoints, with positions committed in
+        order.
 
         Returns each row's position by (stream_id, version); raises ``ConcurrencyConflict``
         (``check_versions``, ``_conflict_after_race``) or the port's errors
@@ -468,10 +403,13 @@ class SqlEventStore:
         expected_version: int,
         events: Sequence[NewEvent],
         lease: LeaseWrite | None = None,
+        checkpoints: Sequence[NewCheckpoint] = (),
     ) -> list[RecordedEvent]:
         check_append(stream_id, expected_version, events)
         check_lease(lease)
-        return self._append((AppendRequest(stream_id, expected_version, events, lease),))[0]
+        request = AppendRequest(stream_id, expected_version, events, lease, checkpoints)
+        check_checkpoints(request)
+        return self._append((request,))[0]
 
     def append_batch(self, requests: Sequence[AppendRequest]) -> list[list[RecordedEvent]]:
         if not requests:
@@ -485,9 +423,9 @@ class SqlEventStore:
         if limit is None:
             limit = _MAX_POSITION
         _check_limit(limit)
-        return self._read(
-            _READ_STREAM, {"stream_id": stream_id, "after": after_version, "limit": limit}
-        )
+        upto = min(max(after_version, 0) + limit, _MAX_POSITION)
+        params = {"stream_id": stream_id, "after": after_version, "upto": upto, "limit": limit}
+        return self._read(_READ_STREAM, params)
 
     def stream_version(self, stream_id: str) -> int:
         try:
@@ -502,11 +440,44 @@ class SqlEventStore:
         return self._read(_READ_ALL, {"after": after_position, "limit": limit})
 
     def read_tag(
-        self, tag: str, before_position: int | None = None, limit: int = 50
+        self,
+        tag: str,
+        start_after: int | None = None,
+        limit: int = 50,
+        *,
+        oldest_first: bool = False,
+        recorded_after: datetime | None = None,
+        recorded_before: datetime | None = None,
     ) -> list[RecordedEvent]:
         _check_limit(limit)
-        before = _MAX_POSITION if before_position is None else before_position
-        return self._read(_READ_TAG, {"tag": tag, "before": before, "limit": limit})
+        after = check_time(recorded_after, "recorded_after")
+        before = check_time(recorded_before, "recorded_before")
+        # Exclusive bounds on (recorded_at, position): past every key when not given.
+        low = (-_MAX_POSITION, -_MAX_POSITION) if after is None else (after, _MAX_POSITION)
+        high = (_MAX_POSITION, _MAX_POSITION) if before is None else (before, -_MAX_POSITION)
+        try:
+            with self.read_engine.connect() as conn:
+                if start_after is not None:
+                    cursor_at = conn.execute(_RECORDED_AT, {"position": start_after}).scalar()
+                    if cursor_at is None:
+                        raise ValueError(f"no event at position {start_after}")
+                    # The cursor narrows the bound the page walks away from.
+                    cursor = (int(cursor_at), start_after)
+                    low, high = (
+                        (max(low, cursor), high) if oldest_first else (low, min(high, cursor))
+                    )
+                params = {
+                    "tag": tag,
+                    "low_at": low[0],
+                    "low": low[1],
+                    "high_at": high[0],
+                    "high": high[1],
+                    "limit": limit,
+                }
+                rows = conn.execute(_READ_TAG[not oldest_first], params).all()
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        return _recorded(rows)
 
     def save_snapshot(self, stream_id: str, version: int, data: Mapping[str, Any]) -> None:
         check_snapshot(stream_id, version)
@@ -531,6 +502,42 @@ class SqlEventStore:
         if row is None:
             return None
         return Snapshot(stream_id, int(row[0]), decode_data(row[1]))
+
+    def save_checkpoints(self, stream_id: str, checkpoints: Sequence[NewCheckpoint]) -> None:
+        rows = []
+        for checkpoint in checkpoints:
+            check_snapshot(stream_id, checkpoint.version)
+            data = encode_data(checkpoint.data, "checkpoint data")
+            rows.append({"stream_id": stream_id, "v": checkpoint.version, "data": data})
+        if not rows:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_checkpoint_late, rows)
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+
+    def load_checkpoint(
+        self, stream_id: str, *, version: int | None = None, time: datetime | None = None
+    ) -> Checkpoint | None:
+        if version is not None and time is not None:
+            raise ValueError("a checkpoint is found by version or by time, not both")
+        if time is not None:
+            statement = _CHECKPOINT_AT_TIME
+            params: dict[str, Any] = {"stream_id": stream_id, "time": check_time(time, "time")}
+        else:
+            statement = _CHECKPOINT_AT_VERSION
+            at_most = _MAX_POSITION if version is None else version
+            params = {"stream_id": stream_id, "version": at_most}
+        try:
+            with self.read_engine.connect() as conn:
+                row = conn.execute(statement, params).first()
+        except sa_exc.SQLAlchemyError as exc:
+            raise translate_error(exc) from exc
+        if row is None:
+            return None
+        found, recorded_at, data = row
+        return Checkpoint(stream_id, int(found), decode_data(data), micros_to_datetime(recorded_at))
 
     def close(self) -> None:
         self._kept.close()
@@ -561,7 +568,7 @@ class SqlEventStore:
                         "recorded_at": recorded_at,
                     }
                 )
-        positions = self._write(requests, keys, rows)
+        positions = self._write(requests, keys, rows, checkpoint_rows_for(requests, recorded_at))
 
         when = micros_to_datetime(recorded_at)
         results: list[list[RecordedEvent]] = []
@@ -602,10 +609,14 @@ class SqlEventStore:
                 rows = conn.execute(statement, params).all()
         except sa_exc.SQLAlchemyError as exc:
             raise translate_error(exc) from exc
-        return [
-            RecordedEvent(p, s, v, t, decode_data(d), micros_to_datetime(r))
-            for p, s, v, t, d, r in rows
-        ]
+        return _recorded(rows)
+
+
+def _recorded(rows: Sequence[Any]) -> list[RecordedEvent]:
+    return [
+        RecordedEvent(p, s, v, t, decode_data(d), micros_to_datetime(r))
+        for p, s, v, t, d, r in rows
+    ]
 
 
 def _check_limit(limit: int) -> None:

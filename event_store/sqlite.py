@@ -37,6 +37,7 @@ from .sql import (
     _STREAM_VERSION,
     SqlEventStore,
     check_versions,
+    checkpoints,
     event_tag_log,
     event_tags,
     events,
@@ -75,7 +76,7 @@ MIN_SQLITE_VERSION = (3, 35, 0)
 # batch's appends are spread over many streams.
 _EVENT_ROW = ("stream_id", "version", "type", "data", "recorded_at")
 _INSERT_EVENTS_HEAD = f"INSERT OR ROLLBACK INTO {events.name} ({', '.join(_EVENT_ROW)}) VALUES "
-_TAG_ROW = ("tag", "position")
+_TAG_ROW = ("tag", "position", "recorded_at")
 _INSERT_TAGS_HEAD = f"INSERT OR ROLLBACK INTO {event_tags.name} ({', '.join(_TAG_ROW)}) VALUES "
 _LOG_TAGS_HEAD = f"INSERT OR ROLLBACK INTO {event_tag_log.name} ({', '.join(_TAG_ROW)}) VALUES "
 # The log into the index, sorted, so that each of the index's pages is changed once.
@@ -84,6 +85,10 @@ _FOLD_TAG_LOG = (
     f"SELECT {', '.join(_TAG_ROW)} FROM {event_tag_log.name} ORDER BY {', '.join(_TAG_ROW)}"
 )
 _EMPTY_TAG_LOG = f"DELETE FROM {event_tag_log.name}"
+_CHECKPOINT_ROW = ("stream_id", "version", "recorded_at", "data")
+_INSERT_CHECKPOINTS_HEAD = (
+    f"INSERT OR ROLLBACK INTO {checkpoints.name} ({', '.join(_CHECKPOINT_ROW)}) VALUES "
+)
 # Well below SQLite's default limit of 32,766 bound values per statement.
 _INSERT_ROWS_PER_STATEMENT = 256
 
@@ -154,6 +159,7 @@ class SqliteEventStore(SqlLeases, SqlEventStore):
         requests: Sequence[AppendRequest],
         keys: list[tuple[str, int]],
         rows: list[dict[str, Any]],
+        checkpoint_rows: list[dict[str, Any]],
     ) -> dict[tuple[str, int], int]:
         """The append's transaction on the pooled driver connection itself.
 
@@ -184,13 +190,14 @@ class SqliteEventStore(SqlLeases, SqlEventStore):
                     pooled = self.engine.raw_connection()
                 except sqlite3.Error as exc:
                     raise translate_error(exc) from exc
-            return self._write_on(pooled, requests, rows, keep)
+            return self._write_on(pooled, requests, rows, checkpoint_rows, keep)
 
     def _write_on(
         self,
         pooled: Any,
         requests: Sequence[AppendRequest],
         rows: list[dict[str, Any]],
+        checkpoint_rows: list[dict[str, Any]],
         keep: bool,
     ) -> dict[tuple[str, int], int]:
         driver = pooled.driver_connection
@@ -203,9 +210,11 @@ class SqliteEventStore(SqlLeases, SqlEventStore):
                 for chunk, last in _insert_rows(driver, _INSERT_EVENTS_HEAD, _EVENT_ROW, rows):
                     for position, row in enumerate(chunk, last - len(chunk) + 1):
                         positions[(row["stream_id"], row["version"])] = position
-                tag_rows = tag_rows_for(requests, positions)
+                tag_rows = tag_rows_for(requests, positions, rows[0]["recorded_at"])
                 if tag_rows:
                     self._write_tags(driver, tag_rows)
+                if checkpoint_rows:
+                    _insert_rows(driver, _INSERT_CHECKPOINTS_HEAD, _CHECKPOINT_ROW, checkpoint_rows)
                 driver.execute("COMMIT")
             except BaseException:
                 if driver.in_transaction:

@@ -28,6 +28,7 @@ from typing import Any
 
 from event_store import ConcurrencyConflict, LeaseLost, StoreUnavailable
 from shared_kernel.errors import DomainError
+from transfer_service import listings
 from transfer_service.domain import (
     ReversalReused,
     Transfer,
@@ -35,6 +36,7 @@ from transfer_service.domain import (
     TransferRequested,
     TransferState,
 )
+from transfer_service.listings import TransferPage, TransferQuery
 from transfer_service.process import DEFAULT_BACKOFF, Backoff, OwnershipLost, TransferProcess
 from transfer_service.repository import StoredTransfers
 
@@ -83,12 +85,6 @@ class Unfinished:
 @dataclass(frozen=True, slots=True)
 class UnfinishedPage:
     entries: list[Unfinished]
-    next_cursor: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class TransferPage:
-    transfers: list[Transfer]
     next_cursor: int | None
 
 
@@ -236,11 +232,11 @@ class Transfers:
     async def get(self, transfer_id: str) -> Transfer:
         return await self._load(transfer_id)
 
-    async def of_account(self, account_id: str, before: int | None, page_size: int) -> TransferPage:
-        entries = await self._repository.of_account(account_id, before, page_size + 1)
-        page = entries[:page_size]
-        more = len(entries) > page_size
-        return TransferPage([t for _, t in page], page[-1][0] if more else None)
+    async def of_account(
+        self, query: TransferQuery, cursor: int | None, page_size: int
+    ) -> TransferPage:
+        """A page of the transfers of an account (see ``transfer_service.listings``)."""
+        return await listings.page(self._repository, query, cursor, page_size)
 
     def note_retry(self, transfer_id: str, step: str, exc: Exception) -> None:
         """Records a failed attempt, for operators (``on_retry`` hook of the process)."""

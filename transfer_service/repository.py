@@ -20,6 +20,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
 from event_store import (
     AppendRequest,
@@ -240,16 +241,29 @@ class StoredTransfers:
     # --- listings ---
 
     async def of_account(
-        self, account_id: str, before_position: int | None, limit: int
+        self,
+        account_id: str,
+        start_after: int | None,
+        limit: int,
+        *,
+        oldest_first: bool = False,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[tuple[int, Transfer]]:
-        """Transfers with a leg on the account, newest first, with their listing position."""
+        """Transfers with a leg on the account, newest (or oldest) first, created strictly
+        between the two instants if given, after the one at listing position
+        ``start_after``; each with its listing position."""
         requested = await self._store.read_tag(
-            account_tag(account_id), before_position=before_position, limit=limit
+            account_tag(account_id),
+            start_after,
+            limit,
+            oldest_first=oldest_first,
+            recorded_after=created_after,
+            recorded_before=created_before,
         )
         page = []
         for event in requested:
-            transfer_id = event.stream_id.removeprefix(STREAM_PREFIX)
-            transfer = await self.load(transfer_id)
-            if transfer is not None:
-                page.append((event.position, transfer))
+            transfer = await self.load(event.stream_id.removeprefix(STREAM_PREFIX))
+            assert transfer is not None  # its request is the event just read
+            page.append((event.position, transfer))
         return page

@@ -44,7 +44,12 @@ from account_service.domain.events import (
     StepRefused,
     Withdrawn,
 )
-from account_service.domain.snapshot import SNAPSHOT_FORMAT, SnapshotUnusable
+from account_service.domain.snapshot import (
+    SNAPSHOT_FORMAT,
+    SnapshotUnusable,
+    from_checkpoint,
+    to_checkpoint,
+)
 
 __all__ = [
     "EVENT_CLASSES",
@@ -82,6 +87,8 @@ __all__ = [
     "SnapshotUnusable",
     "StepRefused",
     "Withdrawn",
+    "from_checkpoint",
     "micros_to_time",
     "rebuilt",
+    "to_checkpoint",
 ]

@@ -1,9 +1,15 @@
-"""An account's whole state as one JSON object, and back.
+"""An account's whole state as one JSON object, and back; and its checkpoint form.
 
 A snapshot only saves folding the stream again: a reader that meets an unknown format or
 anything malformed refuses it (``SnapshotUnusable``) and the state is folded from the
 events instead. Format 1 (written before credit holds, refusals, epochs and overdraft
 limits existed) is still read: it holds none of them.
+
+A checkpoint is what the past of an account needs, and no more: its standing (balance,
+limit, status, open holds and credit holds) without the references it remembers to answer
+repeats. A snapshot grows with every reference the account has seen; a checkpoint only
+with what is open, so one is cheap to keep at every few versions and to read back. An
+account rebuilt from one answers for its state as it was, never for commands.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from account_service.domain.events import StepRefused
 
 SNAPSHOT_FORMAT = 2
 _READABLE = (1, 2)
+CHECKPOINT_FORMAT = 1
 
 
 class SnapshotUnusable(ValueError):
@@ -191,3 +198,62 @@ def _read_settled(account: Account, memories: dict[Settlement, dict[str, int]]) 
                 if settled is None:
                     settled = shared[outcome, amount] = SettledReservation(outcome, amount)
                 target[reference] = settled
+
+
+def to_checkpoint(account: Account) -> dict[str, Any]:
+    """The account's standing; holds as [reference, amount, time, expiry], in order."""
+    return {
+        "checkpoint": CHECKPOINT_FORMAT,
+        "account_id": account.account_id,
+        "version": account.version,
+        "owner": account.owner,
+        "currency": account.currency,
+        "status": None if account.status is None else account.status.value,
+        "balance": account.balance,
+        "overdraft_limit": account.overdraft_limit,
+        "holds": [
+            [reference, hold.amount, _time(hold.reserved_at), _time(hold.expires_at)]
+            for reference, hold in account.holds.items()
+        ],
+        "credit_holds": _memory_out(account.credit_holds),
+    }
+
+
+def from_checkpoint(account_id: str, data: Mapping[str, Any], recorded_at: datetime) -> Account:
+    """The account as of the checkpoint, remembering no references.
+
+    ``recorded_at``: when the checkpoint's version was recorded. A hold without a time was
+    placed by the append that wrote the checkpoint (its time was not known yet): it was
+    recorded then.
+    """
+    if not isinstance(data, Mapping) or data.get("checkpoint") != CHECKPOINT_FORMAT:
+        raise SnapshotUnusable("not a checkpoint of a known format")
+    try:
+        if data["account_id"] != account_id:
+            raise SnapshotUnusable(f"checkpoint of account {data['account_id']!r}")
+        account = Account(account_id)
+        account.version = _int(data, "version")
+        account.owner = _str(data, "owner")
+        account.currency = _str(data, "currency")
+        status = data["status"]
+        account.status = None if status is None else AccountStatus(status)
+        account.balance = _int(data, "balance")
+        account.overdraft_limit = _int(data, "overdraft_limit")
+        for reference, amount, reserved_at, expires_at in data["holds"]:
+            if type(reference) is not str or type(amount) is not int:
+                raise SnapshotUnusable(f"malformed hold {reference!r}")
+            account.holds[reference] = Hold(
+                amount,
+                recorded_at if reserved_at is None else datetime.fromisoformat(reserved_at),
+                None if expires_at is None else datetime.fromisoformat(expires_at),
+            )
+            account._reserved += amount
+        account.credit_holds = _memory_in({"format": 2, **data}, "credit_holds")
+        account._pending_credits = sum(account.credit_holds.values())
+    except SnapshotUnusable:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotUnusable(f"malformed checkpoint: {exc!r}") from exc
+    if account.version < 1:
+        raise SnapshotUnusable("a checkpoint is of a version >= 1")
+    return account

@@ -1,12 +1,16 @@
-"""Translation from the application's views to bank.v1 messages."""
+"""Translation from the application's views to bank.v1 messages, and of the requests'
+parts that are more than one field."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from account_service import domain
 from account_service.grpc_api.errors import refusal_reason
 from account_service.views import AccountView, HistoryEntry
 from bank.v1 import account_pb2 as pb
-from grpc_common.timestamps import timestamp
+from grpc_common.timestamps import parse_timestamp, timestamp
+from shared_kernel.errors import InvalidArgument
 
 _STATUS = {
     domain.AccountStatus.OPEN: pb.ACCOUNT_STATUS_OPEN,
@@ -69,3 +73,16 @@ def account_event(entry: HistoryEntry) -> pb.AccountEvent:
         message.reason = refusal_reason(event.error)
         message.step = event.step
     return message
+
+
+def as_of(request: pb.GetAccountRequest) -> dict[str, int | datetime] | None:
+    """When a GetAccount asks for the account: ``version=`` or ``instant=``; None for now."""
+    if request.as_of_version < 0:
+        raise InvalidArgument("as_of_version", "must not be negative (0: the present)")
+    if request.HasField("as_of_time"):
+        if request.as_of_version:
+            raise InvalidArgument("as_of_time", "give as_of_version or as_of_time, not both")
+        return {"instant": parse_timestamp(request.as_of_time, "as_of_time")}
+    if request.as_of_version:
+        return {"version": request.as_of_version}
+    return None

@@ -46,8 +46,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         return messages.account(view)
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
-        view = await self._accounts.get(parse_id(request.account_id, "account_id"))
-        return messages.account(view)
+        account_id = parse_id(request.account_id, "account_id")
+        as_of = messages.as_of(request)
+        if as_of is None:
+            return messages.account(await self._accounts.get(account_id))
+        return messages.account(await self._accounts.as_of(account_id, **as_of))
 
     async def Deposit(self, request: pb.DepositRequest, context: Context) -> pb.Account:
         account_id = parse_id(request.account_id, "account_id")
@@ -81,7 +84,9 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         account_id = parse_id(request.account_id, "account_id")
         page_size = parse_page_size(request.page_size)
         listing = f"account-events:{account_id}"
-        after = page_tokens.decode(request.page_token, listing) if request.page_token else 0
+        after = parse_version(request.from_version, "from_version")
+        if request.page_token:
+            after = page_tokens.decode(request.page_token, listing)
         # One more than asked tells whether another page exists.
         entries = await self._accounts.history(account_id, after, page_size + 1)
         page = entries[:page_size]

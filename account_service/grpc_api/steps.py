@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from account_service.mailboxes import Decision
 from account_service.views import AccountView
 from bank.v1 import account_pb2 as pb
+from grpc_common.timestamps import parse_timestamp
 from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import INT64_MAX, parse_amount, parse_currency, parse_id, parse_key
 
@@ -21,6 +22,8 @@ def _epoch(value: int) -> int:
 
 
 def _micros(timestamp: Timestamp) -> int:
+    # Within what a Timestamp may hold first: a time past year 9999 is no time at all.
+    parse_timestamp(timestamp, "expires_at")
     micros = timestamp.seconds * 1_000_000 + timestamp.nanos // 1_000
     if micros <= 0:
         raise InvalidArgument("expires_at", "must be after 1970")

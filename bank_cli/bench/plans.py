@@ -30,6 +30,8 @@ class Scale:
     # CreateTransfers runs: transfers in all, batches in flight (of ``--batch`` each).
     batch_transfers: int
     batches_in_flight: int
+    # Reads of the past timed after the long runs, per kind (as of a version, a time).
+    past_reads: int
 
     # Transfers per sweep point, per strategy: (at least, per slot in flight). The naive
     # strategy gets fewer, because each of its deadlocks costs a lock timeout.
@@ -57,6 +59,7 @@ FULL = Scale(
     naive_lock_timeout=5.0,
     batch_transfers=40_000,
     batches_in_flight=8,
+    past_reads=200,
 )
 QUICK = Scale(
     seed=((50, 4), (200, 50)),
@@ -72,6 +75,7 @@ QUICK = Scale(
     naive_lock_timeout=0.5,
     batch_transfers=2_000,
     batches_in_flight=4,
+    past_reads=20,
 )
 
 

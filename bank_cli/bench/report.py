@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from bank_cli.bench.past import past_line
 from bank_cli.bench.plans import NAIVE, RESERVATION
 
 
@@ -59,6 +60,8 @@ def print_table(results: Iterable[dict[str, Any]]) -> None:
         print(row(result))
         if "first_touch_ms" in result:
             print(f"{'':<18} {first_touch_line(result)}")
+        if "past_ms" in result:
+            print(f"{'':<18} {past_line(result['past_ms'])}")
         if result["failures"]:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(result["failures"].items()))
             print(f"{'':<18} failures: {reasons}")

@@ -44,13 +44,15 @@ def preload_accounts(db: str, account_ids: Sequence[str], events: int) -> dict[s
 
     Each stream is what the account service itself would have stored: opened, an opening
     deposit, then alternating deposits and withdrawals of 1, every event carrying its
-    running ``balance_after``/``reserved_after``; and, as the service would have left
-    it, a snapshot of the account at its last event. Returns each account's balance.
+    running ``balance_after``/``reserved_after``, with a checkpoint at every
+    ``checkpoint_every``-th version; and, as the service would have left it, a snapshot
+    of the account at its last event. Returns each account's balance.
     """
     from account_service import codec
     from account_service.application import stream_id
     from account_service.domain import Account, AccountOpened, Deposited, Withdrawn
-    from event_store import NewEvent, open_store
+    from account_service.streams import DEFAULT_CHECKPOINT_EVERY, checkpoint_due
+    from event_store import NewCheckpoint, NewEvent, open_store
 
     store = open_store(db)
     balances = {}
@@ -60,24 +62,34 @@ def preload_accounts(db: str, account_ids: Sequence[str], events: int) -> dict[s
             account = Account.empty(account_id)
             stored = 0
             batch: list[NewEvent] = []
+            checkpoints: list[NewCheckpoint] = []
 
-            def add(event: Any, account: Account = account, batch: list = batch) -> None:
+            def add(
+                event: Any,
+                account: Account = account,
+                batch: list = batch,
+                checkpoints: list = checkpoints,
+            ) -> None:
                 account.apply(event)
                 kind, data = codec.encode(event)
                 data["balance_after"] = account.balance
                 data["reserved_after"] = account.reserved
                 batch.append(NewEvent(kind, data))
+                checkpoint = checkpoint_due(account, DEFAULT_CHECKPOINT_EVERY)
+                if checkpoint is not None:
+                    checkpoints.append(checkpoint)
 
             add(AccountOpened(account_id, f"bench-long-{n}", "EUR"))
             add(Deposited(OPENING_BALANCE, "opening"))
             for i in range(events - 2):
                 add(Deposited(1, f"load-{i}") if i % 2 == 0 else Withdrawn(1, f"load-{i}"))
                 if len(batch) >= 5000:
-                    store.append(stream_id(account_id), stored, batch)
+                    store.append(stream_id(account_id), stored, batch, checkpoints=checkpoints)
                     stored += len(batch)
                     batch.clear()
+                    checkpoints.clear()
             if batch:
-                store.append(stream_id(account_id), stored, batch)
+                store.append(stream_id(account_id), stored, batch, checkpoints=checkpoints)
             store.save_snapshot(stream_id(account_id), account.version, account.to_snapshot())
             balances[account_id] = account.balance
     finally:

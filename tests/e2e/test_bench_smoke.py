@@ -95,6 +95,16 @@ def test_bench_quick_long_run_is_compared_with_controls_on_the_same_services(tmp
         assert result["money"]["reserved_after"] == 0, result
     measured = results[1]
     assert measured["preloaded_events"] > 0 and len(measured["first_touch_ms"]) == 2
+    past = measured["past_ms"]
+    for kind in ("long", "fresh"):
+        for point in ("version", "time"):
+            figures = past[kind][point]
+            assert 0 < figures["p50"] <= figures["p99"], past
+    assert (
+        past["ratio"]["version"]
+        == past["long"]["version"]["mean"] / (past["fresh"]["version"]["mean"])
+    )
+    assert "reads of the past, 20 each" in completed.stdout
     (comparison,) = report["comparisons"]
     rates = [r["requests_per_second"] for r in results]
     assert comparison["measured_per_second"] == [rates[1]]

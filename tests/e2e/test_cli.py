@@ -14,13 +14,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bank.v1 import account_pb2 as apb
+from bank.v1 import transfer_pb2 as tpb
 from bank_cli.__main__ import main
 from bank_cli.harness import free_port
 
@@ -216,6 +219,112 @@ def test_transfers_are_listed_newest_first_and_limited(bank_cli):
     assert [t["transfer_id"] for t in listed] == ids[::-1]
     newest = bank_cli("transfers", ada, "--limit", "1", "--json").json()["transfers"]
     assert [t["transfer_id"] for t in newest] == [ids[-1]]
+
+
+def test_overdraft_sets_the_limit_and_show_shows_it(bank_cli):
+    ada = _open(bank_cli, balance=1000)
+    set_ = bank_cli("overdraft", ada, "50000", "--request-id", "limit-1")
+    assert set_.status == 0, set_.err
+    assert "overdraft limit set to 500.00 EUR (request id limit-1)" in set_.out
+    shown = bank_cli("show", ada)
+    assert _field(shown.out, "overdraft limit") == "500.00 EUR"
+    assert _field(shown.out, "available") == "510.00 EUR"
+    assert bank_cli("withdraw", ada, "51000").status == 0
+    assert _field(bank_cli("show", ada).out, "balance") == "-500.00 EUR"
+    as_json = bank_cli("show", ada, "--json").json()
+    assert (as_json["overdraft_limit"], as_json["available"]) == ("50000", "0")
+    again = bank_cli("overdraft", ada, "50000", "--request-id", "limit-1", "--json").json()
+    assert (again["request_id"], again["account"]["version"]) == ("limit-1", as_json["version"])
+    reused = bank_cli("overdraft", ada, "0", "--request-id", "limit-1")
+    assert reused.status == 1, reused.err
+    lowered = bank_cli("overdraft", ada, "0", "--json").json()["account"]
+    assert (lowered["overdraft_limit"], lowered["available"]) == ("0", "-50000")
+    refused = bank_cli("withdraw", ada, "1")
+    assert refused.status == 1
+    assert "insufficient funds" in refused.err
+
+
+@pytest.mark.parametrize("limit", ["-1", "1.5", "lots"])
+def test_overdraft_with_a_bad_limit_is_a_usage_error(bank_cli, capsys, limit):
+    ada = _open(bank_cli)
+    with pytest.raises(SystemExit) as exited:
+        bank_cli("overdraft", ada, limit)
+    assert exited.value.code == 2
+    assert "LIMIT" in capsys.readouterr().err
+
+
+def _now() -> str:
+    time.sleep(0.005)
+    instant = datetime.now(UTC).isoformat()
+    time.sleep(0.005)
+    return instant
+
+
+def test_statement_between_two_instants(bank, bank_cli):
+    ada = _open(bank_cli, "Ada", balance=10000)
+    bob = _open(bank_cli, "Bob", balance=10000)
+    carol = _open(bank_cli, "Carol", balance=10000)
+    start = _now()
+    assert bank_cli("withdraw", ada, "3000", "--request-id", "cash").status == 0
+    assert bank_cli("transfer", ada, bob, "2000").status == 0
+    assert bank_cli("transfer", carol, ada, "5000").status == 0
+    dave = _open(bank_cli, "Dave")
+    # Two targets: the credit of the first is held for it, then confirmed.
+    legs = [
+        tpb.Leg(from_account_id=bob, to_account_id=ada, amount=1000),
+        tpb.Leg(from_account_id=carol, to_account_id=dave, amount=300),
+    ]
+    bank.transfers.CreateTransfer(tpb.CreateTransferRequest(legs=legs))
+    end = _now()
+    assert bank_cli("deposit", ada, "99900").status == 0  # after the statement's end
+
+    result = bank_cli("statement", ada, "--from", start, "--to", end, "--json")
+    assert result.status == 0, result.err
+    statement = result.json()
+    assert (statement["opening_balance"], statement["closing_balance"]) == ("10000", "11000")
+    moves = [(m["type"], m["amount"]) for m in statement["movements"]]
+    assert moves == [
+        ("ACCOUNT_EVENT_TYPE_WITHDRAWN", "-3000"),
+        ("ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED", "-2000"),
+        ("ACCOUNT_EVENT_TYPE_CREDITED", "5000"),
+        ("ACCOUNT_EVENT_TYPE_CREDIT_CONFIRMED", "1000"),
+    ]
+    assert int(statement["opening_balance"]) + sum(int(a) for _, a in moves) == 11000
+    assert statement["movements"][0]["reference"] == "cash"
+    assert statement["movements"][-1]["balance_after"] == "11000"
+
+    table = bank_cli("statement", ada, "--from", start, "--to", end)
+    assert table.status == 0, table.err
+    assert f"statement of account {ada} (Ada), EUR" in table.out
+    assert re.search(r"opening balance\s+100\.00 EUR", table.out)
+    assert re.search(r"closing balance\s+110\.00 EUR", table.out)
+    assert re.search(r"WITHDRAWN\s+-30\.00 EUR\s+70\.00 EUR\s+cash", table.out)
+    assert re.search(r"CREDIT_CONFIRMED\s+\+10\.00 EUR\s+110\.00 EUR", table.out)
+
+    whole = bank_cli("statement", ada, "--json").json()
+    assert (whole["opening_balance"], whole["closing_balance"]) == ("0", "110900")
+    assert len(whole["movements"]) == 6  # with the opening deposit and the late one
+
+
+def test_statement_of_a_stretch_before_the_opening_starts_from_nothing(bank_cli):
+    start = _now()
+    ada = _open(bank_cli, balance=2500)
+    statement = bank_cli("statement", ada, "--from", start, "--json").json()
+    assert (statement["opening_balance"], statement["closing_balance"]) == ("0", "2500")
+    assert [m["amount"] for m in statement["movements"]] == ["2500"]
+
+
+def test_statement_refuses_an_end_before_its_start(bank_cli):
+    ada = _open(bank_cli)
+    result = bank_cli("statement", ada, "--from", "2024-06-02", "--to", "2024-06-01")
+    assert result.status == 2
+    assert "--from" in result.err
+
+
+def test_statement_before_the_account_existed_is_not_found(bank_cli):
+    ada = _open(bank_cli)
+    result = bank_cli("statement", ada, "--to", "2000-01-01")
+    assert result.status == 3, result.err
 
 
 def test_repeating_a_deposit_with_its_request_id_applies_it_once(bank_cli):

@@ -394,3 +394,12 @@ def test_deposit_past_int64_is_out_of_range(bank, open_account):
         bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account.account_id)).balance
         == INT64_MAX
     )
+
+
+def test_a_reservation_expiring_after_year_9999_is_invalid_argument(bank, open_account):
+    account = open_account(1_000)
+    request = apb.ReserveRequest(account_id=account.account_id, reference="late", amount=5)
+    request.expires_at.seconds = 2**63 - 2
+    code, _, metadata = refusal(lambda: bank.reservations.Reserve(request))
+    assert (code, metadata["field"]) == (StatusCode.INVALID_ARGUMENT, "expires_at")
+    assert _version(bank, account.account_id) == account.version

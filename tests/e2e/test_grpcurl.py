@@ -146,3 +146,52 @@ def test_grpcurl_full_transfer_with_reflection_only(bank, tmp_path):
         ("ACCOUNT_EVENT_TYPE_OPENED", None),
         ("ACCOUNT_EVENT_TYPE_CREDITED", transfer_id),
     ]
+
+
+def test_grpcurl_reads_the_past_and_lists_transfers_by_filters_in_json(bank):
+    def call(address: str, method: str, body: dict) -> dict:
+        return json.loads(_run("-d", json.dumps(body), address, method))
+
+    accounts, transfers = bank.account.address, bank.transfer.address
+    ada = call(accounts, "bank.v1.AccountService/OpenAccount", {"owner": "Ada", "currency": "EUR"})
+    bob = call(accounts, "bank.v1.AccountService/OpenAccount", {"owner": "Bob", "currency": "EUR"})
+    deposit = {"account_id": ada["account_id"], "amount": "500", "request_id": "grpcurl-past"}
+    funded = call(accounts, "bank.v1.AccountService/Deposit", deposit)
+    moved = call(
+        transfers,
+        "bank.v1.TransferService/CreateTransfer",
+        {
+            "from_account_id": ada["account_id"],
+            "to_account_id": bob["account_id"],
+            "amount": "200",
+            "metadata": {"invoice": "INV-7"},
+        },
+    )
+    assert moved["metadata"] == {"invoice": "INV-7"}
+    then = call(
+        accounts,
+        "bank.v1.AccountService/GetAccount",
+        {"account_id": ada["account_id"], "as_of_version": funded["version"]},
+    )
+    assert (then["balance"], then["version"]) == ("500", "2")
+    history = call(
+        accounts, "bank.v1.AccountService/ListAccountEvents", {"account_id": ada["account_id"]}
+    )
+    opened_at = history["events"][0]["occurred_at"]  # RFC 3339, as grpcurl writes it
+    at_opening = call(
+        accounts,
+        "bank.v1.AccountService/GetAccount",
+        {"account_id": ada["account_id"], "as_of_time": opened_at},
+    )
+    assert (at_opening.get("balance", "0"), at_opening["version"]) == ("0", "1")
+    listed = call(
+        transfers,
+        "bank.v1.TransferService/ListTransfers",
+        {
+            "account_id": bob["account_id"],
+            "state": "TRANSFER_STATE_COMPLETED",
+            "created_after": opened_at,
+            "oldest_first": True,
+        },
+    )
+    assert [t["transfer_id"] for t in listed["transfers"]] == [moved["transfer_id"]]

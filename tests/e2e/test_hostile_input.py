@@ -95,6 +95,8 @@ REASONS = {
     "EPOCH_FENCED",
     "EXCEEDS_PENDING_AMOUNT",
     "TRANSFER_NOT_PENDING",
+    "TRANSFER_NOT_COMPLETED",
+    "EXCEEDS_REVERSIBLE_AMOUNT",
 }
 # Fields whose validity does not depend on the rest of the request or on stored state.
 RULES: dict[str, Callable[[object], object]] = {
@@ -109,6 +111,7 @@ RULES: dict[str, Callable[[object], object]] = {
     "owner": parse_owner,
     "page_size": parse_page_size,
     "from_version": lambda v: parse_version(v, "from_version"),
+    "as_of_version": lambda v: parse_version(v, "as_of_version"),
     "overdraft_limit": lambda v: parse_version(v, "overdraft_limit"),
     "epoch": lambda v: parse_version(-1 if v > INT64_MAX else v, "epoch"),
 }

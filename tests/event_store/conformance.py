@@ -31,6 +31,7 @@ from event_store import (
     SqliteEventStore,
 )
 from event_store.sql import MIGRATIONS, SCHEMA_VERSION, SqlEventStore, schema_version, store_owner
+from tests.event_store.history_conformance import HistoryConformance
 from tests.event_store.lease_conformance import LeaseConformance
 
 INT64_MIN = -(2**63)
@@ -58,7 +59,7 @@ json_values = st.recursive(
 )
 
 
-class EventStoreConformance(LeaseConformance):
+class EventStoreConformance(LeaseConformance, HistoryConformance):
     @pytest.fixture
     def store_factory(self) -> Callable[[], EventStore]:
         raise NotImplementedError("a backend's test class provides store_factory")
@@ -444,7 +445,7 @@ class EventStoreConformance(LeaseConformance):
             store.append(f"s{n}", 0, [ev(n=n, tags=("t",))])
         seen: list[int] = []
         before = None
-        while page := store.read_tag("t", before_position=before, limit=3):
+        while page := store.read_tag("t", start_after=before, limit=3):
             seen += [e.data["n"] for e in page]
             before = page[-1].position
         assert seen == [6, 5, 4, 3, 2, 1, 0]
@@ -628,9 +629,9 @@ class EventStoreConformance(LeaseConformance):
         new = store_factory()
         new.migrate()
         with new.engine.connect() as conn:
-            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 5
+            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 7
             assert conn.execute(select(func.count()).select_from(schema_version)).scalar() == 1
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 7
         assert new.read_all() == recorded
         assert new.read_stream("a") == recorded[:2]
         assert new.read_tag("x") == recorded[:1]

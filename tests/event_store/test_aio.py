@@ -16,6 +16,7 @@ from event_store import (
     EventStore,
     EventStoreError,
     InMemoryEventStore,
+    NewCheckpoint,
     NewEvent,
     PostgresEventStore,
     RecordedEvent,
@@ -327,6 +328,21 @@ async def test_snapshots_are_saved_off_the_group_commit(
     ]
     recording.gate.set()
     assert [e.version for e in await blocked] == [1]
+
+
+async def test_checkpoints_pass_through(aio: AsyncEventStore, recording: Recording) -> None:
+    recorded = await aio.append(
+        "a", 0, [NewEvent("Happened", {}), NewEvent("Happened", {})], None, [NewCheckpoint(2, {})]
+    )
+    assert (await aio.load_checkpoint("a")).version == 2
+    await aio.save_checkpoints("a", [NewCheckpoint(1, {"n": 1})])  # off the group commit
+    assert len(recording.batches) == 1
+    found = await aio.load_checkpoint("a", version=1)
+    assert (found.data, found.recorded_at) == ({"n": 1}, recorded[0].recorded_at)
+    assert (await aio.load_checkpoint("a", time=recorded[0].recorded_at)).version == 2
+    with pytest.raises(ValueError):
+        await aio.append("a", 2, [NewEvent("Happened", {})], None, [NewCheckpoint(9, {})])
+    assert len(recording.batches) == 1  # refused before it reached a batch
 
 
 async def test_save_snapshot_after_close_is_refused(aio: AsyncEventStore) -> None:

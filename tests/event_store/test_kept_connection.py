@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from event_store.sql import KeptConnection
+from event_store.kept import KeptConnection
 
 
 class Pooled:

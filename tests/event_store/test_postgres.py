@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -19,6 +20,7 @@ from event_store import (
     open_store,
     schemas,
 )
+from event_store.sql import _READ_STREAM, _READ_TAG
 from tests import pg
 from tests.event_store.conformance import EventStoreConformance
 
@@ -63,6 +65,7 @@ def test_tables_live_in_the_schema_named_by_the_url(
             "event_tags",
             "event_tag_log",
             "snapshots",
+            "checkpoints",
             "store_owner",
             "schema_version",
             "leases",
@@ -227,3 +230,43 @@ def test_a_schema_url_keeps_the_other_options_of_the_url() -> None:
     assert (parsed.query["connect_timeout"], parsed.password) == ("3", "p")
     with pytest.raises(ValueError):
         schemas.schema_url(url, "Robert'); DROP TABLE events;--")
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_a_tag_read_walks_the_index_only_between_its_bounds(
+    store: PostgresEventStore, newest_first: bool
+) -> None:
+    compiled = _READ_TAG[newest_first].compile(dialect=store.engine.dialect)
+    values = compiled.construct_params(
+        {"tag": "x", "low_at": 1, "low": 2, "high_at": 3, "high": 4, "limit": 3}
+    )
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table would be scanned
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", values))
+    assert "Index Only Scan" in plan and "using event_tags_by_time" in plan, plan
+    # Both bounds are conditions of the index, not filters of what it returns.
+    assert (
+        """Index Cond: ((tag = 'x'::text) AND (ROW(recorded_at, "position") > ROW('1'::bigint,"""
+        """ '2'::bigint)) AND (ROW(recorded_at, "position") < ROW('3'::bigint, '4'::bigint)))"""
+    ) in plan, plan
+
+
+def test_a_page_of_a_stream_reads_only_that_page_before_the_table_is_analyzed(
+    store: PostgresEventStore,
+) -> None:
+    # A long history just written: the planner has no statistics of the table yet, and a
+    # page bounded below only was planned as a scan of the whole rest of the stream.
+    for start in range(0, 20_000, 5_000):
+        batch = [
+            NewEvent("Deposited", {"amount": 1, "reference": f"r-{start + n}"})
+            for n in range(5_000)
+        ]
+        store.append("long", start, batch)
+    compiled = _READ_STREAM.compile(dialect=store.engine.dialect)
+    params = {"stream_id": "long", "after": 100, "upto": 200, "limit": 100}
+    with store.engine.connect() as conn:
+        plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN ANALYZE {compiled}", params)]
+    rows = [int(n) for line in plan for n in re.findall(r"actual time=\S+ rows=(\d+)", line)]
+    # No step of the plan touches more rows than the page holds.
+    assert rows and max(rows) <= 100, "\n".join(plan)
+    assert [e.version for e in store.read_stream("long", 100, 100)] == list(range(101, 201))

@@ -236,8 +236,8 @@ def test_tags_gather_in_the_log_until_an_append_fills_it(short_log: SqliteEventS
     assert tag_rows(short_log) == ([("x", d[0].position)], everything)
     assert short_log.read_tag("x") == d + c + a
     assert short_log.read_tag("x", limit=2) == d + c
-    assert short_log.read_tag("x", before_position=d[0].position, limit=1) == c
-    assert short_log.read_tag("x", before_position=c[0].position) == a
+    assert short_log.read_tag("x", start_after=d[0].position, limit=1) == c
+    assert short_log.read_tag("x", start_after=c[0].position) == a
 
 
 def test_a_failed_append_leaves_the_log_and_the_index_as_they_were(
@@ -285,15 +285,23 @@ def test_a_negative_tag_log_size_is_value_error(sqlite_url: str) -> None:
         SqliteEventStore(sqlite_url, tag_log_rows=-1)
 
 
-def test_a_tag_read_walks_the_index_only_as_far_as_its_limit(short_log: SqliteEventStore) -> None:
-    compiled = _READ_TAG.compile(dialect=short_log.engine.dialect)
-    values = compiled.construct_params({"tag": "x", "before": 10, "limit": 3})
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_a_tag_read_walks_the_index_only_between_its_bounds(
+    short_log: SqliteEventStore, newest_first: bool
+) -> None:
+    compiled = _READ_TAG[newest_first].compile(dialect=short_log.engine.dialect)
+    values = compiled.construct_params(
+        {"tag": "x", "low_at": 1, "low": 2, "high_at": 3, "high": 4, "limit": 3}
+    )
     with short_log.engine.connect() as conn:
         plan = conn.exec_driver_sql(
             f"EXPLAIN QUERY PLAN {compiled}",
             tuple(values[name] for name in compiled.positiontup or []),
         ).all()
     details = " / ".join(row[-1] for row in plan)
-    # The index is searched by its key, never scanned; only the short log is.
-    assert "SEARCH event_tags USING PRIMARY KEY (tag=? AND position<?)" in details, details
+    # The index is searched between both bounds, never scanned; only the short log is.
+    assert (
+        "SEARCH event_tags USING COVERING INDEX event_tags_by_time"
+        " (tag=? AND (recorded_at,position)>(?,?) AND (recorded_at,position)<(?,?))"
+    ) in details, details
     assert "SCAN event_tags" not in details, details

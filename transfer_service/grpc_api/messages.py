@@ -37,6 +37,7 @@ def transfer(t: Transfer) -> pb.Transfer:
         reverses_transfer_id=t.reverses_transfer_id,
         reversed_amount=t.reversed_amount,
         reason=t.reason,
+        metadata=t.metadata,
         legs=[
             pb.Leg(
                 from_account_id=leg.from_account_id,

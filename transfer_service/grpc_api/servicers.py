@@ -93,11 +93,11 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     async def ListTransfers(
         self, request: pb.ListTransfersRequest, context: Context
     ) -> pb.ListTransfersResponse:
-        account_id = parse_id(request.account_id, "account_id")
+        query = requests.transfer_query(request)
         page_size = parse_page_size(request.page_size)
-        listing = f"transfers:{account_id}"
-        before = page_tokens.decode(request.page_token, listing) if request.page_token else None
-        page = await self._transfers.of_account(account_id, before, page_size)
+        listing = requests.listing(query)
+        cursor = page_tokens.decode(request.page_token, listing) if request.page_token else None
+        page = await self._transfers.of_account(query, cursor, page_size)
         return pb.ListTransfersResponse(
             transfers=[messages.transfer(t) for t in page.transfers],
             next_page_token=(

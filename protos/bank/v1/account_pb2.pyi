@@ -123,10 +123,14 @@ class OpenAccountRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., owner: _Optional[str] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class GetAccountRequest(_message.Message):
-    __slots__ = ("account_id",)
+    __slots__ = ("account_id", "as_of_version", "as_of_time")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_TIME_FIELD_NUMBER: _ClassVar[int]
     account_id: str
-    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+    as_of_version: int
+    as_of_time: _timestamp_pb2.Timestamp
+    def __init__(self, account_id: _Optional[str] = ..., as_of_version: _Optional[int] = ..., as_of_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DepositRequest(_message.Message):
     __slots__ = ("account_id", "amount", "request_id")
@@ -155,14 +159,16 @@ class CloseAccountRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ...) -> None: ...
 
 class ListAccountEventsRequest(_message.Message):
-    __slots__ = ("account_id", "page_size", "page_token")
+    __slots__ = ("account_id", "page_size", "page_token", "from_version")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     page_size: int
     page_token: str
-    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    from_version: int
+    def __init__(self, account_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., from_version: _Optional[int] = ...) -> None: ...
 
 class ListAccountEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")

@@ -89,7 +89,8 @@ class AccountServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Returns the current state of an account.
+        """Returns the state of an account: the current one, or as it stood after a version
+        (as_of_version) or at an instant (as_of_time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -27,45 +27,53 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61nk/v1/transfer.proto\x12\x07\x62\x61nk.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"E\n\x03Leg\x12\x17\n\x0f\x66rom_account_id\x18\x01 \x01(\t\x12\x15\n\rto_account_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\xcb\x03\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x02 \x01(\t\x12\x15\n\rto_account_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.bank.v1.TransferState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\n \x01(\x08\x12.\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rposted_amount\x18\x0c \x01(\x03\x12\x1a\n\x04legs\x18\r \x03(\x0b\x32\x0c.bank.v1.Leg\x12\x1c\n\x14reverses_transfer_id\x18\x0e \x01(\t\x12\x17\n\x0freversed_amount\x18\x0f \x01(\x03\x12\x0e\n\x06reason\x18\x10 \x01(\t\"\xcb\x01\n\x15\x43reateTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x02 \x01(\t\x12\x15\n\rto_account_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x0f\n\x07pending\x18\x05 \x01(\x08\x12\x30\n\rexpires_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x04legs\x18\x07 \x03(\x0b\x32\x0c.bank.v1.Leg\"K\n\x16\x43reateTransfersRequest\x12\x31\n\ttransfers\x18\x01 \x03(\x0b\x32\x1e.bank.v1.CreateTransferRequest\"^\n\x14\x43reateTransferResult\x12#\n\x08transfer\x18\x01 \x01(\x0b\x32\x11.bank.v1.Transfer\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"I\n\x17\x43reateTransfersResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.bank.v1.CreateTransferResult\":\n\x13PostTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"*\n\x13VoidTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"b\n\x16ReverseTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0breversal_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\")\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"Q\n\x14ListTransfersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x15ListTransfersResponse\x12$\n\ttransfers\x18\x01 \x03(\x0b\x32\x11.bank.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x1eListUnfinishedTransfersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xa2\x01\n\x12UnfinishedTransfer\x12#\n\x08transfer\x18\x01 \x01(\x0b\x32\x11.bank.v1.Transfer\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x33\n\x0flast_attempt_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x1fListUnfinishedTransfersResponse\x12.\n\ttransfers\x18\x01 \x03(\x0b\x32\x1b.bank.v1.UnfinishedTransfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x93\x02\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_STATE_REQUESTED\x10\x01\x12\x1b\n\x17TRANSFER_STATE_RESERVED\x10\x02\x12\x1b\n\x17TRANSFER_STATE_CREDITED\x10\x03\x12\x1c\n\x18TRANSFER_STATE_COMPLETED\x10\x04\x12\x19\n\x15TRANSFER_STATE_FAILED\x10\x05\x12\x1a\n\x16TRANSFER_STATE_PENDING\x10\x06\x12\x19\n\x15TRANSFER_STATE_VOIDED\x10\x07\x12\x1a\n\x16TRANSFER_STATE_EXPIRED\x10\x08\x32\xf2\x04\n\x0fTransferService\x12\x43\n\x0e\x43reateTransfer\x12\x1e.bank.v1.CreateTransferRequest\x1a\x11.bank.v1.Transfer\x12T\n\x0f\x43reateTransfers\x12\x1f.bank.v1.CreateTransfersRequest\x1a .bank.v1.CreateTransfersResponse\x12?\n\x0cPostTransfer\x12\x1c.bank.v1.PostTransferRequest\x1a\x11.bank.v1.Transfer\x12?\n\x0cVoidTransfer\x12\x1c.bank.v1.VoidTransferRequest\x1a\x11.bank.v1.Transfer\x12\x45\n\x0fReverseTransfer\x12\x1f.bank.v1.ReverseTransferRequest\x1a\x11.bank.v1.Transfer\x12=\n\x0bGetTransfer\x12\x1b.bank.v1.GetTransferRequest\x1a\x11.bank.v1.Transfer\x12N\n\rListTransfers\x12\x1d.bank.v1.ListTransfersRequest\x1a\x1e.bank.v1.ListTransfersResponse\x12l\n\x17ListUnfinishedTransfers\x12\'.bank.v1.ListUnfinishedTransfersRequest\x1a(.bank.v1.ListUnfinishedTransfersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61nk/v1/transfer.proto\x12\x07\x62\x61nk.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"E\n\x03Leg\x12\x17\n\x0f\x66rom_account_id\x18\x01 \x01(\t\x12\x15\n\rto_account_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\"\xaf\x04\n\x08Transfer\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x02 \x01(\t\x12\x15\n\rto_account_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.bank.v1.TransferState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\n \x01(\x08\x12.\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rposted_amount\x18\x0c \x01(\x03\x12\x1a\n\x04legs\x18\r \x03(\x0b\x32\x0c.bank.v1.Leg\x12\x1c\n\x14reverses_transfer_id\x18\x0e \x01(\t\x12\x17\n\x0freversed_amount\x18\x0f \x01(\x03\x12\x0e\n\x06reason\x18\x10 \x01(\t\x12\x31\n\x08metadata\x18\x11 \x03(\x0b\x32\x1f.bank.v1.Transfer.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x02\n\x15\x43reateTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_account_id\x18\x02 \x01(\t\x12\x15\n\rto_account_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\x12\x0f\n\x07pending\x18\x05 \x01(\x08\x12\x30\n\rexpires_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x04legs\x18\x07 \x03(\x0b\x32\x0c.bank.v1.Leg\x12>\n\x08metadata\x18\x08 \x03(\x0b\x32,.bank.v1.CreateTransferRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x16\x43reateTransfersRequest\x12\x31\n\ttransfers\x18\x01 \x03(\x0b\x32\x1e.bank.v1.CreateTransferRequest\"^\n\x14\x43reateTransferResult\x12#\n\x08transfer\x18\x01 \x01(\x0b\x32\x11.bank.v1.Transfer\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"I\n\x17\x43reateTransfersResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.bank.v1.CreateTransferResult\":\n\x13PostTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"*\n\x13VoidTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"b\n\x16ReverseTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x13\n\x0breversal_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\")\n\x12GetTransferRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"\xf5\x01\n\x14ListTransfersRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.bank.v1.TransferState\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0coldest_first\x18\x07 \x01(\x08\"V\n\x15ListTransfersResponse\x12$\n\ttransfers\x18\x01 \x03(\x0b\x32\x11.bank.v1.Transfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x1eListUnfinishedTransfersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xa2\x01\n\x12UnfinishedTransfer\x12#\n\x08transfer\x18\x01 \x01(\x0b\x32\x11.bank.v1.Transfer\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x05\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x33\n\x0flast_attempt_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"j\n\x1fListUnfinishedTransfersResponse\x12.\n\ttransfers\x18\x01 \x03(\x0b\x32\x1b.bank.v1.UnfinishedTransfer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x93\x02\n\rTransferState\x12\x1e\n\x1aTRANSFER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRANSFER_STATE_REQUESTED\x10\x01\x12\x1b\n\x17TRANSFER_STATE_RESERVED\x10\x02\x12\x1b\n\x17TRANSFER_STATE_CREDITED\x10\x03\x12\x1c\n\x18TRANSFER_STATE_COMPLETED\x10\x04\x12\x19\n\x15TRANSFER_STATE_FAILED\x10\x05\x12\x1a\n\x16TRANSFER_STATE_PENDING\x10\x06\x12\x19\n\x15TRANSFER_STATE_VOIDED\x10\x07\x12\x1a\n\x16TRANSFER_STATE_EXPIRED\x10\x08\x32\xf2\x04\n\x0fTransferService\x12\x43\n\x0e\x43reateTransfer\x12\x1e.bank.v1.CreateTransferRequest\x1a\x11.bank.v1.Transfer\x12T\n\x0f\x43reateTransfers\x12\x1f.bank.v1.CreateTransfersRequest\x1a .bank.v1.CreateTransfersResponse\x12?\n\x0cPostTransfer\x12\x1c.bank.v1.PostTransferRequest\x1a\x11.bank.v1.Transfer\x12?\n\x0cVoidTransfer\x12\x1c.bank.v1.VoidTransferRequest\x1a\x11.bank.v1.Transfer\x12\x45\n\x0fReverseTransfer\x12\x1f.bank.v1.ReverseTransferRequest\x1a\x11.bank.v1.Transfer\x12=\n\x0bGetTransfer\x12\x1b.bank.v1.GetTransferRequest\x1a\x11.bank.v1.Transfer\x12N\n\rListTransfers\x12\x1d.bank.v1.ListTransfersRequest\x1a\x1e.bank.v1.ListTransfersResponse\x12l\n\x17ListUnfinishedTransfers\x12\'.bank.v1.ListUnfinishedTransfersRequest\x1a(.bank.v1.ListUnfinishedTransfersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bank.v1.transfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFERSTATE']._serialized_start=1877
-  _globals['_TRANSFERSTATE']._serialized_end=2152
+  _globals['_TRANSFER_METADATAENTRY']._loaded_options = None
+  _globals['_TRANSFER_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_CREATETRANSFERREQUEST_METADATAENTRY']._loaded_options = None
+  _globals['_CREATETRANSFERREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_TRANSFERSTATE']._serialized_start=2255
+  _globals['_TRANSFERSTATE']._serialized_end=2530
   _globals['_LEG']._serialized_start=125
   _globals['_LEG']._serialized_end=194
   _globals['_TRANSFER']._serialized_start=197
-  _globals['_TRANSFER']._serialized_end=656
-  _globals['_CREATETRANSFERREQUEST']._serialized_start=659
-  _globals['_CREATETRANSFERREQUEST']._serialized_end=862
-  _globals['_CREATETRANSFERSREQUEST']._serialized_start=864
-  _globals['_CREATETRANSFERSREQUEST']._serialized_end=939
-  _globals['_CREATETRANSFERRESULT']._serialized_start=941
-  _globals['_CREATETRANSFERRESULT']._serialized_end=1035
-  _globals['_CREATETRANSFERSRESPONSE']._serialized_start=1037
-  _globals['_CREATETRANSFERSRESPONSE']._serialized_end=1110
-  _globals['_POSTTRANSFERREQUEST']._serialized_start=1112
-  _globals['_POSTTRANSFERREQUEST']._serialized_end=1170
-  _globals['_VOIDTRANSFERREQUEST']._serialized_start=1172
-  _globals['_VOIDTRANSFERREQUEST']._serialized_end=1214
-  _globals['_REVERSETRANSFERREQUEST']._serialized_start=1216
-  _globals['_REVERSETRANSFERREQUEST']._serialized_end=1314
-  _globals['_GETTRANSFERREQUEST']._serialized_start=1316
-  _globals['_GETTRANSFERREQUEST']._serialized_end=1357
-  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1359
-  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1440
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1442
-  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1528
-  _globals['_LISTUNFINISHEDTRANSFERSREQUEST']._serialized_start=1530
-  _globals['_LISTUNFINISHEDTRANSFERSREQUEST']._serialized_end=1601
-  _globals['_UNFINISHEDTRANSFER']._serialized_start=1604
-  _globals['_UNFINISHEDTRANSFER']._serialized_end=1766
-  _globals['_LISTUNFINISHEDTRANSFERSRESPONSE']._serialized_start=1768
-  _globals['_LISTUNFINISHEDTRANSFERSRESPONSE']._serialized_end=1874
-  _globals['_TRANSFERSERVICE']._serialized_start=2155
-  _globals['_TRANSFERSERVICE']._serialized_end=2781
+  _globals['_TRANSFER']._serialized_end=756
+  _globals['_TRANSFER_METADATAENTRY']._serialized_start=709
+  _globals['_TRANSFER_METADATAENTRY']._serialized_end=756
+  _globals['_CREATETRANSFERREQUEST']._serialized_start=759
+  _globals['_CREATETRANSFERREQUEST']._serialized_end=1075
+  _globals['_CREATETRANSFERREQUEST_METADATAENTRY']._serialized_start=709
+  _globals['_CREATETRANSFERREQUEST_METADATAENTRY']._serialized_end=756
+  _globals['_CREATETRANSFERSREQUEST']._serialized_start=1077
+  _globals['_CREATETRANSFERSREQUEST']._serialized_end=1152
+  _globals['_CREATETRANSFERRESULT']._serialized_start=1154
+  _globals['_CREATETRANSFERRESULT']._serialized_end=1248
+  _globals['_CREATETRANSFERSRESPONSE']._serialized_start=1250
+  _globals['_CREATETRANSFERSRESPONSE']._serialized_end=1323
+  _globals['_POSTTRANSFERREQUEST']._serialized_start=1325
+  _globals['_POSTTRANSFERREQUEST']._serialized_end=1383
+  _globals['_VOIDTRANSFERREQUEST']._serialized_start=1385
+  _globals['_VOIDTRANSFERREQUEST']._serialized_end=1427
+  _globals['_REVERSETRANSFERREQUEST']._serialized_start=1429
+  _globals['_REVERSETRANSFERREQUEST']._serialized_end=1527
+  _globals['_GETTRANSFERREQUEST']._serialized_start=1529
+  _globals['_GETTRANSFERREQUEST']._serialized_end=1570
+  _globals['_LISTTRANSFERSREQUEST']._serialized_start=1573
+  _globals['_LISTTRANSFERSREQUEST']._serialized_end=1818
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_start=1820
+  _globals['_LISTTRANSFERSRESPONSE']._serialized_end=1906
+  _globals['_LISTUNFINISHEDTRANSFERSREQUEST']._serialized_start=1908
+  _globals['_LISTUNFINISHEDTRANSFERSREQUEST']._serialized_end=1979
+  _globals['_UNFINISHEDTRANSFER']._serialized_start=1982
+  _globals['_UNFINISHEDTRANSFER']._serialized_end=2144
+  _globals['_LISTUNFINISHEDTRANSFERSRESPONSE']._serialized_start=2146
+  _globals['_LISTUNFINISHEDTRANSFERSRESPONSE']._serialized_end=2252
+  _globals['_TRANSFERSERVICE']._serialized_start=2533
+  _globals['_TRANSFERSERVICE']._serialized_end=3159
 # @@protoc_insertion_point(module_scope)

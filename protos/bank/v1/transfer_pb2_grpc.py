@@ -129,7 +129,8 @@ class TransferServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTransfers(self, request, context):
-        """Transfers where the account is source or target, newest first.
+        """Transfers with a leg on the account, newest first (or oldest first), optionally only
+        those in one state or created between two instants.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
