@@ -121,7 +121,7 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
             connect_args=args,
             **engine_options,
         )
-        event.listen(engine, "connect", _plan_for_the_values)
+        event.listen(engine, "connect", _session_settings)
         # Reads are single statements: autocommit saves the BEGIN and ROLLBACK round trips.
         super().__init__(engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
 
@@ -226,13 +226,24 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
         return positions
 
 
-def _plan_for_the_values(dbapi_connection: psycopg.Connection[Any], _record: Any) -> None:
-    """A new connection plans every statement for its values (see the module)."""
+# A process frozen inside a transaction (a paused VM, SIGSTOP, a long GC) would keep its row
+# locks, and with them every lease it holds, for as long as it is frozen; the server ends such
+# a session after this, so that another replica can take over. No transaction of the stores
+# waits on anything but the database inside it.
+IDLE_IN_TRANSACTION_TIMEOUT = "2s"
+
+
+def _session_settings(dbapi_connection: psycopg.Connection[Any], _record: Any) -> None:
+    """A new connection plans every statement for its values (see the module) and may not
+    sit idle inside a transaction."""
     autocommit = dbapi_connection.autocommit
-    # Outside a transaction, so that no rollback takes the setting back.
+    # Outside a transaction, so that no rollback takes the settings back.
     dbapi_connection.autocommit = True
     try:
         dbapi_connection.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_connection.execute(
+            f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'"
+        )
     finally:
         dbapi_connection.autocommit = autocommit
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import make_url, text
+from sqlalchemy.exc import DBAPIError
 
 from event_store import (
     AppendRequest,
@@ -20,6 +22,7 @@ from event_store import (
     open_store,
     schemas,
 )
+from event_store.postgres import _APPEND_LOCK
 from event_store.sql import _READ_STREAM, _READ_TAG
 from tests import pg
 from tests.event_store.conformance import EventStoreConformance
@@ -270,3 +273,22 @@ def test_a_page_of_a_stream_reads_only_that_page_before_the_table_is_analyzed(
     # No step of the plan touches more rows than the page holds.
     assert rows and max(rows) <= 100, "\n".join(plan)
     assert [e.version for e in store.read_stream("long", 100, 100)] == list(range(101, 201))
+
+
+def test_a_transaction_left_idle_is_ended_and_its_locks_freed(store: PostgresEventStore) -> None:
+    frozen = store.engine.connect()
+    try:
+        frozen.begin()
+        frozen.execute(text(_APPEND_LOCK))
+        # Idle inside the transaction, holding the append lock, as a frozen process would.
+        time.sleep(3)
+        with store.engine.begin() as other:
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            other.execute(text(_APPEND_LOCK))
+        with pytest.raises(DBAPIError):
+            frozen.execute(text("SELECT 1"))
+    finally:
+        frozen.invalidate()
+        frozen.close()
+    store.append("after-the-freeze", 0, [NewEvent("E", {})])
+    assert [e.type for e in store.read_stream("after-the-freeze")] == ["E"]

@@ -28,8 +28,8 @@ print(json.dumps({"code": code, "help": shown.getvalue(), "modules": sorted(sys.
 """
 DATABASES = ("sqlalchemy", "psycopg")
 RPC = ("grpc", "google.protobuf")
-# bench, bench-variants and chaos import gRPC when their module is imported.
-RPC_AT_IMPORT = {"bench", "bench-variants", "chaos"}
+# bench and chaos import gRPC when their module is imported.
+RPC_AT_IMPORT = {"bench", "chaos"}
 
 
 def bank_help(*argv: str) -> tuple[str, set[str]]:
