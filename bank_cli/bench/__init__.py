@@ -20,7 +20,12 @@ built before the clock starts, one channel per service). Runs, in the seed's ter
              random versions and instants) on a long account are timed against the same
              on a fresh account with a short history ("reads of the past"): their cost
              does not grow with the history, so the ratio stays near 1 (at most 2).
+``batch``    40,000 transfers sent with CreateTransfers in batches of ``--batch`` (100),
+             8 batches in flight: on the hot pair, then between 10,000 accounts.
+``replicas`` the 800/100 hot pair with 1, 2, 1 and 2 account-service replicas (each
+             account's steps go to one replica), alternating; 1 is the control.
 
+``--runs`` picks groups (a comma list); without it, all of them run.
 ``uniform`` and ``long`` are each measured against a control on the same services: a
 hot-pair run of the same size on two fresh accounts, made before, between and after the
 measured runs (control, measured, control, ...). The machine's speed drifts from minute to
