@@ -26,6 +26,7 @@ built before the clock starts, one channel per service). Runs, in the seed's ter
              account's steps go to one replica), alternating; 1 is the control.
 
 ``--runs`` picks groups (a comma list); without it, all of them run.
+
 ``uniform`` and ``long`` are each measured against a control on the same services: a
 hot-pair run of the same size on two fresh accounts, made before, between and after the
 measured runs (control, measured, control, ...). The machine's speed drifts from minute to
