@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
+from bank.v1 import transfer_pb2 as tpb
 from bank_cli.display import money
 from bank_cli.options import (
     DEFAULT_ACCOUNTS,
@@ -183,6 +184,19 @@ class Client:
         except grpc.RpcError as error:
             return MISSING if _code(error) == grpc.StatusCode.NOT_FOUND else None
 
+    def transfer_currency(self, transfer_id: str) -> str | None:
+        """The currency of a transfer, None if that cannot be told."""
+        timeout = min(self.timeout or LOOKUP_TIMEOUT, LOOKUP_TIMEOUT)
+        try:
+            found = self._transfers.GetTransfer(
+                tpb.GetTransferRequest(transfer_id=transfer_id),
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError:
+            return None
+        return found.currency or None
+
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
@@ -232,6 +246,7 @@ class Failure:
 
 # Reasons whose message is better with the account's currency or a transfer's accounts.
 _NEEDS_CURRENCY = frozenset({"INSUFFICIENT_FUNDS", "ACCOUNT_NOT_EMPTY", "BALANCE_OUT_OF_RANGE"})
+_NEEDS_TRANSFER_CURRENCY = frozenset({"EXCEEDS_PENDING_AMOUNT", "EXCEEDS_REVERSIBLE_AMOUNT"})
 _NEEDS_ACCOUNTS = frozenset(
     {
         "INSUFFICIENT_FUNDS",
@@ -253,6 +268,8 @@ def complete(client: Client, facts: Facts, error: grpc.RpcError) -> Facts:
                 found = client.lookup(account_id)
                 if found is not None:
                     facts.accounts[account_id] = found
+    elif facts.transfer_id and not facts.currency and reason in _NEEDS_TRANSFER_CURRENCY:
+        facts.currency = client.transfer_currency(facts.transfer_id)
     elif facts.account_id and not facts.currency and reason in _NEEDS_CURRENCY:
         found = client.lookup(facts.account_id)
         if isinstance(found, apb.Account):
@@ -463,6 +480,47 @@ def _reservation_settled(c: _Context) -> str:
     return f"refused: reservation {reference!r} was already {outcome}"
 
 
+def _transfer_id(c: _Context) -> str:
+    return c.metadata.get("transfer_id") or c.facts.transfer_id or "?"
+
+
+def _transfer_not_pending(c: _Context) -> str:
+    state = c.metadata.get("state") or "not pending"
+    return (
+        f"refused: transfer {_transfer_id(c)} is {state}, not PENDING: only a hold"
+        " (bank hold, or bank transfer --pending) can be posted or voided"
+    )
+
+
+def _exceeds_pending_amount(c: _Context) -> str:
+    held, requested = c.number("held"), c.number("requested")
+    currency = c.facts.currency
+    shown = f" (held {money(held, currency)})" if held is not None else ""
+    asked = money(requested, currency) if requested is not None else "the amount"
+    return (
+        f"refused: cannot post {asked} of transfer {_transfer_id(c)}: more than it holds"
+        f"{shown}; post at most that, or nothing for all of it"
+    )
+
+
+def _transfer_not_completed(c: _Context) -> str:
+    state = c.metadata.get("state") or "not completed"
+    return (
+        f"refused: transfer {_transfer_id(c)} is {state}: only a COMPLETED transfer can be reversed"
+    )
+
+
+def _exceeds_reversible_amount(c: _Context) -> str:
+    left, requested = c.number("reversible"), c.number("requested")
+    currency = c.facts.currency
+    asked = money(requested, currency) if requested else "all of it"
+    left_shown = money(left, currency) if left is not None else "less"
+    return (
+        f"refused: transfer {_transfer_id(c)} has {left_shown} left to reverse,"
+        f" {asked} requested; its reversals never add up to more than it moved"
+    )
+
+
 def _invalid_argument(c: _Context) -> str:
     return f"invalid argument: {c.details or c.metadata.get('field', '?')}"
 
@@ -482,6 +540,10 @@ _MESSAGES: dict[str, Callable[[_Context], str]] = {
     "RESERVATION_SETTLED": _reservation_settled,
     "BALANCE_OUT_OF_RANGE": _balance_out_of_range,
     "TRANSFER_PENDING": _transfer_pending,
+    "TRANSFER_NOT_PENDING": _transfer_not_pending,
+    "EXCEEDS_PENDING_AMOUNT": _exceeds_pending_amount,
+    "TRANSFER_NOT_COMPLETED": _transfer_not_completed,
+    "EXCEEDS_REVERSIBLE_AMOUNT": _exceeds_reversible_amount,
     "STORE_UNAVAILABLE": _store_unavailable,
     "CONTENTION": _contention,
 }
