@@ -100,11 +100,13 @@ def show(cli: Cli) -> int:
             r.reference,
             money(r.amount, account.currency),
             timestamp(r.reserved_at),
+            timestamp(r.expires_at) or "never",
             age(r.reserved_at),
         ]
         for r in account.reservations
     ]
-    cli.out(table(["REFERENCE", "AMOUNT", "RESERVED AT", "AGE"], rows, right=[1, 3]))
+    headers = ["REFERENCE", "AMOUNT", "RESERVED AT", "EXPIRES", "AGE"]
+    cli.out(table(headers, rows, right=[1, 4]))
     return EXIT_OK
 
 
@@ -396,6 +398,11 @@ def account_fields(account: apb.Account) -> str:
             ("reserved", reserved),
             ("available", available),
             ("overdraft limit", limit),
+            *(
+                [("pending credits", money(account.pending_credits, account.currency))]
+                if account.pending_credits
+                else []
+            ),
             ("version", str(account.version)),
         ]
     )

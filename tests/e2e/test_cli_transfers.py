@@ -36,6 +36,9 @@ def test_hold_then_partial_post_moves_part_and_releases_the_rest(bank_cli):
     assert f"bank post {transfer_id}" in held.err and f"bank void {transfer_id}" in held.err
     assert _balance(bank_cli, ada) == ("100.00 EUR", "30.00 EUR")
     assert _balance(bank_cli, bob) == ("0.00 EUR", "0.00 EUR")
+    (row,) = bank_cli("show", ada).out.split("open reservations:\n")[1].splitlines()[1:]
+    assert row.startswith(transfer_id) and "30.00 EUR" in row
+    assert _field(held.out, "expires") in row  # the hold's expiry, as the transfer has it
 
     posted = bank_cli("post", transfer_id, "1000")
     assert posted.status == 0, posted.err
