@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,7 +25,8 @@ from google.protobuf.message import Message
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
-from bank_cli.display import money
+from bank.v1 import transfer_pb2 as tpb
+from bank_cli.messages import MESSAGES, MISSING, Context, Facts, Missing
 from bank_cli.options import (
     DEFAULT_ACCOUNTS,
     DEFAULT_TIMEOUT,
@@ -75,16 +76,6 @@ class CallFailed(Exception):
         super().__init__(f"{service.name}: {_code(error).name}")
         self.error = error
         self.service = service
-
-
-class Missing:
-    """What a look-up finds for an account that does not exist."""
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING = Missing()
 
 
 class Client:
@@ -183,29 +174,25 @@ class Client:
         except grpc.RpcError as error:
             return MISSING if _code(error) == grpc.StatusCode.NOT_FOUND else None
 
+    def transfer_currency(self, transfer_id: str) -> str | None:
+        """The currency of a transfer, None if that cannot be told."""
+        timeout = min(self.timeout or LOOKUP_TIMEOUT, LOOKUP_TIMEOUT)
+        try:
+            found = self._transfers.GetTransfer(
+                tpb.GetTransferRequest(transfer_id=transfer_id),
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError:
+            return None
+        return found.currency or None
+
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
 
 
 # --------------------------------------------------------------------------- errors
-
-
-@dataclass
-class Facts:
-    """What a command knows about its call, to complete what a refusal leaves out."""
-
-    account_id: str | None = None
-    currency: str | None = None
-    # The amount asked for, in minor units.
-    amount: int | None = None
-    # (from, to) when the call was a transfer.
-    transfer: tuple[str, str] | None = None
-    transfer_id: str | None = None
-    # Accounts looked up after a refusal: Account, or MISSING.
-    accounts: dict[str, apb.Account | Missing] = field(default_factory=dict)
-    # The option that repeats the call safely, e.g. "--request-id 3b9e…".
-    retry: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +219,7 @@ class Failure:
 
 # Reasons whose message is better with the account's currency or a transfer's accounts.
 _NEEDS_CURRENCY = frozenset({"INSUFFICIENT_FUNDS", "ACCOUNT_NOT_EMPTY", "BALANCE_OUT_OF_RANGE"})
+_NEEDS_TRANSFER_CURRENCY = frozenset({"EXCEEDS_PENDING_AMOUNT", "EXCEEDS_REVERSIBLE_AMOUNT"})
 _NEEDS_ACCOUNTS = frozenset(
     {
         "INSUFFICIENT_FUNDS",
@@ -253,6 +241,8 @@ def complete(client: Client, facts: Facts, error: grpc.RpcError) -> Facts:
                 found = client.lookup(account_id)
                 if found is not None:
                     facts.accounts[account_id] = found
+    elif facts.transfer_id and not facts.currency and reason in _NEEDS_TRANSFER_CURRENCY:
+        facts.currency = client.transfer_currency(facts.transfer_id)
     elif facts.account_id and not facts.currency and reason in _NEEDS_CURRENCY:
         found = client.lookup(facts.account_id)
         if isinstance(found, apb.Account):
@@ -274,217 +264,13 @@ def describe(
     reason = info.reason if info is not None else ""
     metadata = dict(info.metadata) if info is not None else {}
     status = _EXIT_BY_CODE.get(code, EXIT_ERROR)
-    writer = _MESSAGES.get(reason)
-    message = writer(_Context(facts, metadata, details)) if writer else None
+    writer = MESSAGES.get(reason)
+    message = writer(Context(facts, metadata, details)) if writer else None
     if message is None:
         message = _by_code(code, details, facts, service, timeout)
     if status == EXIT_UNAVAILABLE and reason != "TRANSFER_PENDING":
         message += _retry_hint(facts)
     return Failure(status, message, code.name, reason, details, metadata)
-
-
-@dataclass(frozen=True)
-class _Context:
-    facts: Facts
-    metadata: Mapping[str, str]
-    details: str
-
-    def number(self, key: str) -> int | None:
-        try:
-            return int(self.metadata[key])
-        except (KeyError, ValueError):
-            return None
-
-    def account(self, role: int) -> tuple[str, apb.Account | Missing | None]:
-        """The source (0) or target (1) of the transfer, and what a look-up found."""
-        assert self.facts.transfer is not None
-        account_id = self.facts.transfer[role]
-        return account_id, self.facts.accounts.get(account_id)
-
-    @property
-    def source_currency(self) -> str | None:
-        if self.facts.currency:
-            return self.facts.currency
-        if self.facts.transfer is not None:
-            _, source = self.account(0)
-            if isinstance(source, apb.Account):
-                return source.currency
-        return None
-
-    @property
-    def transfer_failed(self) -> str:
-        """The tail of a transfer's refusal; empty for other calls."""
-        if self.facts.transfer is None:
-            return ""
-        transfer_id = self.metadata.get("transfer_id") or self.facts.transfer_id
-        return f"; transfer {transfer_id} is recorded as FAILED, nothing moved"
-
-    def subject(self) -> str:
-        account_id = self.metadata.get("account_id") or self.facts.account_id
-        return f"account {account_id}" if account_id else "the account"
-
-
-def _insufficient_funds(c: _Context) -> str:
-    available, requested = c.number("available"), c.number("requested")
-    if requested is None:
-        requested = c.facts.amount
-    if available is None and c.facts.transfer is not None:
-        _, source = c.account(0)
-        if isinstance(source, apb.Account):
-            available = source.available
-    currency = c.source_currency
-    parts = []
-    if available is not None:
-        parts.append(f"available {money(available, currency)}")
-    if requested is not None:
-        parts.append(f"requested {money(requested, currency)}")
-    shown = f" ({', '.join(parts)})" if parts else ""
-    units = "" if currency or not parts else " [minor units]"
-    return f"refused: insufficient funds{shown}{units}{c.transfer_failed}"
-
-
-def _account_not_found(c: _Context) -> str:
-    if "account_id" in c.metadata or c.facts.transfer is None:
-        return f"not found: {c.subject()} does not exist"
-    missing = [
-        f"{role} account {account_id}"
-        for role, (account_id, found) in zip(
-            ("source", "target"), (c.account(0), c.account(1)), strict=True
-        )
-        if found is MISSING
-    ]
-    who = " and ".join(missing) if missing else "the source or the target account"
-    return f"not found: {who} does not exist{c.transfer_failed}"
-
-
-def _account_closed(c: _Context) -> str:
-    if "account_id" in c.metadata or c.facts.transfer is None:
-        return f"refused: {c.subject()} is closed"
-    closed = [
-        f"{role} account {account_id}"
-        for role, (account_id, found) in zip(
-            ("source", "target"), (c.account(0), c.account(1)), strict=True
-        )
-        if isinstance(found, apb.Account) and found.status == apb.ACCOUNT_STATUS_CLOSED
-    ]
-    who = " and ".join(closed) if closed else "the source or the target account"
-    return f"refused: {who} is closed{c.transfer_failed}"
-
-
-def _currency_mismatch(c: _Context) -> str:
-    expected, actual = c.metadata.get("expected"), c.metadata.get("actual")
-    if (not expected or not actual) and c.facts.transfer is not None:
-        (_, source), (_, target) = c.account(0), c.account(1)
-        if isinstance(source, apb.Account) and isinstance(target, apb.Account):
-            return (
-                f"refused: currency mismatch: the source account holds {source.currency},"
-                f" the target account {target.currency}{c.transfer_failed}"
-            )
-        return f"refused: currency mismatch between the two accounts{c.transfer_failed}"
-    return f"refused: currency mismatch: {c.subject()} holds {expected}, not {actual}"
-
-
-def _account_not_empty(c: _Context) -> str:
-    balance, reserved = c.number("balance"), c.number("reserved")
-    currency = c.facts.currency
-    held = []
-    if balance is not None:
-        held.append(f"balance {money(balance, currency)}")
-    if reserved is not None:
-        held.append(f"reserved {money(reserved, currency)}")
-    shown = f" ({', '.join(held)})" if held else ""
-    return (
-        f"refused: {c.subject()} is not empty{shown}; withdraw or transfer the money out,"
-        " and let open transfers finish, before closing it"
-    )
-
-
-def _balance_out_of_range(c: _Context) -> str:
-    return (
-        f"refused: the balance of {c.subject()} would exceed the largest amount an account"
-        f" can hold{c.transfer_failed}"
-    )
-
-
-def _reference_reused(c: _Context) -> str:
-    reference = c.metadata.get("reference") or "?"
-    command = c.metadata.get("command") or "call"
-    return (
-        f"refused: request id {reference!r} was already used for a {command} with other"
-        " contents; choose another --request-id"
-    )
-
-
-def _account_already_exists(c: _Context) -> str:
-    return (
-        f"refused: {c.subject()} already exists with another owner or currency;"
-        " choose another --account-id"
-    )
-
-
-def _transfer_already_exists(c: _Context) -> str:
-    transfer_id = c.metadata.get("transfer_id") or c.facts.transfer_id
-    return (
-        f"refused: transfer {transfer_id} already exists with other accounts or amount;"
-        " choose another --transfer-id"
-    )
-
-
-def _transfer_not_found(c: _Context) -> str:
-    transfer_id = c.metadata.get("transfer_id") or c.facts.transfer_id
-    return f"not found: transfer {transfer_id} does not exist"
-
-
-def _transfer_pending(c: _Context) -> str:
-    transfer_id = c.metadata.get("transfer_id") or c.facts.transfer_id
-    return (
-        f"pending: transfer {transfer_id} is recorded and still running (a service is slow"
-        " or down) and finishes by itself; run the same command with"
-        f" --transfer-id {transfer_id} to get its outcome (it never moves money twice)"
-    )
-
-
-def _store_unavailable(c: _Context) -> str:
-    return "unavailable: the service cannot reach its database"
-
-
-def _contention(c: _Context) -> str:
-    return f"unavailable: {c.subject()} kept changing under concurrent writers"
-
-
-def _reservation_not_found(c: _Context) -> str:
-    reference = c.metadata.get("reference") or "?"
-    return f"refused: {c.subject()} has no reservation {reference!r}"
-
-
-def _reservation_settled(c: _Context) -> str:
-    reference = c.metadata.get("reference") or "?"
-    outcome = c.metadata.get("outcome") or "settled"
-    return f"refused: reservation {reference!r} was already {outcome}"
-
-
-def _invalid_argument(c: _Context) -> str:
-    return f"invalid argument: {c.details or c.metadata.get('field', '?')}"
-
-
-_MESSAGES: dict[str, Callable[[_Context], str]] = {
-    "INVALID_ARGUMENT": _invalid_argument,
-    "ACCOUNT_NOT_FOUND": _account_not_found,
-    "TRANSFER_NOT_FOUND": _transfer_not_found,
-    "ACCOUNT_ALREADY_EXISTS": _account_already_exists,
-    "TRANSFER_ALREADY_EXISTS": _transfer_already_exists,
-    "REFERENCE_REUSED": _reference_reused,
-    "INSUFFICIENT_FUNDS": _insufficient_funds,
-    "ACCOUNT_CLOSED": _account_closed,
-    "CURRENCY_MISMATCH": _currency_mismatch,
-    "ACCOUNT_NOT_EMPTY": _account_not_empty,
-    "RESERVATION_NOT_FOUND": _reservation_not_found,
-    "RESERVATION_SETTLED": _reservation_settled,
-    "BALANCE_OUT_OF_RANGE": _balance_out_of_range,
-    "TRANSFER_PENDING": _transfer_pending,
-    "STORE_UNAVAILABLE": _store_unavailable,
-    "CONTENTION": _contention,
-}
 
 
 def _by_code(

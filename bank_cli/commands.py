@@ -1,6 +1,7 @@
-"""``bank open|deposit|withdraw|transfer|show|history|watch|transfers|close|overdraft|
-statement``: the bank for people, over the two services' public APIs. This module holds
-their parsers; what each does when it runs is in ``bank_cli.handlers``, imported only then.
+"""``bank open|deposit|withdraw|transfer|hold|post|void|reverse|show|history|watch|transfers|
+close|overdraft|statement``: the bank for people, over the two services' public APIs. This
+module holds their parsers; what each does when it runs is in ``bank_cli.handlers``,
+imported only then.
 
 Amounts given on the command line are in minor units of the account's currency (2500 is
 25.00 EUR); amounts printed are in major units with the currency. ``--json`` prints the
@@ -20,8 +21,10 @@ from bank_cli.options import EXIT_STATUS_HELP, common_options
 
 INT64_MAX = 2**63 - 1
 MAX_PAGE_SIZE = 1000
+MAX_BATCH = 1000
 
 _AMOUNT_HELP = "minor units of the account's currency, a whole number: 2500 is 25.00 EUR"
+_EXPIRES_HELP = "release the hold by itself after this long: 90s, 15m, 2h, 7d (default: never)"
 
 
 # --------------------------------------------------------------------------- arguments
@@ -76,6 +79,39 @@ def non_negative_amount(text: str) -> int:
     if text.strip().replace("_", "") in ("0", "+0", "-0"):
         return 0
     return minor_amount(text)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_HOLD_SECONDS = 366 * 86400
+
+
+def duration(text: str) -> int:
+    """A DURATION argument: whole seconds, or a number with s, m, h or d (90s, 15m, 2h, 7d);
+    1 s to 366 days, as the contract allows for a hold."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: seconds, or a number with s, m, h or d (15m, 2h, 7d)"
+        )
+    seconds = int(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not 1 <= seconds <= MAX_HOLD_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a hold lasts 1 s to 366 days")
+    return seconds
+
+
+def leg(text: str) -> tuple[str, str, int]:
+    """A --leg argument: FROM:TO:AMOUNT, AMOUNT in minor units."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0].strip() or not parts[1].strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: a leg is FROM:TO:AMOUNT")
+    return parts[0].strip(), parts[1].strip(), minor_amount(parts[2])
+
+
+def batch_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BATCH}")
+    return value
 
 
 def instant(text: str) -> datetime:
@@ -146,12 +182,106 @@ def register(commands: argparse._SubParsersAction) -> None:
         "25.00 EUR) from FROM to TO with the reservation protocol, and wait for the\n"
         "outcome. Without --transfer-id a fresh one is chosen and printed. If the transfer\n"
         "cannot finish in time (a service is down) it stays recorded and finishes by\n"
-        "itself: run the same command with --transfer-id to get its outcome.",
+        "itself: run the same command with --transfer-id to get its outcome.\n\n"
+        "Several movements that must all happen or none (a payment with a fee, a split):\n"
+        "one --leg FROM:TO:AMOUNT each, instead of FROM TO AMOUNT; every account in one\n"
+        "currency. --pending holds the money instead (see bank hold). --batch FILE sends\n"
+        "the transfers of a file (JSON lines of CreateTransferRequest, or CSV\n"
+        "from_account_id,to_account_id,amount[,transfer_id]) with CreateTransfers, up to\n"
+        "--batch-size a call, and prints one result per line of the file; the ids of\n"
+        "items without one are derived from the file, so running it again moves nothing\n"
+        "twice.",
     )
-    p.add_argument("source", metavar="FROM", help="the source account's id")
-    p.add_argument("target", metavar="TO", help="the target account's id")
+    p.add_argument("source", metavar="FROM", nargs="?", help="the source account's id")
+    p.add_argument("target", metavar="TO", nargs="?", help="the target account's id")
+    p.add_argument("amount", metavar="AMOUNT", nargs="?", type=minor_amount, help=_AMOUNT_HELP)
+    p.add_argument("--transfer-id", metavar="UUID", help="the transfer's id (idempotent)")
+    p.add_argument(
+        "--leg",
+        dest="legs",
+        metavar="FROM:TO:AMOUNT",
+        action="append",
+        type=leg,
+        help="one leg of a multi-leg transfer (1 to 16; all or none move)",
+    )
+    p.add_argument("--pending", action="store_true", help="hold the money: bank post/void it")
+    p.add_argument("--expires-after", metavar="DURATION", type=duration, help=_EXPIRES_HELP)
+    p.add_argument("--batch", metavar="FILE", help="transfers from FILE (- for stdin)")
+    p.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=batch_size,
+        default=MAX_BATCH,
+        help="transfers per CreateTransfers call, at most %(default)s (default %(default)s)",
+    )
+
+    p = add(
+        "hold",
+        "hold",
+        "hold money for a transfer, to post or void later",
+        "A pending transfer: hold AMOUNT on FROM for TO, and move nothing yet. Then\n"
+        "bank post TRANSFER_ID [AMOUNT] moves all of it or less (the rest is released),\n"
+        "bank void TRANSFER_ID releases it; with --expires-after it is released by\n"
+        "itself when that time has passed (EXPIRED). Without --transfer-id a fresh one is\n"
+        "chosen and printed: repeating the command with it never holds twice.",
+    )
+    p.add_argument("source", metavar="FROM", help="the account the money is held on")
+    p.add_argument("target", metavar="TO", help="the account it is for")
     p.add_argument("amount", metavar="AMOUNT", type=minor_amount, help=_AMOUNT_HELP)
     p.add_argument("--transfer-id", metavar="UUID", help="the transfer's id (idempotent)")
+    p.add_argument("--expires-after", metavar="DURATION", type=duration, help=_EXPIRES_HELP)
+
+    p = add(
+        "post",
+        "post",
+        "move the money of a hold, all of it or part",
+        "Post a pending transfer (bank hold): credit TO with AMOUNT, take it from the\n"
+        "hold on FROM and release the rest; without AMOUNT, all that is held. The\n"
+        "transfer ends COMPLETED; if TO can no longer take it (closed), the hold is\n"
+        "released and it ends FAILED. The same post again answers the same; a transfer\n"
+        "that is not pending is refused (TRANSFER_NOT_PENDING), so is more than is held\n"
+        "(EXCEEDS_PENDING_AMOUNT).",
+    )
+    p.add_argument("transfer_id", metavar="TRANSFER_ID", help="the pending transfer's id")
+    p.add_argument(
+        "amount",
+        metavar="AMOUNT",
+        nargs="?",
+        type=minor_amount,
+        help="minor units to move, at most what is held (default: all of it)",
+    )
+
+    p = add(
+        "void",
+        "void",
+        "release a hold: nothing moves",
+        "Void a pending transfer (bank hold): release the hold, move nothing; it ends\n"
+        "VOIDED. Voiding it again answers the same; a transfer that is not pending is\n"
+        "refused (TRANSFER_NOT_PENDING).",
+    )
+    p.add_argument("transfer_id", metavar="TRANSFER_ID", help="the pending transfer's id")
+
+    p = add(
+        "reverse",
+        "reverse",
+        "send the money of a completed transfer back",
+        "Reverse a COMPLETED transfer: a new transfer from its target back to its source,\n"
+        "of AMOUNT or, without it, all that is not reversed yet (a multi-leg transfer is\n"
+        "reversed whole). The reversals of a transfer never add up to more than it moved\n"
+        "(EXCEEDS_REVERSIBLE_AMOUNT); if the target has spent the money it is refused\n"
+        "(INSUFFICIENT_FUNDS) and nothing is reversed. Without --reversal-id a fresh one\n"
+        "is chosen and printed: repeating the command with it never reverses twice.",
+    )
+    p.add_argument("transfer_id", metavar="TRANSFER_ID", help="the completed transfer's id")
+    p.add_argument(
+        "amount",
+        metavar="AMOUNT",
+        nargs="?",
+        type=minor_amount,
+        help="minor units to send back (default: all that is not reversed yet)",
+    )
+    p.add_argument("--reversal-id", metavar="UUID", help="the reversal's id (idempotent)")
+    p.add_argument("--reason", metavar="TEXT", help="why, stored on the reversal (200 chars)")
 
     p = add(
         "show",

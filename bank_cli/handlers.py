@@ -1,7 +1,8 @@
-"""What ``bank open|deposit|withdraw|transfer|show|history|watch|transfers|close|overdraft|
-statement`` do when they run: the calls to the two services' public APIs and the answers
-printed for people (``--json``: the proto field names, 64-bit integers as strings, as in
-the proto3 JSON mapping). Their parsers are in ``bank_cli.commands``.
+"""What ``bank open|deposit|withdraw|show|history|watch|transfers|close|overdraft|statement``
+do when they run (``transfer|hold|post|void|reverse``: ``bank_cli.transfer_handlers``,
+imported here): the calls to the two services' public APIs and the answers printed for
+people (``--json``: the proto field names, 64-bit integers as strings, as in the proto3
+JSON mapping). Their parsers are in ``bank_cli.commands``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bank.v1 import transfer_pb2 as tpb
 from bank_cli.client import EXIT_OK, CallFailed, Cli, Facts, to_dict
 from bank_cli.commands import MAX_PAGE_SIZE
 from bank_cli.display import Progress, age, enum_name, fields, money, table, timestamp
+from bank_cli.transfer_handlers import hold, post, reverse, transfer, transfer_fields, void
 from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import parse_currency
 
@@ -30,6 +32,8 @@ _CREDIT = {
 }
 _DEBIT = {apb.ACCOUNT_EVENT_TYPE_WITHDRAWN, apb.ACCOUNT_EVENT_TYPE_RESERVATION_CAPTURED}
 _NO_AMOUNT = {apb.ACCOUNT_EVENT_TYPE_OPENED, apb.ACCOUNT_EVENT_TYPE_CLOSED}
+# The transfer commands, found here by ``bank_cli.commands.run``.
+TRANSFER_COMMANDS = (hold, post, reverse, transfer, transfer_fields, void)
 
 
 # --------------------------------------------------------------------------- commands
@@ -80,35 +84,6 @@ def _move(cli: Cli, method: str, request_type: Any, verb: str) -> int:
     return EXIT_OK
 
 
-def transfer(cli: Cli) -> int:
-    args = cli.args
-    transfer_id = args.transfer_id or str(uuid.uuid4())
-    cli.facts = Facts(
-        amount=args.amount,
-        transfer=(args.source, args.target),
-        transfer_id=transfer_id,
-        retry=f"--transfer-id {transfer_id}",
-    )
-    result = cli.client.transfer(
-        "CreateTransfer",
-        tpb.CreateTransferRequest(
-            transfer_id=transfer_id,
-            from_account_id=args.source,
-            to_account_id=args.target,
-            amount=args.amount,
-        ),
-    )
-    if cli.json:
-        cli.emit(to_dict(result))
-    else:
-        shown = money(result.amount, result.currency)
-        state = enum_name(tpb.TransferState.Name(result.state), "TRANSFER_STATE_")
-        verb = "transferred" if result.state == tpb.TRANSFER_STATE_COMPLETED else state.lower()
-        cli.out(f"{verb} {shown} from {result.from_account_id} to {result.to_account_id}")
-        cli.out(transfer_fields(result))
-    return EXIT_OK
-
-
 def show(cli: Cli) -> int:
     account = _get_account(cli)
     if cli.json:
@@ -125,11 +100,13 @@ def show(cli: Cli) -> int:
             r.reference,
             money(r.amount, account.currency),
             timestamp(r.reserved_at),
+            timestamp(r.expires_at) or "never",
             age(r.reserved_at),
         ]
         for r in account.reservations
     ]
-    cli.out(table(["REFERENCE", "AMOUNT", "RESERVED AT", "AGE"], rows, right=[1, 3]))
+    headers = ["REFERENCE", "AMOUNT", "RESERVED AT", "EXPIRES", "AGE"]
+    cli.out(table(headers, rows, right=[1, 4]))
     return EXIT_OK
 
 
@@ -421,23 +398,14 @@ def account_fields(account: apb.Account) -> str:
             ("reserved", reserved),
             ("available", available),
             ("overdraft limit", limit),
+            *(
+                [("pending credits", money(account.pending_credits, account.currency))]
+                if account.pending_credits
+                else []
+            ),
             ("version", str(account.version)),
         ]
     )
-
-
-def transfer_fields(t: tpb.Transfer) -> str:
-    pairs = [
-        ("transfer", t.transfer_id),
-        ("from", t.from_account_id),
-        ("to", t.to_account_id),
-        ("amount", money(t.amount, t.currency)),
-        ("state", enum_name(tpb.TransferState.Name(t.state), "TRANSFER_STATE_")),
-    ]
-    if t.failure_reason:
-        pairs.append(("reason", t.failure_reason))
-    pairs += [("created", timestamp(t.created_at)), ("updated", timestamp(t.updated_at))]
-    return fields(pairs)
 
 
 def event_row(event: apb.AccountEvent, currency: str) -> list[str]:

@@ -369,7 +369,12 @@ class Transfers:
             try:
                 if transfer is None:
                     transfer = await self._load(transfer_id)
-                return await self._process.drive(transfer, epoch)
+                driven = await self._process.drive(transfer, epoch)
+                if driven.at_rest:
+                    # Claimed while at rest (a caller raced the hold): hand it back, else
+                    # this process renews the lease forever and the hold never falls due.
+                    await self._repository.rest(driven, epoch)
+                return driven
             except StoreUnavailable as exc:
                 # The last record may or may not have been stored: start again from the store.
                 transfer = None

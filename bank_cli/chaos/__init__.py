@@ -1,31 +1,38 @@
 """``bank chaos``: thousands of transfers while the services are killed, then an audit.
 
 Starts the account service and the transfer service as subprocesses on free loopback
-ports, each on a fresh database (SQLite files in a temporary directory, or Postgres schemas
-of their own, dropped afterwards), opens accounts with opening balances and keeps
-``--in-flight`` ``CreateTransfer`` calls going, each with a transfer id chosen here: a share
-between two hot accounts in alternating directions, a few that must be refused (into a
-closed account, or more than anyone holds), the rest between random pairs. A transfer is
-retried with the same id on ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` until it has a
-terminal answer: ``COMPLETED``, or a refusal such as ``INSUFFICIENT_FUNDS``.
+ports (``--account-replicas``/``--transfer-replicas`` processes of each on the same
+database, every transfer replica given all the account replicas' addresses), on fresh
+databases (SQLite files in a temporary directory, or Postgres schemas of their own, dropped
+afterwards), opens accounts with opening balances and keeps ``--in-flight`` transfers
+going, each with a transfer id chosen here: a share between two hot accounts in
+alternating directions, a few that must be refused (into a closed account, or more than
+anyone holds), multi-leg transfers (``--legs-share``), pending holds then posted, partly
+posted, voided or left to expire (``--hold-share``), the rest between random pairs; a
+share of the single-leg ones goes in ``CreateTransfers`` batches (``--batch-share``). Each
+call goes to the replicas in turn and is retried with the same id on ``UNAVAILABLE`` and
+``DEADLINE_EXCEEDED`` until it has a terminal answer: ``COMPLETED`` (``VOIDED``,
+``EXPIRED`` for holds), or a refusal such as ``INSUFFICIENT_FUNDS``.
 
-Meanwhile the account service, the transfer service or both are killed with SIGKILL,
-``--kills`` times in all, at random moments spread over the run (each after a random
-transfer has started, then a random fraction of a second later), and restarted on the same
-port and database. With ``--postgres-outage`` the services run on a private Postgres
-instance (initdb into a temporary directory, on a free loopback port), which is stopped
-with ``pg_ctl stop -m immediate`` mid-load, ``--outages`` times, each time kept down for
-``--outage-seconds`` and started again (kills, if any are asked for as well, come between
-outages). Meanwhile a read from each service must answer ``UNAVAILABLE``
-(``STORE_UNAVAILABLE``), health must say ``NOT_SERVING``, and the load may see nothing but
-``UNAVAILABLE``, a deadline or a decided outcome; afterwards the same processes must
-recover by themselves.
+Meanwhile a replica of the account service, of the transfer service or of both is killed
+with SIGKILL, ``--kills`` times in all, at random moments spread over the run (each
+after a random transfer has started, then a random fraction of a second later), and
+restarted on the same port and database; ``--freezes`` times a random replica is stopped
+with SIGSTOP for 2 to 8 seconds (around the transfer lease) and continued. With
+``--postgres-outage`` the services run on a private Postgres instance (initdb into a
+temporary directory, on a free loopback port), which is stopped with ``pg_ctl stop -m
+immediate`` mid-load, ``--outages`` times, each time kept down for ``--outage-seconds``
+and started again (kills, if any are asked for as well, come between outages). Meanwhile
+a read from each service must answer ``UNAVAILABLE`` (``STORE_UNAVAILABLE``), health
+must say ``NOT_SERVING``, and the load may see nothing but ``UNAVAILABLE``, a deadline
+or a decided outcome; afterwards the same processes must recover by themselves.
 
 At the end every transfer must be terminal and stored as the client saw it; every balance
 must be its opening balance plus the credits less the captures of the transfers the client
-saw COMPLETED, with nothing reserved; both services must stop cleanly; and ``bank audit``
-must pass on both stores. Exit status: 0 when all of this holds, 1 on any violation or
-when ``--max-seconds`` runs out, 2 when the run could not be set up.
+saw COMPLETED (a hold: what was posted), with nothing reserved and no pending credit;
+every service must stop cleanly; and ``bank audit`` must pass on both stores. Exit
+status: 0 when all of this holds, 1 on any violation or when ``--max-seconds`` runs out,
+2 when the run could not be set up.
 """
 
 from __future__ import annotations
@@ -147,6 +154,12 @@ def run(config: ChaosConfig) -> ChaosReport:
             "opening": config.opening,
             "in_flight": config.in_flight,
             "kills": config.kills,
+            "account_replicas": config.account_replicas,
+            "transfer_replicas": config.transfer_replicas,
+            "freezes": config.freezes,
+            "legs_share": config.legs_share,
+            "hold_share": config.hold_share,
+            "batch_share": config.batch_share,
             "postgres_outage": config.postgres_outage,
             "outages": config.outages if config.postgres_outage else 0,
             "outage_seconds": config.outage_seconds if config.postgres_outage else 0,
@@ -227,6 +240,52 @@ def register(commands: argparse._SubParsersAction) -> None:
         " (default 20; 0 with --postgres-outage)",
     )
     parser.add_argument(
+        "--account-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="account service processes on the one accounts database (default %(default)s)",
+    )
+    parser.add_argument(
+        "--transfer-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="transfer service processes on the one transfers database, each given every"
+        " account replica's address; above 1 needs --db postgres (default %(default)s)",
+    )
+    parser.add_argument(
+        "--freezes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="SIGSTOPs of a random replica, each stopped 2 to 8 s (around the transfer"
+        " lease) and then SIGCONT (default %(default)s)",
+    )
+    parser.add_argument(
+        "--legs-share",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="share of multi-leg transfers (2 or 3 legs, a few refused) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--hold-share",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="share of pending holds, then posted, partly posted, voided or left to expire"
+        " (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-share",
+        type=float,
+        default=0.2,
+        metavar="SHARE",
+        help="share of the single-leg immediate transfers sent in CreateTransfers batches"
+        " of 2 to 16 (default %(default)s)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -279,6 +338,12 @@ def run_command(args: argparse.Namespace) -> int:
         opening=args.opening,
         in_flight=args.in_flight,
         kills=kills,
+        account_replicas=args.account_replicas,
+        transfer_replicas=args.transfer_replicas,
+        freezes=args.freezes,
+        legs_share=args.legs_share,
+        hold_share=args.hold_share,
+        batch_share=args.batch_share,
         seed=args.seed,
         max_seconds=args.max_seconds,
         postgres_outage=args.postgres_outage,

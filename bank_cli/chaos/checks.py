@@ -16,6 +16,7 @@ from bank_cli.audit_checks import audit
 from bank_cli.chaos.load import (
     CALL_TIMEOUT,
     COMPLETED,
+    ENDED,
     POOL,
     PROBE_TIMEOUT,
     SETTLE_TIMEOUT,
@@ -48,15 +49,22 @@ async def _check_transfers(load: Load) -> None:
                 "GetTransfer",
             )
             state = state_name(stored)
-            if state in (COMPLETED, "FAILED") or time.monotonic() > deadline:
+            if state in ENDED or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
-        seen = state if state == COMPLETED else f"{state}/{stored.failure_reason}"
+        seen = state if state in ENDED - {"FAILED"} else f"{state}/{stored.failure_reason}"
         if seen != planned.outcome:
             load.report.violation(
                 "outcome-mismatch",
                 f"transfer {planned.transfer_id} ({planned.kind}, {planned.amount}):"
                 f" client saw {planned.outcome}, stored {seen}",
+            )
+        moved = sum(amount for _, _, amount in planned.moves) if seen == COMPLETED else 0
+        if stored.posted_amount != moved and (planned.kind.startswith("hold-") or moved):
+            load.report.violation(
+                "outcome-mismatch",
+                f"transfer {planned.transfer_id} ({planned.kind}): posted_amount"
+                f" {stored.posted_amount}, expected {moved}",
             )
         load.report.checked_transfers += 1
 
@@ -67,8 +75,9 @@ async def _check_accounts(load: Load) -> None:
     expected = dict(load.openings)
     for planned in load.plan:
         if planned.outcome == COMPLETED:
-            expected[planned.source] -= planned.amount
-            expected[planned.target] += planned.amount
+            for source, target, amount in planned.moves:
+                expected[source] -= amount
+                expected[target] += amount
     total = 0
 
     async def one(account_id: str) -> None:
@@ -89,6 +98,8 @@ async def _check_accounts(load: Load) -> None:
         if account.reserved or account.reservations:
             held = ", ".join(r.reference for r in account.reservations)
             problems.append(f"reserved {account.reserved} ({held})")
+        if account.pending_credits:
+            problems.append(f"pending credits {account.pending_credits}")
         if problems:
             load.report.violation("balance", f"account {account_id}: " + "; ".join(problems))
         load.report.checked_accounts += 1
@@ -134,7 +145,7 @@ async def diagnose_stall(load: Load) -> str:
 
 
 def _stop_services(load: Load) -> None:
-    for name in ("transfer", "account"):
+    for name in [*load.replicas("transfer"), *load.replicas("account")]:
         service = load.services[name]
         code = service.stop()
         if code != 0:
@@ -146,7 +157,7 @@ def _stop_services(load: Load) -> None:
 
 
 def _run_audit(load: Load) -> None:
-    account, transfer = load.services["account"], load.services["transfer"]
+    account, transfer = load.first("account"), load.first("transfer")
     try:
         transfer_events = read_events(transfer.db)
         account_events = read_events(account.db)

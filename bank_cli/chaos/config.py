@@ -13,6 +13,9 @@ from bank_cli.harness import DEFAULT_POSTGRES_URL
 # others hold reservations on the same account.
 MAX_AMOUNT = 1_000
 OPENING_BALANCE = 10 * MAX_AMOUNT
+# How long a frozen replica stays stopped: around the transfer service's lease (5 s), so
+# that a frozen driver sometimes wakes up after another replica took its transfers over.
+FREEZE_SECONDS = (2.0, 8.0)
 
 
 @dataclass
@@ -26,6 +29,17 @@ class ChaosConfig:
     opening: int = OPENING_BALANCE
     in_flight: int = 64
     kills: int = 20
+    # Processes of each service on the same databases; the transfer replicas are given
+    # every account replica's address.
+    account_replicas: int = 1
+    transfer_replicas: int = 1
+    # SIGSTOPs of a random replica, each kept stopped FREEZE_SECONDS then SIGCONT.
+    freezes: int = 0
+    # Shares of the plan: multi-leg transfers and pending holds (posted, partly posted,
+    # voided or left to expire); of the single-leg transfers, the share sent in batches.
+    legs_share: float = 0.1
+    hold_share: float = 0.1
+    batch_share: float = 0.2
     seed: int | None = None
     max_seconds: float = 600.0
     postgres_outage: bool = False
@@ -42,16 +56,30 @@ class ChaosConfig:
             raise ValueError(f"--db must be sqlite or postgres, not {self.db!r}")
         if self.postgres_outage and self.db != "postgres":
             raise ValueError("--postgres-outage needs --db postgres")
-        if self.transfers < 1 or self.in_flight < 1 or self.kills < 0:
-            raise ValueError("--transfers and --in-flight must be positive, --kills not negative")
+        if self.transfers < 1 or self.in_flight < 1 or self.kills < 0 or self.freezes < 0:
+            raise ValueError(
+                "--transfers and --in-flight must be positive, --kills and --freezes not negative"
+            )
+        if self.account_replicas < 1 or self.transfer_replicas < 1:
+            raise ValueError("--account-replicas and --transfer-replicas must be at least 1")
+        if self.transfer_replicas > 1 and self.db != "postgres":
+            raise ValueError(
+                "--transfer-replicas above 1 needs --db postgres: on SQLite one transfer"
+                " service serves a database file (a second one exits)"
+            )
+        shares = (self.legs_share, self.hold_share, self.batch_share)
+        if not all(0 <= share <= 1 for share in shares):
+            raise ValueError("--legs-share, --hold-share and --batch-share must be between 0 and 1")
         if self.opening < 1:
             raise ValueError("--opening must be positive")
         if self.accounts < 2:
             raise ValueError("--accounts must be at least 2 (the hot pair)")
         if not 0 <= self.hot_share <= 1 or not 0 <= self.refused_share <= 1:
             raise ValueError("--hot-share and --refused-share must be between 0 and 1")
-        if self.hot_share + self.refused_share > 1:
-            raise ValueError("--hot-share and --refused-share add up to more than 1")
+        if self.hot_share + self.refused_share + self.legs_share + self.hold_share > 1:
+            raise ValueError(
+                "--hot-share, --refused-share, --legs-share and --hold-share add up to more than 1"
+            )
         if self.postgres_outage and (self.outages < 1 or self.outage_seconds <= 0):
             raise ValueError("--outages and --outage-seconds must be positive")
         if self.max_seconds <= 0:

@@ -4,7 +4,9 @@ stopped like a crash, at moments spread over the load; what each one did to the 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,15 +17,16 @@ from grpc_health.v1 import health_pb2
 
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
+from bank_cli.chaos.config import FREEZE_SECONDS
 from bank_cli.chaos.load import (
-    COMPLETED,
+    ENDED,
     MARGIN_WINDOWS,
     PROBE_TIMEOUT,
     REFUSAL,
     Load,
     answer_label,
 )
-from bank_cli.chaos.report import KillRecord, OutageRecord
+from bank_cli.chaos.report import FreezeRecord, KillRecord, OutageRecord
 from bank_cli.harness import PrivatePostgres
 
 RECOVERY_TIMEOUT = 60.0
@@ -46,7 +49,7 @@ class Faults:
 
     def schedule(self) -> list[tuple[int, str]]:
         """(transfer number, "kill" or "outage") of every event, spread over the run."""
-        kinds = ["kill"] * self.config.kills
+        kinds = ["kill"] * self.config.kills + ["freeze"] * self.config.freezes
         if self.config.postgres_outage:
             kinds += ["outage"] * self.config.outages
         self.rng.shuffle(kinds)
@@ -71,6 +74,8 @@ class Faults:
                 kills += 1
                 remaining = sum(1 for _, k in events[i + 1 :] if k == "kill")
                 await self.kill(kills, self._victims(remaining))
+            elif kind == "freeze":
+                await self.freeze(len(self.report.freezes) + 1)
             else:
                 await self.postgres_outage(len(self.report.outages) + 1)
         async with self.load.cond:
@@ -78,13 +83,18 @@ class Faults:
             self.load.cond.notify_all()
 
     def _victims(self, remaining: int) -> list[str]:
-        never = [name for name in ("account", "transfer") if not self.report.kills[name]]
+        """The replicas to kill: of the account service, the transfer service or both
+        (one replica of each, drawn among its replicas)."""
+        never = [kind for kind in ("account", "transfer") if not self.report.kills[kind]]
         if never and remaining < len(never):
-            return never  # the last kills: make sure each service has been killed
-        draw = self.rng.random()
-        if draw < 0.1:
-            return ["account", "transfer"]
-        return ["account"] if draw < 0.55 else ["transfer"]
+            kinds = never  # the last kills: make sure each service has been killed
+        else:
+            draw = self.rng.random()
+            if draw < 0.1:
+                kinds = ["account", "transfer"]
+            else:
+                kinds = ["account"] if draw < 0.55 else ["transfer"]
+        return [self.rng.choice(self.load.replicas(kind)) for kind in kinds]
 
     async def kill(self, number: int, names: list[str]) -> None:
         victims = [self.load.services[name] for name in names]
@@ -98,7 +108,7 @@ class Faults:
         killed_at = time.monotonic()
         for name, service in zip(names, victims, strict=True):
             service.kill()
-            self.report.kills[name] += 1
+            self.report.kills[self.load.kind_of[name]] += 1
         await asyncio.sleep(self.rng.uniform(0, MAX_DOWNTIME))
         for service in victims:
             service.spawn()
@@ -110,6 +120,26 @@ class Faults:
             f"kill {number}/{self.config.kills}: {' and '.join(names)} service"
             f" after transfer {record.after_transfer} ({self.report.settled} settled);"
             f" back in {record.back_after:.1f} s"
+        )
+
+    async def freeze(self, number: int) -> None:
+        """SIGSTOP a replica drawn among all of them, SIGCONT it a few seconds later: a
+        driver that slept through its lease wakes up holding stale copies."""
+        name = self.rng.choice(sorted(self.load.services))
+        service = self.load.services[name]
+        seconds = self.rng.uniform(*FREEZE_SECONDS)
+        record = FreezeRecord(number, name, self.load.started, seconds)
+        if service.pid is None:
+            return
+        os.kill(service.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            os.kill(service.pid, signal.SIGCONT)
+        self.report.freezes.append(record)
+        self.load.say(
+            f"freeze {number}/{self.config.freezes}: {name} stopped {seconds:.1f} s"
+            f" after transfer {record.after_transfer}"
         )
 
     async def _health(self, name: str) -> str:
@@ -211,7 +241,7 @@ class Faults:
             self.report.violation("outage-answer", f"outage {n}: no probe was answered")
         for label, count in record.load_answers.items():
             code = label.split("/", 1)[0]
-            if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", COMPLETED):
+            if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", *ENDED, "PENDING"):
                 continue
             if code in {c.name for c in REFUSAL} and "/" in label:
                 continue  # a transfer decided just before the outage

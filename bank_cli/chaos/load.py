@@ -4,15 +4,18 @@ transfers kept going, each retried with its own id until its answer is terminal.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2_grpc
 
 from bank.v1 import account_pb2 as apb
@@ -60,6 +63,13 @@ UNEXPECTED_RETRIED = frozenset(
     }
 )
 COMPLETED = "COMPLETED"
+# States a transfer ends in; a hold's outcome is one of these or FAILED/<reason>.
+ENDED = frozenset({COMPLETED, "FAILED", "VOIDED", "EXPIRED"})
+# Holds meant to be posted or voided outlive the run; holds left to expire do so at once.
+LONG_HOLD = 3600
+SHORT_HOLD = (1, 3)
+MAX_LEGS = 3
+MAX_BATCH = 16
 
 
 async def pool(items: Iterable[T], width: int, work: Callable[[T], Awaitable[None]]) -> None:
@@ -83,13 +93,14 @@ def state_name(transfer: tpb.Transfer) -> str:
     return tpb.TransferState.Name(transfer.state).removeprefix("TRANSFER_STATE_")
 
 
-def _service(module: str, db: str, logs: Path, extra: list[str]) -> ServiceProcess:
-    """A service with its log and working directory in ``logs``; crash points armed in
-    this shell are not passed on, so that every exit is one of ours."""
+def _service(module: str, db: str, logs: Path, extra: list[str], number: int) -> ServiceProcess:
+    """A service (replica ``number``, 0 when alone) with its log and working directory in
+    ``logs``; crash points armed in this shell are not passed on, so that every exit is
+    one of ours."""
     return ServiceProcess(
         module,
         db,
-        logs / f"{module}.log",
+        logs / (f"{module}-{number}.log" if number else f"{module}.log"),
         ["--grace", "5", *extra],
         channel_options=CHANNEL_OPTIONS,
         unset_env_prefixes=("BANK_CRASH_",),
@@ -103,14 +114,64 @@ class Planned:
     source: str
     target: str
     amount: int
-    kind: str  # "hot", "random", "closed" (refused credit), "oversized" (refused reserve)
-    outcome: str | None = None  # "COMPLETED", "FAILED/<reason>" or "ERROR/<answer>"
+    # "hot", "random", "closed" (refused credit), "oversized" (refused reserve), "legs"
+    # (multi-leg), or a hold: "hold-post", "hold-partial", "hold-void", "hold-expire".
+    kind: str
+    # "COMPLETED", "VOIDED", "EXPIRED", "FAILED/<reason>" or "ERROR/<answer>"
+    outcome: str | None = None
     attempts: int = 0
+    legs: list[tuple[str, str, int]] = field(default_factory=list)  # multi-leg only
+    post_amount: int = 0  # what a hold-post or hold-partial posts (0: all of it)
+    expires_after: int = 0  # seconds, holds only
+    batched: bool = False
+
+    @property
+    def moves(self) -> list[tuple[str, str, int]]:
+        """(from, to, amount) of every movement it makes if it completes."""
+        if self.legs:
+            return self.legs
+        return [(self.source, self.target, self.post_amount or self.amount)]
+
+    def request(self) -> tpb.CreateTransferRequest:
+        request = tpb.CreateTransferRequest(transfer_id=self.transfer_id)
+        if self.legs:
+            request.legs.extend(tpb.Leg(from_account_id=f, to_account_id=t, amount=a)
+                                for f, t, a in self.legs)  # fmt: skip
+        else:
+            request.from_account_id = self.source
+            request.to_account_id = self.target
+            request.amount = self.amount
+        if self.kind.startswith("hold-"):
+            request.pending = True
+            request.expires_after.CopyFrom(duration_pb2.Duration(seconds=self.expires_after))
+        return request
+
+
+def status_reason(status: status_pb2.Status) -> str:
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return ""
+
+
+HOLD_KINDS = ("hold-post", "hold-partial", "hold-void", "hold-expire")
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def replica_name(kind: str, number: int, replicas: int) -> str:
+    """``account``/``transfer`` alone, ``account-2`` when there are several."""
+    return kind if replicas == 1 else f"{kind}-{number}"
+
+
+def _backoff(failures: int) -> float:
+    return min(1.0, 0.05 * 2 ** min(failures, 5)) * random.uniform(0.5, 1)
 
 
 class Load:
-    """Both services, their accounts and the planned transfers, and the load on them.
+    """Both services' replicas, their accounts and the planned transfers, and the load on them.
 
+    The plan is cut into units: one transfer (unary calls) or a batch (``CreateTransfers``).
     ``started`` transfers have been handed to the workers; they may go on up to ``limit``,
     which the faults move (under ``cond``) so that each event finds the load where it was
     planned to come.
@@ -120,8 +181,11 @@ class Load:
         self.config = config
         self.report = report
         self.plan_rng = plan_rng  # the transfers: the same for the same seed
-        self.services: dict[str, ServiceProcess] = {}
+        self.services: dict[str, ServiceProcess] = {}  # by replica name
+        self.kind_of: dict[str, str] = {}  # replica name: "account" or "transfer"
         self.plan: list[Planned] = []
+        self.units: list[list[Planned]] = []
+        self._next_unit = 0
         self.openings: dict[str, int] = {}
         self.hot: tuple[str, str] = ("", "")
         self.started = 0
@@ -129,6 +193,9 @@ class Load:
         self.cond = asyncio.Condition()
         self.outage: OutageRecord | None = None  # the one going on, if any
         self._channels: list[grpc.aio.Channel] = []
+        self._account_stubs: Iterator[account_pb2_grpc.AccountServiceStub] = iter(())
+        self._transfer_stubs: Iterator[transfer_pb2_grpc.TransferServiceStub] = iter(())
+        self.health: dict[str, health_pb2_grpc.HealthStub] = {}
         self.load_started = 0.0
 
     def say(self, message: str) -> None:
@@ -137,25 +204,61 @@ class Load:
 
     # -- the services --------------------------------------------------------------------
 
+    @property
+    def accounts(self) -> account_pb2_grpc.AccountServiceStub:
+        """An account replica's stub, each in turn: a retried call finds a live one."""
+        return next(self._account_stubs)
+
+    @property
+    def transfers(self) -> transfer_pb2_grpc.TransferServiceStub:
+        """A transfer replica's stub, each in turn: a transfer's repeats go to all of them."""
+        return next(self._transfer_stubs)
+
+    def replicas(self, kind: str) -> list[str]:
+        return [name for name, k in self.kind_of.items() if k == kind]
+
+    def first(self, kind: str) -> ServiceProcess:
+        return self.services[self.replicas(kind)[0]]
+
     def channel(self, service: ServiceProcess) -> grpc.aio.Channel:
         channel = service.open_aio_channel()
         self._channels.append(channel)
         return channel
 
     async def start_services(self, accounts_db: str, transfers_db: str, logs: Path) -> None:
-        account = _service("account_service", accounts_db, logs, [])
-        transfer = _service("transfer_service", transfers_db, logs, ["--accounts", account.address])
-        self.services = {"account": account, "transfer": transfer}
-        for service in (account, transfer):
-            service.spawn()
-        await asyncio.gather(account.wait_serving_async(), transfer.wait_serving_async())
-        account_channel, transfer_channel = self.channel(account), self.channel(transfer)
-        self.accounts = account_pb2_grpc.AccountServiceStub(account_channel)
-        self.transfers = transfer_pb2_grpc.TransferServiceStub(transfer_channel)
-        self.health = {
-            "account": health_pb2_grpc.HealthStub(account_channel),
-            "transfer": health_pb2_grpc.HealthStub(transfer_channel),
+        c = self.config
+        accounts = {
+            replica_name("account", n, c.account_replicas): _service(
+                "account_service", accounts_db, logs, [], n if c.account_replicas > 1 else 0
+            )
+            for n in range(1, c.account_replicas + 1)
         }
+        addresses = ",".join(service.address for service in accounts.values())
+        transfers = {
+            replica_name("transfer", n, c.transfer_replicas): _service(
+                "transfer_service",
+                transfers_db,
+                logs,
+                ["--accounts", addresses],
+                n if c.transfer_replicas > 1 else 0,
+            )
+            for n in range(1, c.transfer_replicas + 1)
+        }
+        self.services = {**accounts, **transfers}
+        self.kind_of = {name: "account" for name in accounts} | {
+            name: "transfer" for name in transfers
+        }
+        for service in self.services.values():
+            service.spawn()
+        await asyncio.gather(*(s.wait_serving_async() for s in self.services.values()))
+        channels = {name: self.channel(s) for name, s in self.services.items()}
+        self._account_stubs = itertools.cycle(
+            [account_pb2_grpc.AccountServiceStub(channels[name]) for name in accounts]
+        )
+        self._transfer_stubs = itertools.cycle(
+            [transfer_pb2_grpc.TransferServiceStub(channels[name]) for name in transfers]
+        )
+        self.health = {name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()}
 
     async def close_channels(self) -> None:
         for channel in self._channels:
@@ -231,53 +334,125 @@ class Load:
 
         await pool([*ids, closed], POOL, one)
         self.hot = (ids[0], ids[1])
-        self.plan = self._plan(ids, closed)
+        self.units = self._units(self._plan(ids, closed))
+        self.plan = [planned for unit in self.units for planned in unit]
         self.report.money_before = sum(self.openings.values())
 
     def _plan(self, ids: list[str], closed: str) -> list[Planned]:
         rng, c = self.plan_rng, self.config
         oversized = min(c.opening * (len(ids) + 1) * 10, 2**62)
+        refused = c.hot_share + c.refused_share
+        legs, holds = refused + c.legs_share, refused + c.legs_share + c.hold_share
         plan = []
         hot_turn = 0
         for _ in range(c.transfers):
             draw = rng.random()
             source, target = rng.sample(ids, 2)
             amount = rng.randint(1, MAX_AMOUNT)
+            planned = Planned(str(uuid.uuid4()), source, target, amount, "random")
             if draw < c.hot_share:
-                source, target = self.hot if hot_turn % 2 == 0 else self.hot[::-1]
+                planned.source, planned.target = self.hot if hot_turn % 2 == 0 else self.hot[::-1]
                 hot_turn += 1
-                kind = "hot"
+                planned.kind = "hot"
             elif draw < c.hot_share + c.refused_share / 2:
-                target, kind = closed, "closed"
-            elif draw < c.hot_share + c.refused_share:
-                amount, kind = oversized, "oversized"
-            else:
-                kind = "random"
-            plan.append(Planned(str(uuid.uuid4()), source, target, amount, kind))
+                planned.target, planned.kind = closed, "closed"
+            elif draw < refused:
+                planned.amount, planned.kind = oversized, "oversized"
+            elif draw < legs:
+                self._multi_leg(planned, ids, closed, oversized)
+            elif draw < holds:
+                self._hold(planned)
+            plan.append(planned)
         return plan
+
+    def _multi_leg(self, planned: Planned, ids: list[str], closed: str, oversized: int) -> None:
+        """A payment with a fee or a split: 2 to MAX_LEGS legs, a few of them refused."""
+        rng = self.plan_rng
+        planned.kind, planned.source, planned.target = "legs", "", ""
+        for _ in range(rng.randint(2, MAX_LEGS)):
+            source, target = rng.sample(ids, 2)
+            planned.legs.append((source, target, rng.randint(1, MAX_AMOUNT // 2)))
+        draw = rng.random()
+        if draw < 0.05:
+            source, _, amount = planned.legs[-1]
+            planned.legs[-1] = (source, closed, amount)
+        elif draw < 0.1:
+            source, target, _ = planned.legs[-1]
+            planned.legs[-1] = (source, target, oversized)
+        elif draw < 0.4:
+            source, target, amount = planned.legs[0]
+            hot = self.hot[rng.randrange(2)]
+            if hot != target:
+                planned.legs[0] = (hot, target, amount)
+        planned.amount = sum(amount for _, _, amount in planned.legs)
+
+    def _hold(self, planned: Planned) -> None:
+        rng = self.plan_rng
+        planned.kind = rng.choice(HOLD_KINDS)
+        if rng.random() < 0.5:
+            planned.source, planned.target = self.hot[:: rng.choice((1, -1))]
+        if planned.kind == "hold-partial":
+            if planned.amount > 1:
+                planned.post_amount = rng.randint(1, planned.amount - 1)
+            else:
+                planned.kind = "hold-post"
+        expiring = planned.kind == "hold-expire"
+        planned.expires_after = rng.randint(*SHORT_HOLD) if expiring else LONG_HOLD
+
+    def _units(self, plan: list[Planned]) -> list[list[Planned]]:
+        """Single-leg immediate transfers go into batches (``batch_share`` of them), the
+        rest one by one, in plan order as far as the batches allow."""
+        rng = self.plan_rng
+        units: list[list[Planned]] = []
+        batch: list[Planned] = []
+        size = rng.randint(2, MAX_BATCH)
+        for planned in plan:
+            simple = not planned.legs and not planned.kind.startswith("hold-")
+            if simple and rng.random() < self.config.batch_share:
+                planned.batched = True
+                batch.append(planned)
+                if len(batch) >= size:
+                    units.append(batch)
+                    batch, size = [], rng.randint(2, MAX_BATCH)
+            else:
+                units.append([planned])
+        if batch:
+            units.append(batch)
+        return units
 
     # -- the load ------------------------------------------------------------------------
 
-    async def _next(self) -> Planned | None:
+    async def _next(self) -> list[Planned] | None:
         async with self.cond:
             await self.cond.wait_for(
-                lambda: self.started < self.limit or self.started >= len(self.plan)
+                lambda: self.started < self.limit or self._next_unit >= len(self.units)
             )
-            if self.started >= len(self.plan):
+            if self._next_unit >= len(self.units):
                 return None
-            planned = self.plan[self.started]
-            self.started += 1
+            unit = self.units[self._next_unit]
+            self._next_unit += 1
+            self.started += len(unit)
             self.cond.notify_all()
-            return planned
+            return unit
 
     async def run(self, faults: Faults) -> None:
         """The load and the faults against it, until every transfer has a terminal answer."""
         report = self.report
         report.transfers = len(self.plan)
+        report.batches = sum(1 for unit in self.units if unit[0].batched)
+        for planned in self.plan:
+            report.kinds["batched" if planned.batched else planned.kind] += 1
         events = faults.schedule()
+        replicas = ""
+        if len(self.services) > 2:
+            replicas = (
+                f", {len(self.replicas('account'))} account and"
+                f" {len(self.replicas('transfer'))} transfer replicas"
+            )
         self.say(
-            f"{len(self.plan)} transfers between {len(self.openings)} accounts,"
-            f" {self.config.in_flight} in flight, {len(events)} events, seed {report.seed}"
+            f"{len(self.plan)} transfers between {len(self.openings)} accounts"
+            f" ({report.batches} batches){replicas}, {self.config.in_flight} in flight,"
+            f" {len(events)} events, seed {report.seed}"
         )
         self.limit = len(self.plan)
         if events:
@@ -295,14 +470,21 @@ class Load:
                 report.completed += 1
             elif planned.outcome is not None and planned.outcome.startswith("FAILED/"):
                 report.failed[planned.outcome.removeprefix("FAILED/")] += 1
+            elif planned.outcome in ENDED:
+                report.ended[planned.outcome] += 1
         self.say(f"load done in {report.load_seconds:.1f} s; checking")
 
     async def load(self) -> None:
         async def worker() -> None:
-            while (planned := await self._next()) is not None:
-                await self.settle(planned)
+            while (unit := await self._next()) is not None:
+                if unit[0].batched:
+                    await self.settle_batch(unit)
+                elif unit[0].kind.startswith("hold-"):
+                    await self.settle_hold(unit[0])
+                else:
+                    await self.settle(unit[0])
 
-        width = min(self.config.in_flight, len(self.plan))
+        width = min(self.config.in_flight, len(self.units))
         await asyncio.gather(*(worker() for _ in range(width)))
 
     def _note(self, label: str) -> None:
@@ -310,20 +492,18 @@ class Load:
         if self.outage is not None:
             self.outage.load_answers[label] += 1
 
-    async def settle(self, planned: Planned) -> None:
-        """CreateTransfer, again with the same id, until the answer is terminal."""
-        request = tpb.CreateTransferRequest(
-            transfer_id=planned.transfer_id,
-            from_account_id=planned.source,
-            to_account_id=planned.target,
-            amount=planned.amount,
-        )
+    async def _decided(
+        self, planned: Planned, method: str, call: Callable[[], Awaitable[tpb.Transfer]]
+    ) -> tuple[tpb.Transfer | str, bool]:
+        """``call`` again until it answers a transfer or a refusal: the transfer, or
+        "FAILED/<reason>" ("ERROR/<answer>" for an answer the contract never gives), and
+        whether an earlier attempt's answer was lost."""
         failures = 0
         while True:
             planned.attempts += 1
             called = time.monotonic()
             try:
-                answer = await self.transfers.CreateTransfer(request, timeout=CALL_TIMEOUT)
+                return await call(), failures > 0
             except grpc.aio.AioRpcError as error:
                 label = answer_label(error)
                 self._note(label)
@@ -331,31 +511,159 @@ class Load:
                     self._note_deadline(planned, called)
                 info = error_info(error)
                 if error.code() in REFUSAL and info is not None and info.reason:
-                    self._settled(planned, f"FAILED/{info.reason}")
-                    return
+                    return f"FAILED/{info.reason}", failures > 0
                 if error.code() not in RETRY:
                     self.report.violation(
                         "unexpected-answer",
-                        f"CreateTransfer {planned.transfer_id} ({planned.kind}) answered"
+                        f"{method} {planned.transfer_id} ({planned.kind}) answered"
                         f" {label}: {error.details()}",
                     )
                     if error.code() not in UNEXPECTED_RETRIED:
-                        self._settled(planned, f"ERROR/{label}")
+                        return f"ERROR/{label}", failures > 0
+                failures += 1
+                await asyncio.sleep(_backoff(failures))
+
+    def _expect(self, planned: Planned, method: str, answer: tpb.Transfer, wanted: str) -> None:
+        state = state_name(answer)
+        self._note(state)
+        if state != wanted:
+            self.report.violation(
+                "unexpected-answer",
+                f"{method} {planned.transfer_id} ({planned.kind}) answered OK with state {state}",
+            )
+            self._settled(planned, f"ERROR/{state}")
+            return
+        self._settled(planned, state)
+
+    async def settle(self, planned: Planned) -> None:
+        """CreateTransfer, again with the same id, until the answer is terminal."""
+        request = planned.request()
+        answer, _ = await self._decided(
+            planned,
+            "CreateTransfer",
+            lambda: self.transfers.CreateTransfer(request, timeout=CALL_TIMEOUT),
+        )
+        if isinstance(answer, str):
+            self._settled(planned, answer)
+        else:
+            self._expect(planned, "CreateTransfer", answer, COMPLETED)
+
+    async def settle_hold(self, planned: Planned) -> None:
+        """A pending CreateTransfer until the hold is placed or refused; then its post or
+        void, again until decided, or nothing while it expires."""
+        request = planned.request()
+        answer, _ = await self._decided(
+            planned,
+            "CreateTransfer",
+            lambda: self.transfers.CreateTransfer(request, timeout=CALL_TIMEOUT),
+        )
+        if isinstance(answer, str):
+            self._settled(planned, answer)
+            return
+        state = state_name(answer)
+        if planned.kind == "hold-expire" and state in ("PENDING", "EXPIRED"):
+            self._note(state)
+            self._settled(planned, "EXPIRED")  # the checks wait for the clock to end it
+            return
+        if state != "PENDING":
+            self._expect(planned, "CreateTransfer", answer, "PENDING")
+            return
+        self._note(state)
+        tid = planned.transfer_id
+        if planned.kind == "hold-void":
+            method, wanted = "VoidTransfer", "VOIDED"
+            call = lambda: self.transfers.VoidTransfer(  # noqa: E731
+                tpb.VoidTransferRequest(transfer_id=tid), timeout=CALL_TIMEOUT
+            )
+        else:
+            method, wanted = "PostTransfer", COMPLETED
+            call = lambda: self.transfers.PostTransfer(  # noqa: E731
+                tpb.PostTransferRequest(transfer_id=tid, amount=planned.post_amount),
+                timeout=CALL_TIMEOUT,
+            )
+        answer, lost = await self._decided(planned, method, call)
+        if answer == "FAILED/TRANSFER_NOT_PENDING" and lost:
+            # An attempt whose answer was lost may have decided it: the store says how.
+            stored = await self.retrying(
+                lambda: self.transfers.GetTransfer(
+                    tpb.GetTransferRequest(transfer_id=tid), timeout=CALL_TIMEOUT
+                ),
+                "GetTransfer",
+            )
+            state = state_name(stored)
+            self._settled(planned, state if state in ENDED else f"{state}/{stored.failure_reason}")
+            return
+        if isinstance(answer, str):
+            self._settled(planned, answer)
+            return
+        expected = planned.post_amount or planned.amount
+        if wanted == COMPLETED and answer.posted_amount != expected:
+            self.report.violation(
+                "unexpected-answer",
+                f"PostTransfer {tid} ({planned.kind}) posted {answer.posted_amount},"
+                f" asked {expected}",
+            )
+        self._expect(planned, method, answer, wanted)
+
+    async def settle_batch(self, unit: list[Planned]) -> None:
+        """CreateTransfers with every item of the batch not decided yet, until none is left."""
+        waiting, failures = list(unit), 0
+        while waiting:
+            for planned in waiting:
+                planned.attempts += 1
+            request = tpb.CreateTransfersRequest(transfers=[p.request() for p in waiting])
+            try:
+                response = await self.transfers.CreateTransfers(request, timeout=CALL_TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                label = answer_label(error)
+                self._note(label)
+                if error.code() not in RETRY:
+                    self.report.violation(
+                        "unexpected-answer",
+                        f"CreateTransfers of {len(waiting)} answered {label}: {error.details()}",
+                    )
+                    if error.code() not in UNEXPECTED_RETRIED:
+                        for planned in waiting:
+                            self._settled(planned, f"ERROR/{label}")
                         return
                 failures += 1
-                await asyncio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)) * random.uniform(0.5, 1))
+                await asyncio.sleep(_backoff(failures))
                 continue
-            state = state_name(answer)
-            self._note(state)
-            if state != COMPLETED:
+            if len(response.results) != len(waiting):
                 self.report.violation(
                     "unexpected-answer",
-                    f"CreateTransfer {planned.transfer_id} answered OK with state {state}",
+                    f"CreateTransfers of {len(waiting)} answered {len(response.results)} results",
                 )
-                self._settled(planned, f"ERROR/{state}")
+                for planned in waiting:
+                    self._settled(planned, "ERROR/results")
                 return
-            self._settled(planned, COMPLETED)
-            return
+            again = []
+            for planned, result in zip(waiting, response.results, strict=True):
+                if result.HasField("transfer"):
+                    self._expect(planned, "CreateTransfers", result.transfer, COMPLETED)
+                    continue
+                code = _CODES.get(result.error.code, grpc.StatusCode.UNKNOWN)
+                reason = status_reason(result.error)
+                label = f"{code.name}/{reason}" if reason else code.name
+                self._note(label)
+                if code in REFUSAL and reason:
+                    self._settled(planned, f"FAILED/{reason}")
+                elif code in RETRY:
+                    again.append(planned)
+                else:
+                    self.report.violation(
+                        "unexpected-answer",
+                        f"CreateTransfers item {planned.transfer_id} ({planned.kind}) answered"
+                        f" {label}: {result.error.message}",
+                    )
+                    if code in UNEXPECTED_RETRIED:
+                        again.append(planned)
+                    else:
+                        self._settled(planned, f"ERROR/{label}")
+            waiting = again
+            if waiting:
+                failures += 1
+                await asyncio.sleep(_backoff(failures))
 
     def _note_deadline(self, planned: Planned, called: float) -> None:
         if len(self.report.deadlines) < EXAMPLES:

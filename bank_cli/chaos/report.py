@@ -33,6 +33,22 @@ class KillRecord:
 
 
 @dataclass
+class FreezeRecord:
+    number: int
+    service: str  # the replica stopped
+    after_transfer: int
+    seconds: float  # how long it stayed stopped
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "service": self.service,
+            "after_transfer": self.after_transfer,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
 class OutageRecord:
     number: int
     after_transfer: int
@@ -68,6 +84,10 @@ class ChaosReport:
     settled: int = 0
     completed: int = 0
     failed: Counter[str] = field(default_factory=Counter)  # by failure reason
+    ended: Counter[str] = field(default_factory=Counter)  # holds VOIDED or EXPIRED
+    kinds: Counter[str] = field(default_factory=Counter)  # planned, by kind ("batched")
+    batches: int = 0  # CreateTransfers batches planned
+    freezes: list[FreezeRecord] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)  # by service
     kill_log: list[KillRecord] = field(default_factory=list)
     restarts: int = 0
@@ -122,6 +142,10 @@ class ChaosReport:
             "settled": self.settled,
             "completed": self.completed,
             "failed": dict(sorted(self.failed.items())),
+            "ended": dict(sorted(self.ended.items())),
+            "kinds": dict(sorted(self.kinds.items())),
+            "batches": self.batches,
+            "freezes": [f.to_dict() for f in self.freezes],
             "kills": self.kill_events,
             "kills_by_service": dict(sorted(self.kills.items())),
             "kill_log": [k.to_dict() for k in self.kill_log],
@@ -154,11 +178,20 @@ class ChaosReport:
         kills = ", ".join(f"{name} service {n}" for name, n in sorted(self.kills.items()))
         both = sum(1 for k in self.kill_log if len(k.services) > 1)
         backs = [k.back_after for k in self.kill_log]
+        ended = "".join(f", {state.lower()} {n}" for state, n in sorted(self.ended.items()))
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.kinds.items()))
+        replicas = c.get("account_replicas", 1), c.get("transfer_replicas", 1)
         lines = [
             f"chaos on {c['db']}: {c['transfers']} transfers between {c['accounts']} accounts"
-            f" (hot pair {c['hot_share']:.0%}), {c['in_flight']} in flight, seed {self.seed}",
+            f" (hot pair {c['hot_share']:.0%}), {c['in_flight']} in flight, seed {self.seed}"
+            + (
+                f"; {replicas[0]} account and {replicas[1]} transfer replicas"
+                if replicas != (1, 1)
+                else ""
+            ),
+            f"load:       {kinds}" + (f" (in {self.batches} batches)" if self.batches else ""),
             f"transfers:  {self.settled} settled of {self.transfers}: completed {self.completed},"
-            f" failed {sum(self.failed.values())}" + (f" ({failed})" if failed else ""),
+            f" failed {sum(self.failed.values())}" + (f" ({failed})" if failed else "") + ended,
             f"kills:      {self.kill_events} (SIGKILL): {kills or 'none'}"
             + (f", {both} of them both at once" if both else "")
             + (
@@ -174,6 +207,14 @@ class ChaosReport:
                 else ""
             )
             + (f"; {self.unplanned_exits} exits nobody asked for" if self.unplanned_exits else ""),
+            *(
+                [
+                    f"freezes:    {len(self.freezes)} (SIGSTOP, then SIGCONT): "
+                    + ", ".join(f"{f.service} {f.seconds:.1f} s" for f in self.freezes)
+                ]
+                if self.freezes
+                else []
+            ),
             "answers:    " + ", ".join(f"{label} {n}" for label, n in sorted(self.answers.items())),
         ]
         for o in self.outages:

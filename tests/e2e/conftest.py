@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -14,6 +16,31 @@ from tests import pg
 from tests.e2e.harness import Bank
 
 pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def bank_cli(bank, capsys):
+    """Runs ``bank <args>`` against the test bank; its exit status and output."""
+    from bank_cli.__main__ import main
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        argv = [*args, "--accounts", bank.account.address, "--transfers", bank.transfer.address]
+        status = main(argv)
+        captured = capsys.readouterr()
+        return Result(status, captured.out, captured.err)
+
+    return run
 
 
 def _sqlite_bank(workdir) -> Iterator[Bank]:

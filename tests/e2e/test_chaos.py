@@ -53,7 +53,14 @@ def _assert_clean(report: chaos.ChaosReport) -> None:
     assert report.audit.transfers == report.transfers
     # The plan always holds transfers that must be refused, one way or the other.
     assert report.failed["ACCOUNT_CLOSED"] > 0 and report.failed["INSUFFICIENT_FUNDS"] > 0
-    assert report.completed + sum(report.failed.values()) == report.transfers
+    assert (
+        report.completed + sum(report.failed.values()) + sum(report.ended.values())
+        == report.transfers
+    )
+    # The mixed load: multi-leg transfers, holds and batches beside the unary transfers.
+    for kind in ("legs", "batched", "hot", "random"):
+        assert report.kinds[kind] > 0, report.kinds
+    assert sum(n for kind, n in report.kinds.items() if kind.startswith("hold-")) > 0
 
 
 def _assert_killed(report: chaos.ChaosReport, kills: int) -> None:
@@ -153,6 +160,76 @@ def test_postgres_outage_mid_load(tmp_path, capsys):
     codes = {label.split("/", 1)[0] for label in outage.load_answers}
     assert not codes & {"UNKNOWN", "INTERNAL"}, outage.load_answers
     assert outage.recovered_after is not None and outage.same_processes
+
+
+def _assert_replicas_killed(report: chaos.ChaosReport, kills: int) -> None:
+    assert report.kill_events >= kills
+    assert report.kills["account"] >= 1 and report.kills["transfer"] >= 1, report.kills
+    assert report.restarts == sum(report.kills.values())
+    assert report.unplanned_exits == 0
+
+
+@pytest.mark.postgres
+def test_replicated_chaos_on_postgres(tmp_path, capsys):
+    """Two replicas of each service on one Postgres, every call sent to them in turn,
+    replicas killed and one frozen past its lease, under the mixed load."""
+    url = _require_shared_postgres()
+    report = chaos.run(
+        chaos.ChaosConfig(
+            db="postgres",
+            postgres_url=url,
+            transfers=300,
+            accounts=30,
+            in_flight=32,
+            kills=3,
+            freezes=1,
+            account_replicas=2,
+            transfer_replicas=2,
+            seed=2026,
+            max_seconds=MAX_SECONDS,
+            workdir=tmp_path / "chaos",
+        )
+    )
+    _show(capsys, "replicated chaos on Postgres (2 + 2)", report)
+    _assert_clean(report)
+    _assert_replicas_killed(report, 3)
+    assert len(report.freezes) == 1
+    killed = {name for k in report.kill_log for name in k.services}
+    assert killed <= {"account-1", "account-2", "transfer-1", "transfer-2"}, killed
+    assert report.config["account_replicas"] == report.config["transfer_replicas"] == 2
+    assert report.ended["VOIDED"] > 0 and report.ended["EXPIRED"] > 0, report.ended
+
+
+def test_account_replicas_on_sqlite(tmp_path, capsys):
+    report = chaos.run(
+        chaos.ChaosConfig(
+            db="sqlite",
+            transfers=300,
+            accounts=30,
+            in_flight=32,
+            kills=3,
+            account_replicas=2,
+            seed=7,
+            max_seconds=MAX_SECONDS,
+            workdir=tmp_path / "chaos",
+        )
+    )
+    _show(capsys, "chaos on SQLite, 2 account replicas", report)
+    _assert_clean(report)
+    _assert_replicas_killed(report, 3)
+    assert {name for k in report.kill_log for name in k.services} <= {
+        "account-1",
+        "account-2",
+        "transfer",
+    }
+
+
+def test_transfer_replicas_on_sqlite_are_refused(capsys):
+    code = main(["chaos", "--db", "sqlite", "--transfer-replicas", "2", "--transfers", "10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--transfer-replicas above 1 needs --db postgres" in err
+    assert "one transfer" in err and "service serves a database file" in err
 
 
 def test_the_command_prints_a_json_report(tmp_path, capsys):

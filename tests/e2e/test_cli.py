@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,30 +27,6 @@ from bank_cli.__main__ import main
 from bank_cli.harness import free_port
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Result:
-    status: int
-    out: str
-    err: str
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-@pytest.fixture
-def bank_cli(bank, capsys):
-    """Runs ``bank <args>`` against the test bank; its exit status and output."""
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        argv = [*args, "--accounts", bank.account.address, "--transfers", bank.transfer.address]
-        status = main(argv)
-        captured = capsys.readouterr()
-        return Result(status, captured.out, captured.err)
-
-    return run
 
 
 def _open(bank_cli, owner: str = "Ada", currency: str = "EUR", balance: int = 0) -> str:

@@ -198,3 +198,25 @@ async def test_a_sole_owner_takes_every_earlier_lease_at_start(store, accounts):
         await restarted.close()
     assert (await restarted.get(T1)).state is TransferState.COMPLETED
     never_answered.cancel()
+
+
+async def test_a_resting_hold_claimed_by_a_waiting_caller_still_expires(store, accounts):
+    """A caller on another process reads the transfer before its hold is placed and claims
+    it just after it rests: what that process drives is the rest itself, so the lease goes
+    back to rest instead of being renewed there forever (the hold would never expire)."""
+    one, two = replica(store, accounts), replica(store, accounts)
+    await one.create(simple(pending=True, expires_after=1_000_000))
+    epoch = await two._repository.claim(T1)  # the claim the waiting caller makes
+    assert epoch is not None
+    assert (await two._driver(await two._load(T1), epoch)).state is TransferState.PENDING
+    await two.start()
+    try:
+        for _ in range(60):
+            stored = await two.get(T1)
+            if stored.state is TransferState.EXPIRED:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await two.close()
+    assert stored.state is TransferState.EXPIRED
+    assert accounts.open_holds() == {}
