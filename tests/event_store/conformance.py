@@ -7,7 +7,6 @@ same, initially empty, database. Handles are closed by the fixture.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, insert, select
 
 from event_store import (
     AppendRequest,
@@ -27,39 +25,14 @@ from event_store import (
     NewEvent,
     OwnedByAnother,
     RecordedEvent,
-    Snapshot,
-    SqliteEventStore,
 )
-from event_store.sql import MIGRATIONS, SCHEMA_VERSION, SqlEventStore, schema_version, store_owner
+from tests.event_store.common import INT64_MAX, INT64_MIN, ev, example_ids, json_values, summary
 from tests.event_store.history_conformance import HistoryConformance
 from tests.event_store.lease_conformance import LeaseConformance
-
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+from tests.event_store.snapshot_conformance import SnapshotConformance
 
 
-def ev(type_: str = "Happened", tags: tuple[str, ...] = (), **data: Any) -> NewEvent:
-    return NewEvent(type_, data, tags)
-
-
-def summary(events: list[RecordedEvent]) -> list[tuple[str, int, str, dict[str, Any]]]:
-    return [(e.stream_id, e.version, e.type, e.data) for e in events]
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-class EventStoreConformance(LeaseConformance, HistoryConformance):
+class EventStoreConformance(LeaseConformance, HistoryConformance, SnapshotConformance):
     @pytest.fixture
     def store_factory(self) -> Callable[[], EventStore]:
         raise NotImplementedError("a backend's test class provides store_factory")
@@ -182,7 +155,7 @@ class EventStoreConformance(LeaseConformance, HistoryConformance):
     )
     @given(data=st.dictionaries(st.text(max_size=10), json_values, max_size=5))
     def test_any_json_object_round_trips(self, store: EventStore, data: dict[str, Any]) -> None:
-        stream_id = f"h-{next(_example_ids)}"
+        stream_id = f"h-{next(example_ids)}"
         recorded = store.append(stream_id, 0, [NewEvent("Any", data)])
         assert recorded[0].data == data
         assert store.read_stream(stream_id)[0].data == data
@@ -477,196 +450,6 @@ class EventStoreConformance(LeaseConformance, HistoryConformance):
             store.append("a", 0, [ev(n=2, tags=("x",))])
         assert store.read_tag("x") == []
 
-    # --- snapshots -----------------------------------------------------------------------
-
-    def test_a_stream_without_a_snapshot_has_none(self, store: EventStore) -> None:
-        store.append("s", 0, [ev()])
-        assert store.load_snapshot("s") is None
-        assert store.load_snapshot("nobody") is None
-
-    def test_a_saved_snapshot_loads_back(self, store: EventStore) -> None:
-        store.append("s", 0, [ev(), ev(), ev()])
-        store.save_snapshot("s", 3, {"balance": 7, "refs": ["a", "b"]})
-        assert store.load_snapshot("s") == Snapshot("s", 3, {"balance": 7, "refs": ["a", "b"]})
-
-    def test_a_newer_snapshot_replaces_the_older(self, store: EventStore) -> None:
-        store.save_snapshot("s", 2, {"n": 2})
-        store.save_snapshot("s", 5, {"n": 5})
-        assert store.load_snapshot("s") == Snapshot("s", 5, {"n": 5})
-
-    def test_an_older_snapshot_is_ignored(self, store: EventStore) -> None:
-        store.save_snapshot("s", 5, {"n": 5})
-        store.save_snapshot("s", 2, {"n": 2})
-        assert store.load_snapshot("s") == Snapshot("s", 5, {"n": 5})
-
-    def test_a_snapshot_at_the_same_version_keeps_the_first(self, store: EventStore) -> None:
-        store.save_snapshot("s", 5, {"n": "first"})
-        store.save_snapshot("s", 5, {"n": "second"})
-        assert store.load_snapshot("s") == Snapshot("s", 5, {"n": "first"})
-
-    def test_snapshots_are_per_stream(self, store: EventStore) -> None:
-        store.save_snapshot("a", 1, {"n": "a"})
-        store.save_snapshot("b", 9, {"n": "b"})
-        assert store.load_snapshot("a") == Snapshot("a", 1, {"n": "a"})
-        assert store.load_snapshot("b") == Snapshot("b", 9, {"n": "b"})
-
-    def test_snapshots_leave_the_events_alone(self, store: EventStore) -> None:
-        recorded = store.append("s", 0, [ev(n=1, tags=("x",)), ev(n=2)])
-        store.save_snapshot("s", 2, {"n": 2})
-        assert store.read_stream("s") == recorded
-        assert store.read_all() == recorded
-        assert store.read_tag("x") == recorded[:1]
-        assert store.stream_version("s") == 2
-        assert [e.version for e in store.append("s", 2, [ev()])] == [3]
-
-    def test_a_big_snapshot_round_trips(self, store: EventStore) -> None:
-        data = {
-            "format": 1,
-            "deposits": {f"ref-{n:06d}-{'é' * (n % 3)}": n for n in range(100_000)},
-            "holds": [["r", INT64_MAX, "2024-06-01T12:00:00.000001+00:00"], ["q", 1, None]],
-            "nested": {"a": [{"b": None}, True, 1.5, INT64_MIN], "ключ": "价格 €5 🚀"},
-        }
-        store.save_snapshot("s", 100_000, data)
-        loaded = store.load_snapshot("s")
-        assert loaded is not None
-        assert loaded.version == 100_000
-        assert loaded.data == data
-        assert list(loaded.data["deposits"]) == list(data["deposits"])
-
-    def test_a_snapshot_with_a_huge_version_round_trips(self, store: EventStore) -> None:
-        store.save_snapshot("s", INT64_MAX, {})
-        assert store.load_snapshot("s") == Snapshot("s", INT64_MAX, {})
-
-    @settings(
-        max_examples=25,
-        deadline=None,
-        suppress_health_check=[
-            HealthCheck.function_scoped_fixture,
-            HealthCheck.differing_executors,
-        ],
-    )
-    @given(data=st.dictionaries(st.text(max_size=10), json_values, max_size=5))
-    def test_any_json_object_round_trips_as_a_snapshot(
-        self, store: EventStore, data: dict[str, Any]
-    ) -> None:
-        stream_id = f"h-{next(_example_ids)}"
-        store.save_snapshot(stream_id, 1, data)
-        assert store.load_snapshot(stream_id) == Snapshot(stream_id, 1, data)
-
-    def test_a_mutated_snapshot_does_not_change_the_store(self, store: EventStore) -> None:
-        store.save_snapshot("s", 1, {"items": [1]})
-        loaded = store.load_snapshot("s")
-        assert loaded is not None
-        loaded.data["items"].append(2)
-        assert store.load_snapshot("s") == Snapshot("s", 1, {"items": [1]})
-
-    @pytest.mark.parametrize("version", [0, -1, True, 1.0, "3"])
-    def test_a_snapshot_version_that_is_not_positive_is_value_error(
-        self, store: EventStore, version: Any
-    ) -> None:
-        with pytest.raises(ValueError):
-            store.save_snapshot("s", version, {})
-        assert store.load_snapshot("s") is None
-
-    def test_snapshot_data_that_is_not_json_is_value_error(self, store: EventStore) -> None:
-        with pytest.raises(ValueError):
-            store.save_snapshot("s", 1, {"when": datetime.now(UTC)})
-        with pytest.raises(ValueError):
-            store.save_snapshot("s", 1, {"x": float("nan")})
-        with pytest.raises(ValueError):
-            store.save_snapshot("s", 1, ["not", "a", "mapping"])  # type: ignore[arg-type]
-        assert store.load_snapshot("s") is None
-
-    def test_a_snapshot_of_an_overlong_stream_id_is_value_error(self, store: EventStore) -> None:
-        with pytest.raises(ValueError):
-            store.save_snapshot("s" * 201, 1, {})
-
-    def test_a_second_handle_sees_the_snapshot(
-        self, store: EventStore, store_factory: Callable[[], EventStore]
-    ) -> None:
-        store.save_snapshot("s", 4, {"n": 4})
-        other = store_factory()
-        other.migrate()
-        assert other.load_snapshot("s") == Snapshot("s", 4, {"n": 4})
-        other.save_snapshot("s", 6, {"n": 6})
-        assert store.load_snapshot("s") == Snapshot("s", 6, {"n": 6})
-
-    def test_concurrent_snapshots_keep_the_highest_version(
-        self, store: EventStore, store_factory: Callable[[], EventStore]
-    ) -> None:
-        handles = [store, store_factory(), store_factory()]
-        versions = list(range(1, 61))
-
-        def save(who: int) -> None:
-            for version in versions[who :: len(handles)]:
-                handles[who].save_snapshot("s", version, {"v": version})
-
-        with ThreadPoolExecutor(len(handles)) as pool:
-            for result in [pool.submit(save, who) for who in range(len(handles))]:
-                result.result()
-        assert store.load_snapshot("s") == Snapshot("s", 60, {"v": 60})
-
-    # --- lifecycle -----------------------------------------------------------------------
-
-    def test_a_schema_version_1_database_migrates_with_its_events(
-        self, store_factory: Callable[[], EventStore]
-    ) -> None:
-        old = store_factory()
-        if not isinstance(old, SqlEventStore):
-            pytest.skip("this store keeps no schema")
-        # What the code of schema version 1 created: its one migration step, recorded.
-        with old.engine.begin() as conn:
-            schema_version.create(conn)
-            MIGRATIONS[0](conn)
-            conn.execute(insert(schema_version).values(version=1))
-        if isinstance(old, SqliteEventStore):
-            old.tag_log_rows = 0  # as that code did: tags straight into the index
-        recorded = old.append("a", 0, [ev(n=1, tags=("x",)), ev(n=2)])
-        recorded += old.append("b", 0, [ev(n=3)])
-        with pytest.raises(EventStoreError):
-            old.load_snapshot("a")  # no snapshots table yet
-
-        new = store_factory()
-        new.migrate()
-        with new.engine.connect() as conn:
-            assert conn.execute(select(func.max(schema_version.c.version))).scalar() == 7
-            assert conn.execute(select(func.count()).select_from(schema_version)).scalar() == 1
-        assert SCHEMA_VERSION == 7
-        assert new.read_all() == recorded
-        assert new.read_stream("a") == recorded[:2]
-        assert new.read_tag("x") == recorded[:1]
-        assert new.load_snapshot("a") is None
-        new.save_snapshot("a", 2, {"n": 2})
-        assert old.load_snapshot("a") == Snapshot("a", 2, {"n": 2})
-        assert [e.version for e in new.append("a", 2, [ev(n=4)])] == [3]
-        assert new.lease("a") is None  # the leases table came with the migration
-        new.migrate()  # at the current version: nothing to do
-        assert new.stream_version("a") == 3
-
-    def test_a_schema_version_3_database_is_claimed_by_the_first_owner_to_migrate(
-        self, store_factory: Callable[[], EventStore]
-    ) -> None:
-        old = store_factory()
-        if not isinstance(old, SqlEventStore):
-            pytest.skip("this store keeps no schema")
-        # What the code of schema version 3 created: no store_owner table.
-        with old.engine.begin() as conn:
-            schema_version.create(conn)
-            for step in MIGRATIONS[:3]:
-                step(conn)
-            conn.execute(insert(schema_version).values(version=3))
-        recorded = old.append("a", 0, [ev(n=1)])
-
-        first = store_factory()
-        first.migrate("account-service")
-        with first.engine.connect() as conn:
-            assert conn.execute(select(store_owner.c.service)).scalars().all() == [
-                "account-service"
-            ]
-        assert first.read_all() == recorded
-        with pytest.raises(OwnedByAnother):
-            store_factory().migrate("transfer-service")
-
     # --- owner ---------------------------------------------------------------------------
 
     def test_the_first_owner_claims_the_database_and_migrates_it_again(
@@ -759,6 +542,3 @@ class EventStoreConformance(LeaseConformance, HistoryConformance):
         assert other.read_tag("x") == recorded
         assert [e.version for e in other.append("a", 1, [ev(n=2)])] == [2]
         assert store.stream_version("a") == 2
-
-
-_example_ids = itertools.count()

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
 
 from event_store import (
     AppendRequest,
@@ -21,7 +20,6 @@ from event_store import (
     NewEvent,
     RecordedEvent,
 )
-from event_store.sql import MIGRATIONS, SqlEventStore, schema_version
 
 
 def ev(n: int, tags: tuple[str, ...] = ()) -> NewEvent:
@@ -246,48 +244,3 @@ class HistoryConformance:
     def test_read_tag_with_a_naive_time_is_value_error(self, store: EventStore) -> None:
         with pytest.raises(ValueError):
             store.read_tag("t", recorded_after=datetime.now())  # naive: no time zone
-
-    # --- the migration that gives tags their times ---
-
-    def test_a_schema_version_5_database_gets_tag_times_and_checkpoints(
-        self, store_factory: Callable[[], EventStore]
-    ) -> None:
-        old = store_factory()
-        if not isinstance(old, SqlEventStore):
-            pytest.skip("this store keeps no schema")
-        # What the code of schema version 5 left: tag rows without times, no checkpoints.
-        with old.engine.begin() as conn:
-            schema_version.create(conn)
-            for step in MIGRATIONS[:5]:
-                step(conn)
-            conn.execute(text("DROP INDEX event_tags_by_time"))
-            for table in ("event_tags", "event_tag_log"):
-                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN recorded_at"))
-            conn.execute(insert(schema_version).values(version=5))
-            # One tag row in the index, one in the log.
-            rows = ((1, 1_000, "event_tags"), (2, 2_000, "event_tag_log"))
-            for position, recorded_at, table in rows:
-                conn.execute(
-                    text(
-                        "INSERT INTO events (stream_id, version, type, data, recorded_at)"
-                        " VALUES (:s, 1, 'Happened', :data, :at)"
-                    ),
-                    {"s": f"s{position}", "data": f'{{"n": {position}}}', "at": recorded_at},
-                )
-                conn.execute(
-                    text(
-                        f"INSERT INTO {table or 'event_tag_log'} (tag, position) VALUES ('t', :p)"
-                    ),
-                    {"p": position},
-                )
-        new = store_factory()
-        new.migrate()
-        epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        assert numbers(new.read_tag("t")) == [2, 1]
-        assert numbers(new.read_tag("t", oldest_first=True)) == [1, 2]
-        middle = epoch + timedelta(microseconds=1_500)
-        assert numbers(new.read_tag("t", recorded_after=middle)) == [2]
-        assert numbers(new.read_tag("t", recorded_before=middle)) == [1]
-        assert new.load_checkpoint("s1") is None
-        new.save_checkpoints("s1", [cp(1, n=1)])
-        assert new.load_checkpoint("s1", time=epoch + timedelta(microseconds=1_000)).version == 1

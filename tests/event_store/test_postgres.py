@@ -26,13 +26,14 @@ from event_store.postgres import _APPEND_LOCK
 from event_store.sql import _READ_STREAM, _READ_TAG
 from tests import pg
 from tests.event_store.conformance import EventStoreConformance
+from tests.event_store.schema_conformance import SchemaConformance
 
 pytestmark = pytest.mark.postgres
 
 CLOSED_PORT_URL = "postgresql+psycopg://postgres@127.0.0.1:1/test"
 
 
-class TestPostgresEventStore(EventStoreConformance):
+class TestPostgresEventStore(EventStoreConformance, SchemaConformance):
     @pytest.fixture
     def store_factory(self, postgres_url: str) -> Iterator[Callable[[], EventStore]]:
         opened: list[PostgresEventStore] = []

@@ -23,6 +23,7 @@ from event_store import (
 )
 from event_store.sql import _READ_TAG
 from tests.event_store.conformance import EventStoreConformance
+from tests.event_store.schema_conformance import SchemaConformance
 
 
 def handles(sqlite_url: str, **options: Any) -> Iterator[Callable[[], EventStore]]:
@@ -38,13 +39,13 @@ def handles(sqlite_url: str, **options: Any) -> Iterator[Callable[[], EventStore
         store.close()
 
 
-class TestSqliteEventStore(EventStoreConformance):
+class TestSqliteEventStore(EventStoreConformance, SchemaConformance):
     @pytest.fixture
     def store_factory(self, sqlite_url: str) -> Iterator[Callable[[], EventStore]]:
         yield from handles(sqlite_url)
 
 
-class TestSqliteEventStoreShortTagLog(EventStoreConformance):
+class TestSqliteEventStoreShortTagLog(EventStoreConformance, SchemaConformance):
     """The same suite with a tag log of two rows: most appends with tags move it into the
     index, and reads find tags in both."""
 
