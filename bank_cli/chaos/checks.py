@@ -21,11 +21,11 @@ from bank_cli.chaos.load import (
     PROBE_TIMEOUT,
     SETTLE_TIMEOUT,
     Load,
-    Planned,
     answer_label,
     pool,
     state_name,
 )
+from bank_cli.chaos.plan import Planned
 
 
 async def check(load: Load) -> None:

@@ -1,0 +1,157 @@
+"""``bank chaos``'s plan: the transfers to make, drawn from the seed, and how they are
+grouped into units (one transfer, or a ``CreateTransfers`` batch)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+
+from google.protobuf import duration_pb2
+
+from bank.v1 import transfer_pb2 as tpb
+from bank_cli.chaos.config import MAX_AMOUNT, ChaosConfig
+
+# Holds meant to be posted or voided outlive the run; holds left to expire do so at once.
+LONG_HOLD = 3600
+SHORT_HOLD = (1, 3)
+MAX_LEGS = 3
+MAX_BATCH = 16
+
+HOLD_KINDS = ("hold-post", "hold-partial", "hold-void", "hold-expire")
+
+
+@dataclass
+class Planned:
+    transfer_id: str
+    source: str
+    target: str
+    amount: int
+    # "hot", "random", "closed" (refused credit), "oversized" (refused reserve), "legs"
+    # (multi-leg), or a hold: "hold-post", "hold-partial", "hold-void", "hold-expire".
+    kind: str
+    # "COMPLETED", "VOIDED", "EXPIRED", "FAILED/<reason>" or "ERROR/<answer>"
+    outcome: str | None = None
+    attempts: int = 0
+    legs: list[tuple[str, str, int]] = field(default_factory=list)  # multi-leg only
+    post_amount: int = 0  # what a hold-post or hold-partial posts (0: all of it)
+    expires_after: int = 0  # seconds, holds only
+    batched: bool = False
+
+    @property
+    def moves(self) -> list[tuple[str, str, int]]:
+        """(from, to, amount) of every movement it makes if it completes."""
+        if self.legs:
+            return self.legs
+        return [(self.source, self.target, self.post_amount or self.amount)]
+
+    def request(self) -> tpb.CreateTransferRequest:
+        request = tpb.CreateTransferRequest(transfer_id=self.transfer_id)
+        if self.legs:
+            request.legs.extend(tpb.Leg(from_account_id=f, to_account_id=t, amount=a)
+                                for f, t, a in self.legs)  # fmt: skip
+        else:
+            request.from_account_id = self.source
+            request.to_account_id = self.target
+            request.amount = self.amount
+        if self.kind.startswith("hold-"):
+            request.pending = True
+            request.expires_after.CopyFrom(duration_pb2.Duration(seconds=self.expires_after))
+        return request
+
+
+def plan_units(
+    config: ChaosConfig, rng: random.Random, ids: list[str], closed: str, hot: tuple[str, str]
+) -> list[list[Planned]]:
+    """The run's transfers, cut into units; the same for the same seed."""
+    planner = _Planner(config, rng, hot)
+    return planner.units(planner.plan(ids, closed))
+
+
+@dataclass
+class _Planner:
+    config: ChaosConfig
+    rng: random.Random
+    hot: tuple[str, str]
+
+    def plan(self, ids: list[str], closed: str) -> list[Planned]:
+        rng, c = self.rng, self.config
+        oversized = min(c.opening * (len(ids) + 1) * 10, 2**62)
+        refused = c.hot_share + c.refused_share
+        legs, holds = refused + c.legs_share, refused + c.legs_share + c.hold_share
+        plan = []
+        hot_turn = 0
+        for _ in range(c.transfers):
+            draw = rng.random()
+            source, target = rng.sample(ids, 2)
+            amount = rng.randint(1, MAX_AMOUNT)
+            planned = Planned(str(uuid.uuid4()), source, target, amount, "random")
+            if draw < c.hot_share:
+                planned.source, planned.target = self.hot if hot_turn % 2 == 0 else self.hot[::-1]
+                hot_turn += 1
+                planned.kind = "hot"
+            elif draw < c.hot_share + c.refused_share / 2:
+                planned.target, planned.kind = closed, "closed"
+            elif draw < refused:
+                planned.amount, planned.kind = oversized, "oversized"
+            elif draw < legs:
+                self.multi_leg(planned, ids, closed, oversized)
+            elif draw < holds:
+                self.hold(planned)
+            plan.append(planned)
+        return plan
+
+    def multi_leg(self, planned: Planned, ids: list[str], closed: str, oversized: int) -> None:
+        """A payment with a fee or a split: 2 to MAX_LEGS legs, a few of them refused."""
+        rng = self.rng
+        planned.kind, planned.source, planned.target = "legs", "", ""
+        for _ in range(rng.randint(2, MAX_LEGS)):
+            source, target = rng.sample(ids, 2)
+            planned.legs.append((source, target, rng.randint(1, MAX_AMOUNT // 2)))
+        draw = rng.random()
+        if draw < 0.05:
+            source, _, amount = planned.legs[-1]
+            planned.legs[-1] = (source, closed, amount)
+        elif draw < 0.1:
+            source, target, _ = planned.legs[-1]
+            planned.legs[-1] = (source, target, oversized)
+        elif draw < 0.4:
+            source, target, amount = planned.legs[0]
+            hot = self.hot[rng.randrange(2)]
+            if hot != target:
+                planned.legs[0] = (hot, target, amount)
+        planned.amount = sum(amount for _, _, amount in planned.legs)
+
+    def hold(self, planned: Planned) -> None:
+        rng = self.rng
+        planned.kind = rng.choice(HOLD_KINDS)
+        if rng.random() < 0.5:
+            planned.source, planned.target = self.hot[:: rng.choice((1, -1))]
+        if planned.kind == "hold-partial":
+            if planned.amount > 1:
+                planned.post_amount = rng.randint(1, planned.amount - 1)
+            else:
+                planned.kind = "hold-post"
+        expiring = planned.kind == "hold-expire"
+        planned.expires_after = rng.randint(*SHORT_HOLD) if expiring else LONG_HOLD
+
+    def units(self, plan: list[Planned]) -> list[list[Planned]]:
+        """Single-leg immediate transfers go into batches (``batch_share`` of them), the
+        rest one by one, in plan order as far as the batches allow."""
+        rng = self.rng
+        units: list[list[Planned]] = []
+        batch: list[Planned] = []
+        size = rng.randint(2, MAX_BATCH)
+        for planned in plan:
+            simple = not planned.legs and not planned.kind.startswith("hold-")
+            if simple and rng.random() < self.config.batch_share:
+                planned.batched = True
+                batch.append(planned)
+                if len(batch) >= size:
+                    units.append(batch)
+                    batch, size = [], rng.randint(2, MAX_BATCH)
+            else:
+                units.append([planned])
+        if batch:
+            units.append(batch)
+        return units
