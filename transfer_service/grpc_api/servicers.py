@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from bank.v1 import transfer_pb2 as pb
@@ -49,19 +47,23 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
     ) -> pb.CreateTransfersResponse:
         if not 1 <= len(request.transfers) <= MAX_BATCH:
             raise InvalidArgument("transfers", f"a batch holds 1 to {MAX_BATCH} transfers")
-        wait = _wait(context)
-        results = await asyncio.gather(*(self._one(item, wait) for item in request.transfers))
+        # An invalid item fails alone; the valid ones are recorded together.
+        results: list[pb.CreateTransferResult] = [pb.CreateTransferResult()] * len(
+            request.transfers
+        )
+        valid, positions = [], []
+        for n, item in enumerate(request.transfers):
+            try:
+                valid.append(requests.transfer_request(item))
+            except Exception as exc:
+                results[n] = pb.CreateTransferResult(error=ERRORS.status_message_for(exc))
+            else:
+                positions.append(n)
+        if valid:
+            outcomes = await self._transfers.create_many(valid, wait=_wait(context))
+            for n, outcome in zip(positions, outcomes, strict=True):
+                results[n] = _result(outcome)
         return pb.CreateTransfersResponse(results=results)
-
-    async def _one(
-        self, item: pb.CreateTransferRequest, wait: float | None
-    ) -> pb.CreateTransferResult:
-        """One item of a batch: what CreateTransfer would have answered for it."""
-        try:
-            transfer = await self._transfers.create(requests.transfer_request(item), wait=wait)
-        except Exception as exc:
-            return pb.CreateTransferResult(error=ERRORS.status_message_for(exc))
-        return pb.CreateTransferResult(transfer=messages.transfer(transfer))
 
     async def PostTransfer(self, request: pb.PostTransferRequest, context: Context) -> pb.Transfer:
         transfer_id = parse_id(request.transfer_id, "transfer_id")
@@ -118,3 +120,12 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
                 page_tokens.encode(listing, page.next_cursor) if page.next_cursor else ""
             ),
         )
+
+
+def _result(outcome: object) -> pb.CreateTransferResult:
+    """One item of a batch: what CreateTransfer would have answered for it."""
+    if isinstance(outcome, Exception):
+        return pb.CreateTransferResult(error=ERRORS.status_message_for(outcome))
+    if isinstance(outcome, BaseException):
+        raise outcome  # a cancelled call, not an answer
+    return pb.CreateTransferResult(transfer=messages.transfer(outcome))
