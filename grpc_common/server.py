@@ -30,8 +30,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from grpc_common import metrics, tls, tracing
+from grpc_common.auth import BearerAuth
 from grpc_common.interceptors import DecodeGuard
 from grpc_common.rpc_metrics import ServerMetrics
+from grpc_common.token_reload import TokenReloader
 
 log = logging.getLogger(__name__)
 
@@ -216,11 +218,20 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     watcher = asyncio.create_task(health.watch(config.probe, config.probe_interval))
+    reloaders = [
+        TokenReloader(interceptor)
+        for interceptor in security.interceptors
+        if isinstance(interceptor, BearerAuth) and interceptor.path
+    ]
+    for reloader in reloaders:
+        reloader.start()
     try:
         await stop.wait()
     finally:
         log.info("stopping: draining calls for up to %.1f s", config.grace)
         watcher.cancel()
+        for reloader in reloaders:
+            reloader.stop()
         await health.drain()
         for hook in config.on_drain:
             await hook()

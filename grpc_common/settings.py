@@ -148,8 +148,8 @@ def add_security_flags(
             "--reservation-callers",
             "BANK_RESERVATION_CALLERS",
             auth.DEFAULT_RESERVATION_CALLERS,
-            "with --auth-tokens, who may call ReservationService: comma-separated"
-            " token:NAME, CN=NAME, SAN=NAME",
+            "who may call ReservationService: comma-separated token:NAME (needs"
+            " --auth-tokens), CN=NAME, SAN=NAME (need --tls-client-ca)",
         )
     if accounts_client:
         _optional_flag(
@@ -197,26 +197,42 @@ def configure_security(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def server_security(args: argparse.Namespace) -> tls.ServerSecurity | None:
-    """``ServerSecurity`` from the server flags; None when they are all off."""
+    """``ServerSecurity`` from the server flags; None when they are all off.
+
+    ``--reservation-callers``, when given, is always enforced: by tokens, by verified client
+    certificates, or both; a setting that could not enforce it stops the start.
+    """
     log = logging.getLogger("grpc_common.security")
     cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
     if bool(cert) != bool(key):
         raise tls.SecurityConfigError("--tls-cert and --tls-key go together")
     if client_ca and not cert:
         raise tls.SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    serves_reservations = hasattr(args, "reservation_callers")
     callers_spec = getattr(args, "reservation_callers", auth.DEFAULT_RESERVATION_CALLERS)
+    callers = auth.Callers.parse(callers_spec)
+    named = serves_reservations and callers_spec.strip() != auth.DEFAULT_RESERVATION_CALLERS
+    if named and not args.auth_tokens:
+        if callers.token_names:
+            raise tls.SecurityConfigError(
+                "--reservation-callers names tokens (token:NAME): it needs --auth-tokens"
+            )
+        if not client_ca:
+            raise tls.SecurityConfigError(
+                "--reservation-callers names certificates: it needs --tls-client-ca (mutual"
+                " TLS) or --auth-tokens, else ReservationService would be open to anyone"
+            )
     if not (cert or args.auth_tokens):
-        if callers_spec.strip() != auth.DEFAULT_RESERVATION_CALLERS:
-            raise tls.SecurityConfigError("--reservation-callers needs --auth-tokens")
         return None
     credentials, parts = None, ["plaintext"]
     if cert:
         credentials = tls.server_credentials(cert, key, client_ca or None)
+        tls.check_private(key, "TLS key")
         parts = ["mutual TLS" if client_ca else "TLS"]
     interceptors: list[auth.BearerAuth] = []
     if args.auth_tokens:
+        tls.check_private(args.auth_tokens, "token file")
         tokens = auth.TokenTable.load(args.auth_tokens)
-        callers = auth.Callers.parse(callers_spec)
         if not tokens.entries:
             log.warning("token file %s holds no tokens: calls need a certificate", args.auth_tokens)
         if callers.by_certificate and not client_ca:
@@ -224,13 +240,21 @@ def server_security(args: argparse.Namespace) -> tls.ServerSecurity | None:
                 "--reservation-callers names certificates, but without --tls-client-ca"
                 " no client certificate is verified"
             )
-        if hasattr(args, "reservation_callers"):
+        if serves_reservations:
             for name in sorted(callers.token_names - tokens.names):
                 log.warning("--reservation-callers token:%s: no such name in the token file", name)
-        interceptors.append(auth.BearerAuth(tokens, callers, client_certificates=bool(client_ca)))
+        interceptors.append(
+            auth.BearerAuth(
+                tokens, callers, client_certificates=bool(client_ca), path=args.auth_tokens
+            )
+        )
         parts.append(f"bearer tokens ({len(tokens.entries)})")
-        if hasattr(args, "reservation_callers"):
+        if serves_reservations:
             parts.append(f"ReservationService callers {callers}")
+    elif named:
+        # Certificates alone: ReservationService answers only the certificates named.
+        interceptors.append(auth.BearerAuth(None, callers, client_certificates=True))
+        parts.append(f"ReservationService callers {callers} (no bearer tokens)")
     return tls.ServerSecurity(credentials, interceptors, ", ".join(parts))
 
 
@@ -251,12 +275,15 @@ def accounts_security(args: argparse.Namespace) -> tls.ChannelSecurity | None:
     options: list[tuple[str, object]] = []
     if secure:
         roots = None if ca == "system" else ca or None
+        if key:
+            tls.check_private(key, "TLS client key")
         credentials = tls.channel_credentials(roots, cert or None, key or None)
         parts = ["mutual TLS" if cert else "TLS"]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
     metadata: tuple[tuple[str, str], ...] = ()
     if token_file:
+        tls.check_private(token_file, "token file")
         metadata = auth.bearer_metadata(auth.read_token(token_file))
         parts.append("bearer token")
     return tls.ChannelSecurity(credentials, options, metadata, ", ".join(parts))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,20 @@ def configure(server: ServerSecurity | None, accounts: ChannelSecurity | None = 
 
 def configured() -> ProcessSecurity:
     return _configured
+
+
+def check_private(path: str, what: str) -> None:
+    """Refuses a secret file that its group or others may read or write: a token, its
+    hashes or a key readable by every local account is as good as published."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise SecurityConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    if mode & 0o077:
+        raise SecurityConfigError(
+            f"{what} {path}: readable or writable by group or others (mode"
+            f" {stat.S_IMODE(mode):04o}); run chmod 600 {path}"
+        )
 
 
 def read_pem(path: str, what: str) -> bytes:
