@@ -29,18 +29,20 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from grpc_common import metrics, tls, tracing
+from grpc_common import limits, metrics, tls, tracing
 from grpc_common.auth import BearerAuth
 from grpc_common.interceptors import DecodeGuard
 from grpc_common.rpc_metrics import ServerMetrics
 from grpc_common.token_reload import TokenReloader
+from shared_kernel import page_tokens
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_SEND_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # The largest any method takes; each method's own limit is checked before decoding.
+    ("grpc.max_receive_message_length", limits.LARGEST),
+    ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ("grpc.so_reuseport", 0),
 ]
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -202,6 +204,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                 " network can read and alter the calls; use --tls-cert and --tls-key",
                 config.listen,
             )
+    if page_tokens.uses_builtin_key() and not tls.is_loopback(config.listen):
+        log.warning(
+            "page tokens are signed with the built-in key on %s: anyone can make one;"
+            " give every replica the same secret with --page-token-key-file",
+            config.listen,
+        )
     host = config.listen.rsplit(":", 1)[0]
     try:
         metrics_http = metrics.start_http_server()

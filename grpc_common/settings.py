@@ -9,9 +9,11 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from grpc_common import auth, logs, metrics, tls, tracing
+from shared_kernel import page_tokens
 
 
 def env_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, help: str) -> None:
@@ -142,6 +144,12 @@ def add_security_flags(
         "BANK_AUTH_TOKENS",
         "turn authentication on: bearer tokens from this file of '<name> sha256:<hex>' lines",
     )
+    _optional_flag(
+        group,
+        "--page-token-key-file",
+        "BANK_PAGE_TOKEN_KEY_FILE",
+        "the secret that signs page tokens, shared by the replicas (else a built-in key)",
+    )
     if reservation:
         env_flag(
             group,
@@ -191,9 +199,24 @@ def configure_security(parser: argparse.ArgumentParser, args: argparse.Namespace
     try:
         server = server_security(args)
         accounts = accounts_security(args) if hasattr(args, "accounts_ca") else None
+        if args.page_token_key_file:
+            page_tokens.set_key(read_key(args.page_token_key_file))
     except tls.SecurityConfigError as exc:
         parser.error(str(exc))
     tls.configure(server, accounts)
+
+
+def read_key(path: str) -> bytes:
+    """The page-token key a file holds (surrounding whitespace ignored); the file must be
+    its owner's alone."""
+    tls.check_private(path, "page-token key file")
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise tls.SecurityConfigError(f"page-token key file {path}: cannot read") from exc
+    if len(key) < 16:
+        raise tls.SecurityConfigError(f"page-token key file {path}: under 16 bytes")
+    return key
 
 
 def server_security(args: argparse.Namespace) -> tls.ServerSecurity | None:
