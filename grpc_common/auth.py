@@ -325,6 +325,8 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         self._checked: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         # Token name -> the tasks of its streams in flight, cancelled when the token goes.
         self._streams: dict[str, set[asyncio.Task[Any]]] = {}
+        # Those tasks, once cancelled for a revoked token: they end their call UNAUTHENTICATED.
+        self._revoked: set[asyncio.Task[Any]] = set()
 
     @property
     def tokens(self) -> TokenTable | None:
@@ -340,6 +342,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         self._tokens = tokens
         for name in gone:
             for task in self._streams.pop(name, set()):
+                self._revoked.add(task)
                 task.cancel()
         return gone
 
@@ -405,7 +408,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         behaviour = getattr(handler, kind)
         if not inspect.isasyncgenfunction(behaviour):
             return handler
-        streams = self._streams
+        streams, revoked = self._streams, self._revoked
 
         async def tracked(request: Any, context: grpc.aio.ServicerContext) -> Any:
             task = asyncio.current_task()
@@ -415,7 +418,18 @@ class BearerAuth(grpc.aio.ServerInterceptor):
                 async with contextlib.aclosing(behaviour(request, context)) as responses:
                     async for response in responses:
                         yield response
+            except asyncio.CancelledError:
+                if task not in revoked:
+                    raise
+                # A cancelled call sends no status: the caller is told why instead.
+                revoked.discard(task)
+                task.uncancel()
+                status = rich_status(
+                    grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", "bearer token revoked"
+                )
+                await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                revoked.discard(task)
                 tasks = streams.get(token.name)
                 if tasks is not None:
                     tasks.discard(task)
