@@ -134,7 +134,10 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         account_id = parse_id(request.account_id, "account_id")
         from_version = parse_version(request.from_version, "from_version")
         await self._readable(account_id)
-        async for entry in self._accounts.watch(account_id, from_version):
+        who = caller.current()
+        # Counted per token, or per connection without one.
+        key = f"token:{who.name}" if who is not None else f"peer:{context.peer()}"
+        async for entry in self._accounts.watch(account_id, from_version, key):
             yield messages.account_event(entry)
 
 
