@@ -69,6 +69,9 @@ class ServerConfig:
     on_drain: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # None: the process's configured security (grpc_common.tls.configured), else plaintext.
     security: tls.ServerSecurity | None = None
+    # Also answer grpc.health.v1 alone, in plaintext, on this address (HOST:PORT): for
+    # probes that cannot speak (mutual) TLS, such as Kubernetes' gRPC probes.
+    health_listen: str = ""
 
 
 def _reflection_v1_file() -> None:
@@ -162,6 +165,22 @@ def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredenti
     return server.add_secure_port(listen, credentials)
 
 
+def _health_server(listen: str, servicer: HealthServicer) -> grpc.aio.Server | None:
+    """A plaintext server of the health service alone on ``listen`` (none if empty): the
+    status it tells is the main server's; it serves nothing else, so it needs no credentials."""
+    if not listen:
+        return None
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1024)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    try:
+        server.add_insecure_port(listen)
+    except RuntimeError:
+        log.critical("cannot listen for health checks on %s: the address is in use", listen)
+        raise SystemExit(2) from None
+    log.info("health checks (only) in plaintext on %s", listen)
+    return server
+
+
 def observability_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The metrics and tracing interceptors the process configured; none when both are off."""
     found: list[grpc.aio.ServerInterceptor] = []
@@ -216,7 +235,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     except metrics.MetricsConfigError as exc:
         log.critical("%s", exc)
         raise SystemExit(2) from None
+    health_only = _health_server(config.health_listen, health_servicer)
     await server.start()
+    if health_only is not None:
+        await health_only.start()
     log.info("listening on %s:%d (%s)", host, port, ", ".join(names))
     log.info("security: %s", security.description)
 
@@ -244,6 +266,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         for hook in config.on_drain:
             await hook()
         await server.stop(config.grace)
+        if health_only is not None:
+            await health_only.stop(0)
         for hook in config.on_stop:
             await hook()
         if metrics_http is not None:
@@ -299,5 +323,6 @@ async def run_service(
         on_stop=[*assembly.on_stop, store.close],
         on_drain=assembly.on_drain,
         security=security,
+        health_listen=tls.configured().health_listen,
     )
     await serve(config, stop)

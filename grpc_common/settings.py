@@ -146,6 +146,14 @@ def add_security_flags(
     )
     _optional_flag(
         group,
+        "--health-port",
+        "BANK_HEALTH_PORT",
+        "also answer health checks alone, in plaintext, on [HOST:]PORT (a bare port:"
+        " --listen's host), for probes that cannot use TLS",
+        metavar="[HOST:]PORT",
+    )
+    _optional_flag(
+        group,
         "--page-token-key-file",
         "BANK_PAGE_TOKEN_KEY_FILE",
         "the secret that signs page tokens, shared by the replicas (else a built-in key)",
@@ -201,9 +209,18 @@ def configure_security(parser: argparse.ArgumentParser, args: argparse.Namespace
         accounts = accounts_security(args) if hasattr(args, "accounts_ca") else None
         if args.page_token_key_file:
             page_tokens.set_key(read_key(args.page_token_key_file))
+        health = health_address(args.health_port, args.listen) if args.health_port else ""
     except tls.SecurityConfigError as exc:
         parser.error(str(exc))
-    tls.configure(server, accounts)
+    tls.configure(server, accounts, health)
+
+
+def health_address(port: str, listen: str) -> str:
+    """``--health-port`` as HOST:PORT: a bare port takes the host of ``--listen``."""
+    _, sep, number = port.rpartition(":")
+    if not number.isdigit() or not 0 < int(number) < 65536:
+        raise tls.SecurityConfigError(f"--health-port {port!r}: expected [HOST:]PORT")
+    return port if sep else f"{listen.rpartition(':')[0]}:{number}"
 
 
 def read_key(path: str) -> bytes:

@@ -57,15 +57,21 @@ class ProcessSecurity:
 
     server: ServerSecurity | None = None
     accounts: ChannelSecurity | None = None
+    # HOST:PORT of a plaintext listener of the health service alone ("" for none).
+    health_listen: str = ""
 
 
 _configured = ProcessSecurity()
 
 
-def configure(server: ServerSecurity | None, accounts: ChannelSecurity | None = None) -> None:
+def configure(
+    server: ServerSecurity | None,
+    accounts: ChannelSecurity | None = None,
+    health_listen: str = "",
+) -> None:
     """Records the process's security; set once, by its command-line entry point."""
     global _configured
-    _configured = ProcessSecurity(server, accounts)
+    _configured = ProcessSecurity(server, accounts, health_listen)
 
 
 def configured() -> ProcessSecurity:
@@ -74,12 +80,17 @@ def configured() -> ProcessSecurity:
 
 def check_private(path: str, what: str) -> None:
     """Refuses a secret file that its group or others may read or write: a token, its
-    hashes or a key readable by every local account is as good as published."""
+    hashes or a key readable by every local account is as good as published.
+
+    One exception: a file someone else owns whose group is this process's own, as
+    Kubernetes mounts a Secret for a pod's ``fsGroup`` (root-owned, mode 0440)."""
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError as exc:
         raise SecurityConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
-    if mode & 0o077:
+    mode = info.st_mode
+    mounted_for_us = info.st_uid != os.geteuid() and info.st_gid == os.getegid()
+    if mode & 0o007 or (mode & 0o070 and not mounted_for_us):
         raise SecurityConfigError(
             f"{what} {path}: readable or writable by group or others (mode"
             f" {stat.S_IMODE(mode):04o}); run chmod 600 {path}"
