@@ -8,6 +8,7 @@ import sys
 
 from account_service.server import DEFAULT_DB, DEFAULT_LISTEN, SERVICE_NAME, run
 from account_service.streams import DEFAULT_CHECKPOINT_EVERY
+from account_service.watchers import DEFAULT_MAX_PER_CALLER
 from grpc_common.settings import (
     add_observability_flags,
     add_security_flags,
@@ -57,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         "an account's checkpoint is kept at every version that is a multiple of this, for"
         " reads of its past; 0: none",
     )
+    env_flag(
+        parser,
+        "--max-watchers-per-caller",
+        "BANK_MAX_WATCHERS_PER_CALLER",
+        str(DEFAULT_MAX_PER_CALLER),
+        "WatchAccount streams one caller (a token, else a connection) may have open at once",
+    )
     add_security_flags(parser, reservation=True)
     add_observability_flags(parser)
     args = parser.parse_args(argv)
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     lock_timeout = float(args.experimental_naive_lock_timeout)
     snapshot_every = _count(parser, "--snapshot-every", args.snapshot_every)
     checkpoint_every = _count(parser, "--checkpoint-every", args.checkpoint_every)
+    max_watchers = _count(parser, "--max-watchers-per-caller", args.max_watchers_per_caller)
     run_async(
         run(
             args.listen,
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             naive_lock_timeout=lock_timeout,
             snapshot_every=snapshot_every,
             checkpoint_every=checkpoint_every,
+            max_watchers_per_caller=max_watchers,
         )
     )
     return 0

@@ -7,14 +7,13 @@ commands in bursts and keep the cache of accounts; the sequences
 (``account_service.sequences``), which store a transfer's forward steps over idle accounts
 in one transaction; the snapshots (``account_service.snapshots``), from which accounts
 are loaded and which are saved as they grow; and the past (``account_service.past``),
-accounts as they were, rebuilt from their checkpoints. Watching is this module's own: a
-commit in this process wakes the account's watchers at once.
+accounts as they were, rebuilt from their checkpoints; and the watchers
+(``account_service.watchers``), one feed per watched account.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
@@ -30,6 +29,7 @@ from account_service.streams import (
     stream_id,
 )
 from account_service.views import AccountView, HistoryEntry, view
+from account_service.watchers import DEFAULT_MAX_PER_CALLER, Watchers
 from event_store import AsyncEventStore
 
 # STREAM_PREFIX and stream_id: where the audit and the benchmark find account streams.
@@ -52,6 +52,7 @@ class Accounts:
         crash_point: CrashPoint = _no_crash,
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        max_watchers_per_caller: int = DEFAULT_MAX_PER_CALLER,
     ) -> None:
         """``snapshot_every``: events an account grows by before its state is snapshotted
         again; 0 never writes snapshots (those already stored are still read).
@@ -74,8 +75,7 @@ class Accounts:
         self._sequences = Sequences(
             store, self._mailboxes, crash_point=crash_point, checkpoint_every=checkpoint_every
         )
-        self._changed: dict[str, asyncio.Event] = {}
-        self._draining = asyncio.Event()
+        self._watchers = Watchers(self._entries, max_per_caller=max_watchers_per_caller)
         # The parts' own methods rather than wrappers: no call in between on a command's way.
         # submit(account_id, decision, with_reservations=False): queues the decision for
         # the account; a future of the state after it is stored (Mailboxes.submit).
@@ -159,37 +159,24 @@ class Accounts:
         return self._mailboxes.open_pending_hold_times()
 
     async def watch(
-        self, account_id: str, from_version: int, poll_interval: float = 1.0
+        self, account_id: str, from_version: int, caller: str = ""
     ) -> AsyncIterator[HistoryEntry]:
         """Events after ``from_version``, then live ones, until the caller stops iterating.
 
-        Commits in this process wake watchers at once; the poll catches commits made by
-        other processes sharing the database.
+        Commits in this process wake watchers at once; one poll per watched account catches
+        commits made by other processes sharing the database (``account_service.watchers``).
+        ``caller``: who watches (a token, a connection), whose watchers are counted.
         """
         await self.get(account_id)
-        last = from_version
-        while True:
-            changed = self._changed.setdefault(account_id, asyncio.Event())
-            page = await self._entries(account_id, last, 500)
-            for entry in page:
-                yield entry
-                last = entry.version
-            if self._draining.is_set():
-                return
-            if len(page) < 500:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), poll_interval)
+        async for entry in self._watchers.watch(account_id, from_version, caller):
+            yield entry
 
     async def drain(self) -> None:
         """Ends every watch after what it has already read, so a stop is not held up."""
-        self._draining.set()
-        for changed in self._changed.values():
-            changed.set()
+        self._watchers.drain()
 
     def _notify(self, account_id: str) -> None:
-        changed = self._changed.pop(account_id, None)
-        if changed is not None:
-            changed.set()
+        self._watchers.notify(account_id)
 
 
 def _existing(account: Account) -> list[AccountEvent]:

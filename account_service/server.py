@@ -12,6 +12,7 @@ from account_service.naive import LOCK_TIMEOUT as NAIVE_LOCK_TIMEOUT
 from account_service.naive import naive_service
 from account_service.snapshots import DEFAULT_SNAPSHOT_EVERY
 from account_service.streams import DEFAULT_CHECKPOINT_EVERY
+from account_service.watchers import DEFAULT_MAX_PER_CALLER
 from bank.v1 import account_pb2, account_pb2_grpc
 from event_store import AsyncEventStore, OwnedByAnother, open_async_store
 from grpc_common import metrics
@@ -33,6 +34,7 @@ def build(
     naive_lock_timeout: float = NAIVE_LOCK_TIMEOUT,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    max_watchers_per_caller: int = DEFAULT_MAX_PER_CALLER,
 ) -> Assembly:
     """``naive_transfers``: also serve the experimental NaiveTransferService."""
     accounts = Accounts(
@@ -40,6 +42,7 @@ def build(
         crash_point=crash_point_from_env(ACCOUNT_POINTS),
         snapshot_every=snapshot_every,
         checkpoint_every=checkpoint_every,
+        max_watchers_per_caller=max_watchers_per_caller,
     )
     services = [
         Service(
@@ -79,6 +82,7 @@ async def run(
     naive_lock_timeout: float = NAIVE_LOCK_TIMEOUT,
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    max_watchers_per_caller: int = DEFAULT_MAX_PER_CALLER,
 ) -> None:
     assemble = functools.partial(
         build,
@@ -86,6 +90,7 @@ async def run(
         naive_lock_timeout=naive_lock_timeout,
         snapshot_every=snapshot_every,
         checkpoint_every=checkpoint_every,
+        max_watchers_per_caller=max_watchers_per_caller,
     )
     try:
         store = await open_async_store(db, owner=SERVICE_NAME, observer=metrics.store_observer())

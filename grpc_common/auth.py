@@ -29,13 +29,16 @@ No token, hash or header value ever appears in a log line or an error message.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import inspect
 import logging
+import os
 import re
 import secrets
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -45,6 +48,8 @@ from typing import Any
 
 import grpc
 
+from grpc_common import scopes as scopes_module
+from grpc_common.caller import Caller, set_current
 from grpc_common.errors import rich_status
 from grpc_common.tls import SecurityConfigError
 
@@ -61,6 +66,7 @@ SHORT_TOKEN = 32
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _HASH = re.compile(r"sha256:([0-9a-fA-F]{64})")
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: a valid metadata value
+_OWNER = re.compile(r"[^\s\x00-\x1f\x7f]{1,200}")
 
 
 def hash_token(token: str) -> str:
@@ -98,15 +104,29 @@ def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, f"Bearer {token}"),)
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One line of the token file: a name, its token's digest, its scopes, its owner."""
+
+    name: str
+    digest: bytes
+    scopes: frozenset[str] = scopes_module.DEFAULT_SCOPES
+    owner: str = ""
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.name, self.scopes, self.owner)
+
+
 @dataclass(frozen=True)
 class TokenTable:
-    """Token names and the SHA-256 digests of their tokens."""
+    """Token names, the SHA-256 digests of their tokens, their scopes and owners."""
 
-    entries: tuple[tuple[str, bytes], ...]
+    entries: tuple[Token, ...]
 
     @classmethod
     def parse(cls, text: str, source: str = "token file") -> TokenTable:
-        entries: list[tuple[str, bytes]] = []
+        entries: list[Token] = []
         names: set[str] = set()
         digests: set[bytes] = set()
         for number, raw in enumerate(text.splitlines(), 1):
@@ -116,9 +136,12 @@ class TokenTable:
             # The message never quotes the line: a raw token pasted by mistake stays unseen.
             parts = line.split()
             where = f"{source} line {number}"
-            if len(parts) != 2:
-                raise SecurityConfigError(f"{where}: expected '<name> sha256:<64 hex digits>'")
-            name, value = parts
+            if not 2 <= len(parts) <= 4:
+                raise SecurityConfigError(
+                    f"{where}: expected '<name> sha256:<64 hex digits>"
+                    " [scopes=S1,S2,...] [owner=OWNER]'"
+                )
+            name, value, *options = parts
             if not _NAME.fullmatch(name):
                 raise SecurityConfigError(f"{where}: a name is letters, digits and ._@- only")
             match = _HASH.fullmatch(value)
@@ -129,9 +152,10 @@ class TokenTable:
                 raise SecurityConfigError(f"{where}: name {name} again")
             if digest in digests:
                 raise SecurityConfigError(f"{where}: the same token as an earlier line")
+            scopes, owner = _options(options, where)
             names.add(name)
             digests.add(digest)
-            entries.append((name, digest))
+            entries.append(Token(name, digest, scopes, owner))
         return cls(tuple(entries))
 
     @classmethod
@@ -145,16 +169,40 @@ class TokenTable:
 
     @property
     def names(self) -> frozenset[str]:
-        return frozenset(name for name, _ in self.entries)
+        return frozenset(entry.name for entry in self.entries)
 
-    def verify(self, token: str) -> str | None:
-        """The name of ``token``, or None. Compares against every entry in constant time."""
+    def lookup(self, token: str) -> Token | None:
+        """The entry of ``token``, or None. Compares against every entry in constant time."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         found = None
-        for name, expected in self.entries:
-            if hmac.compare_digest(digest, expected):
-                found = name
+        for entry in self.entries:
+            if hmac.compare_digest(digest, entry.digest):
+                found = entry
         return found
+
+    def verify(self, token: str) -> str | None:
+        """The name of ``token``, or None."""
+        entry = self.lookup(token)
+        return entry.name if entry is not None else None
+
+
+def _options(options: list[str], where: str) -> tuple[frozenset[str], str]:
+    """The ``scopes=`` and ``owner=`` of a token line (each at most once)."""
+    scopes, owner = None, None
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key == "scopes" and sep and scopes is None:
+            try:
+                scopes = scopes_module.parse_scopes(value)
+            except ValueError as exc:
+                raise SecurityConfigError(f"{where}: {exc}") from None
+        elif key == "owner" and sep and owner is None:
+            if not _OWNER.fullmatch(value):
+                raise SecurityConfigError(f"{where}: owner= is 1 to 200 printable characters")
+            owner = value
+        else:
+            raise SecurityConfigError(f"{where}: expected scopes=S1,S2,... or owner=OWNER")
+    return (scopes_module.DEFAULT_SCOPES if scopes is None else scopes), owner or ""
 
 
 @dataclass(frozen=True)
@@ -248,29 +296,55 @@ Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandl
 
 
 class BearerAuth(grpc.aio.ServerInterceptor):
-    """Authenticates calls to bank methods by bearer token; authorizes ReservationService.
+    """Authenticates calls to bank methods by bearer token and authorizes them by scope.
 
+    ``tokens`` None: no bearer tokens (certificate rules only): ``ReservationService``
+    still answers only the certificates ``callers`` names, the other services are open.
     ``client_certificates``: the server verifies client certificates (mutual TLS), so
     certificate names in ``callers`` can match.
     """
 
     def __init__(
         self,
-        tokens: TokenTable,
+        tokens: TokenTable | None,
         callers: Callers,
         *,
         client_certificates: bool = False,
         prefix: str = BANK_METHODS,
         restricted: str = RESERVATION_METHODS,
+        path: str = "",
     ) -> None:
         self._tokens = tokens
         self._callers = callers
         self._by_certificate = client_certificates and callers.by_certificate
         self._prefix = prefix
         self._restricted = restricted
+        self.path = path
         self._refusals = _RefusalLog()
         # Method name -> (handler as found, the same behind a certificate check).
         self._checked: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # Token name -> the tasks of its streams in flight, cancelled when the token goes.
+        self._streams: dict[str, set[asyncio.Task[Any]]] = {}
+        # Those tasks, once cancelled for a revoked token: they end their call UNAUTHENTICATED.
+        self._revoked: set[asyncio.Task[Any]] = set()
+
+    @property
+    def tokens(self) -> TokenTable | None:
+        return self._tokens
+
+    def replace_tokens(self, tokens: TokenTable) -> list[str]:
+        """Takes a new token table; ends the streams of tokens it no longer holds.
+
+        Returns the names whose streams were ended."""
+        kept = {(entry.name, entry.digest) for entry in tokens.entries}
+        old = self._tokens.entries if self._tokens is not None else ()
+        gone = sorted({e.name for e in old if (e.name, e.digest) not in kept})
+        self._tokens = tokens
+        for name in gone:
+            for task in self._streams.pop(name, set()):
+                self._revoked.add(task)
+                task.cancel()
+        return gone
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -279,29 +353,95 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(self._prefix):
             return handler
-        name, problem = self._authenticate(handler_call_details.invocation_metadata)
+        scope = scopes_module.scope_of(method)
+        if scope is None:
+            # Fail closed: a method nobody gave a scope is nobody's.
+            return self._refusal(
+                handler, method, grpc.StatusCode.PERMISSION_DENIED, _denied(method), "no scope"
+            )
+        token, problem = self._authenticate(handler_call_details.invocation_metadata)
         if problem is not None:
             return self._refusal(handler, method, grpc.StatusCode.UNAUTHENTICATED, problem)
-        if not method.startswith(self._restricted):
-            if name is None:
-                return self._refusal(
-                    handler, method, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
-                )
+        if method.startswith(self._restricted):
+            return self._reservation(handler, method, token)
+        if self._tokens is None:
             return handler
-        if name is not None and name in self._callers.token_names:
-            return handler
-        if self._by_certificate:
-            return self._certificate_checked(handler, method)
-        if name is None:
+        if token is None:
             return self._refusal(
                 handler, method, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
             )
+        if scope not in token.scopes:
+            return self._refusal(
+                handler,
+                method,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token has no {scope} scope",
+                f"token {token.name}",
+            )
+        return self._admitted(handler, token)
+
+    def _reservation(
+        self, handler: grpc.RpcMethodHandler, method: str, token: Token | None
+    ) -> grpc.RpcMethodHandler:
+        if token is not None and (
+            scopes_module.RESERVATION in token.scopes or token.name in self._callers.token_names
+        ):
+            return self._admitted(handler, token)
+        if self._by_certificate:
+            set_current(None)
+            return self._certificate_checked(handler, method)
+        if token is None and self._tokens is not None:
+            return self._refusal(
+                handler, method, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token"
+            )
+        who = f"token {token.name}" if token is not None else "no certificate rule"
         return self._refusal(
-            handler, method, grpc.StatusCode.PERMISSION_DENIED, _denied(method), f"token {name}"
+            handler, method, grpc.StatusCode.PERMISSION_DENIED, _denied(method), who
         )
 
-    def _authenticate(self, metadata: Any) -> tuple[str | None, str | None]:
-        """(token name, None), (None, None) without a token, (None, problem) for a bad one."""
+    def _admitted(self, handler: grpc.RpcMethodHandler, token: Token) -> grpc.RpcMethodHandler:
+        """The handler, run as ``token``'s caller; a stream is ended if the token is revoked."""
+        set_current(token.caller)
+        if not handler.response_streaming:
+            return handler
+        kind, _ = _KINDS[handler.request_streaming, handler.response_streaming]
+        behaviour = getattr(handler, kind)
+        if not inspect.isasyncgenfunction(behaviour):
+            return handler
+        streams, revoked = self._streams, self._revoked
+
+        async def tracked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            task = asyncio.current_task()
+            assert task is not None
+            streams.setdefault(token.name, set()).add(task)
+            try:
+                async with contextlib.aclosing(behaviour(request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except asyncio.CancelledError:
+                if task not in revoked:
+                    raise
+                # A cancelled call sends no status: the caller is told why instead.
+                revoked.discard(task)
+                task.uncancel()
+                status = rich_status(
+                    grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED", "bearer token revoked"
+                )
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                revoked.discard(task)
+                tasks = streams.get(token.name)
+                if tasks is not None:
+                    tasks.discard(task)
+                    if not tasks:
+                        streams.pop(token.name, None)
+
+        return handler._replace(**{kind: tracked})
+
+    def _authenticate(self, metadata: Any) -> tuple[Token | None, str | None]:
+        """(token, None), (None, None) without a token, (None, problem) for a bad one."""
+        if self._tokens is None:
+            return None, None
         values = [value for key, value in metadata or () if key == AUTHORIZATION]
         if not values:
             return None, None
@@ -314,10 +454,10 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         token = token.strip()
         if scheme.lower() != SCHEME or not token:
             return None, "authorization is not 'Bearer <token>'"
-        name = self._tokens.verify(token)
-        if name is None:
+        entry = self._tokens.lookup(token)
+        if entry is None:
             return None, "unknown bearer token"
-        return name, None
+        return entry, None
 
     def _refusal(
         self,
@@ -336,6 +476,9 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         why = f"{message} ({who})" if who else message
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # The abort's exception keeps this frame in a cycle until a collection: without
+            # the request in it, a flood of large refused bodies holds no memory.
+            del request
             self._refusals.note(code.name, method, context.peer(), why)
             await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -396,6 +539,15 @@ def _denied(method: str) -> str:
     return f"this caller may not call {service}"
 
 
+def _private_stdout() -> None:
+    """Output redirected to a file (``> tokens``) makes that file the owner's alone: the
+    services refuse token files that others may read."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = sys.stdout.fileno()
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m grpc_common.auth", description="Bearer tokens for the bank's services."
@@ -407,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     hasher.add_argument("name", nargs="?", default="client", help="the token's name")
     commands.add_parser("token", help="print a new random token (256 bits, URL-safe)")
     args = parser.parse_args(argv)
+    _private_stdout()
     if args.command == "token":
         print(secrets.token_urlsafe(32))
         return 0

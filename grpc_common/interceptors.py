@@ -1,4 +1,5 @@
-"""Request bodies that do not decode are refused as ``INVALID_ARGUMENT``.
+"""Request bodies that do not decode are refused as ``INVALID_ARGUMENT``; bodies above
+their method's size limit (``grpc_common.limits``) as ``RESOURCE_EXHAUSTED``, undecoded.
 
 grpc decodes a request before any servicer code runs and answers ``UNKNOWN`` (``INTERNAL``
 in some versions) when that fails; a message that fails mid-stream ends the servicer's
@@ -19,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from grpc_common import limits
 from grpc_common.errors import rich_status
 
 log = logging.getLogger(__name__)
@@ -29,14 +31,19 @@ BANK_METHODS = "/bank."
 class Undecodable:
     """Stands in for a request that did not decode, so the behaviour can refuse it."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("limit", "reason", "size")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, size: int = 0, limit: int = 0) -> None:
         self.reason = reason
+        # Set when the message was too large to decode: its size and the method's limit.
+        self.size = size
+        self.limit = limit
 
 
-def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _tolerant(deserializer: Callable[[bytes], Any], limit: int) -> Callable[[bytes], Any]:
     def deserialize(raw: bytes) -> Any:
+        if len(raw) > limit:
+            return Undecodable("too large", len(raw), limit)
         try:
             return deserializer(raw)
         except Exception as exc:
@@ -46,13 +53,21 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 async def _refuse(context: grpc.aio.ServicerContext, request: Undecodable) -> None:
-    log.debug("undecodable request: %s", request.reason)
-    status = rich_status(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "INVALID_ARGUMENT",
-        f"request: {request.reason}",
-        {"field": "request"},
-    )
+    if request.limit:
+        status = rich_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "MESSAGE_TOO_LARGE",
+            f"request: {request.size} bytes, above this method's {request.limit}",
+            {"limit": str(request.limit), "size": str(request.size)},
+        )
+    else:
+        log.debug("undecodable request: %s", request.reason)
+        status = rich_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+            f"request: {request.reason}",
+            {"field": "request"},
+        )
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
@@ -140,7 +155,9 @@ _BEHAVIOURS = {
 }
 
 
-def guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def guard_handler(
+    handler: grpc.RpcMethodHandler, limit: int = limits.LARGEST
+) -> grpc.RpcMethodHandler:
     """``handler`` with a deserializer that cannot raise and a behaviour that refuses.
 
     Synchronous behaviours are left as they are (the bank has none): grpc runs them on
@@ -162,7 +179,7 @@ def guard_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         # coroutine from an async generator, so the guard keeps the kind it wraps.
         guarded = _guard_unary(behaviour)
     return handler._replace(
-        request_deserializer=_tolerant(handler.request_deserializer), **{kind: guarded}
+        request_deserializer=_tolerant(handler.request_deserializer, limit), **{kind: guarded}
     )
 
 
@@ -186,6 +203,6 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        guarded = guard_handler(handler)
+        guarded = guard_handler(handler, limits.limit_of(method))
         self._guarded[method] = (handler, guarded)
         return guarded

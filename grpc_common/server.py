@@ -29,16 +29,20 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from grpc_common import metrics, tls, tracing
+from grpc_common import limits, metrics, tls, tracing
+from grpc_common.auth import BearerAuth
 from grpc_common.interceptors import DecodeGuard
 from grpc_common.rpc_metrics import ServerMetrics
+from grpc_common.token_reload import TokenReloader
+from shared_kernel import page_tokens
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_SEND_BYTES = 4 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # The largest any method takes; each method's own limit is checked before decoding.
+    ("grpc.max_receive_message_length", limits.LARGEST),
+    ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ("grpc.so_reuseport", 0),
 ]
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -65,6 +69,9 @@ class ServerConfig:
     on_drain: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # None: the process's configured security (grpc_common.tls.configured), else plaintext.
     security: tls.ServerSecurity | None = None
+    # Also answer grpc.health.v1 alone, in plaintext, on this address (HOST:PORT): for
+    # probes that cannot speak (mutual) TLS, such as Kubernetes' gRPC probes.
+    health_listen: str = ""
 
 
 def _reflection_v1_file() -> None:
@@ -158,6 +165,22 @@ def _bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredenti
     return server.add_secure_port(listen, credentials)
 
 
+def _health_server(listen: str, servicer: HealthServicer) -> grpc.aio.Server | None:
+    """A plaintext server of the health service alone on ``listen`` (none if empty): the
+    status it tells is the main server's; it serves nothing else, so it needs no credentials."""
+    if not listen:
+        return None
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1024)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    try:
+        server.add_insecure_port(listen)
+    except RuntimeError:
+        log.critical("cannot listen for health checks on %s: the address is in use", listen)
+        raise SystemExit(2) from None
+    log.info("health checks (only) in plaintext on %s", listen)
+    return server
+
+
 def observability_interceptors() -> list[grpc.aio.ServerInterceptor]:
     """The metrics and tracing interceptors the process configured; none when both are off."""
     found: list[grpc.aio.ServerInterceptor] = []
@@ -200,13 +223,22 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                 " network can read and alter the calls; use --tls-cert and --tls-key",
                 config.listen,
             )
+    if page_tokens.uses_builtin_key() and not tls.is_loopback(config.listen):
+        log.warning(
+            "page tokens are signed with the built-in key on %s: anyone can make one;"
+            " give every replica the same secret with --page-token-key-file",
+            config.listen,
+        )
     host = config.listen.rsplit(":", 1)[0]
     try:
         metrics_http = metrics.start_http_server()
     except metrics.MetricsConfigError as exc:
         log.critical("%s", exc)
         raise SystemExit(2) from None
+    health_only = _health_server(config.health_listen, health_servicer)
     await server.start()
+    if health_only is not None:
+        await health_only.start()
     log.info("listening on %s:%d (%s)", host, port, ", ".join(names))
     log.info("security: %s", security.description)
 
@@ -216,15 +248,26 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     watcher = asyncio.create_task(health.watch(config.probe, config.probe_interval))
+    reloaders = [
+        TokenReloader(interceptor)
+        for interceptor in security.interceptors
+        if isinstance(interceptor, BearerAuth) and interceptor.path
+    ]
+    for reloader in reloaders:
+        reloader.start()
     try:
         await stop.wait()
     finally:
         log.info("stopping: draining calls for up to %.1f s", config.grace)
         watcher.cancel()
+        for reloader in reloaders:
+            reloader.stop()
         await health.drain()
         for hook in config.on_drain:
             await hook()
         await server.stop(config.grace)
+        if health_only is not None:
+            await health_only.stop(0)
         for hook in config.on_stop:
             await hook()
         if metrics_http is not None:
@@ -280,5 +323,6 @@ async def run_service(
         on_stop=[*assembly.on_stop, store.close],
         on_drain=assembly.on_drain,
         security=security,
+        health_listen=tls.configured().health_listen,
     )
     await serve(config, stop)

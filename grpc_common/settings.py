@@ -9,9 +9,11 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from grpc_common import auth, logs, metrics, tls, tracing
+from shared_kernel import page_tokens
 
 
 def env_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: str, help: str) -> None:
@@ -142,14 +144,28 @@ def add_security_flags(
         "BANK_AUTH_TOKENS",
         "turn authentication on: bearer tokens from this file of '<name> sha256:<hex>' lines",
     )
+    _optional_flag(
+        group,
+        "--health-port",
+        "BANK_HEALTH_PORT",
+        "also answer health checks alone, in plaintext, on [HOST:]PORT (a bare port:"
+        " --listen's host), for probes that cannot use TLS",
+        metavar="[HOST:]PORT",
+    )
+    _optional_flag(
+        group,
+        "--page-token-key-file",
+        "BANK_PAGE_TOKEN_KEY_FILE",
+        "the secret that signs page tokens, shared by the replicas (else a built-in key)",
+    )
     if reservation:
         env_flag(
             group,
             "--reservation-callers",
             "BANK_RESERVATION_CALLERS",
             auth.DEFAULT_RESERVATION_CALLERS,
-            "with --auth-tokens, who may call ReservationService: comma-separated"
-            " token:NAME, CN=NAME, SAN=NAME",
+            "who may call ReservationService: comma-separated token:NAME (needs"
+            " --auth-tokens), CN=NAME, SAN=NAME (need --tls-client-ca)",
         )
     if accounts_client:
         _optional_flag(
@@ -191,32 +207,72 @@ def configure_security(parser: argparse.ArgumentParser, args: argparse.Namespace
     try:
         server = server_security(args)
         accounts = accounts_security(args) if hasattr(args, "accounts_ca") else None
+        if args.page_token_key_file:
+            page_tokens.set_key(read_key(args.page_token_key_file))
+        health = health_address(args.health_port, args.listen) if args.health_port else ""
     except tls.SecurityConfigError as exc:
         parser.error(str(exc))
-    tls.configure(server, accounts)
+    tls.configure(server, accounts, health)
+
+
+def health_address(port: str, listen: str) -> str:
+    """``--health-port`` as HOST:PORT: a bare port takes the host of ``--listen``."""
+    _, sep, number = port.rpartition(":")
+    if not number.isdigit() or not 0 < int(number) < 65536:
+        raise tls.SecurityConfigError(f"--health-port {port!r}: expected [HOST:]PORT")
+    return port if sep else f"{listen.rpartition(':')[0]}:{number}"
+
+
+def read_key(path: str) -> bytes:
+    """The page-token key a file holds (surrounding whitespace ignored); the file must be
+    its owner's alone."""
+    tls.check_private(path, "page-token key file")
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise tls.SecurityConfigError(f"page-token key file {path}: cannot read") from exc
+    if len(key) < 16:
+        raise tls.SecurityConfigError(f"page-token key file {path}: under 16 bytes")
+    return key
 
 
 def server_security(args: argparse.Namespace) -> tls.ServerSecurity | None:
-    """``ServerSecurity`` from the server flags; None when they are all off."""
+    """``ServerSecurity`` from the server flags; None when they are all off.
+
+    ``--reservation-callers``, when given, is always enforced: by tokens, by verified client
+    certificates, or both; a setting that could not enforce it stops the start.
+    """
     log = logging.getLogger("grpc_common.security")
     cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
     if bool(cert) != bool(key):
         raise tls.SecurityConfigError("--tls-cert and --tls-key go together")
     if client_ca and not cert:
         raise tls.SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    serves_reservations = hasattr(args, "reservation_callers")
     callers_spec = getattr(args, "reservation_callers", auth.DEFAULT_RESERVATION_CALLERS)
+    callers = auth.Callers.parse(callers_spec)
+    named = serves_reservations and callers_spec.strip() != auth.DEFAULT_RESERVATION_CALLERS
+    if named and not args.auth_tokens:
+        if callers.token_names:
+            raise tls.SecurityConfigError(
+                "--reservation-callers names tokens (token:NAME): it needs --auth-tokens"
+            )
+        if not client_ca:
+            raise tls.SecurityConfigError(
+                "--reservation-callers names certificates: it needs --tls-client-ca (mutual"
+                " TLS) or --auth-tokens, else ReservationService would be open to anyone"
+            )
     if not (cert or args.auth_tokens):
-        if callers_spec.strip() != auth.DEFAULT_RESERVATION_CALLERS:
-            raise tls.SecurityConfigError("--reservation-callers needs --auth-tokens")
         return None
     credentials, parts = None, ["plaintext"]
     if cert:
         credentials = tls.server_credentials(cert, key, client_ca or None)
+        tls.check_private(key, "TLS key")
         parts = ["mutual TLS" if client_ca else "TLS"]
     interceptors: list[auth.BearerAuth] = []
     if args.auth_tokens:
+        tls.check_private(args.auth_tokens, "token file")
         tokens = auth.TokenTable.load(args.auth_tokens)
-        callers = auth.Callers.parse(callers_spec)
         if not tokens.entries:
             log.warning("token file %s holds no tokens: calls need a certificate", args.auth_tokens)
         if callers.by_certificate and not client_ca:
@@ -224,13 +280,21 @@ def server_security(args: argparse.Namespace) -> tls.ServerSecurity | None:
                 "--reservation-callers names certificates, but without --tls-client-ca"
                 " no client certificate is verified"
             )
-        if hasattr(args, "reservation_callers"):
+        if serves_reservations:
             for name in sorted(callers.token_names - tokens.names):
                 log.warning("--reservation-callers token:%s: no such name in the token file", name)
-        interceptors.append(auth.BearerAuth(tokens, callers, client_certificates=bool(client_ca)))
+        interceptors.append(
+            auth.BearerAuth(
+                tokens, callers, client_certificates=bool(client_ca), path=args.auth_tokens
+            )
+        )
         parts.append(f"bearer tokens ({len(tokens.entries)})")
-        if hasattr(args, "reservation_callers"):
+        if serves_reservations:
             parts.append(f"ReservationService callers {callers}")
+    elif named:
+        # Certificates alone: ReservationService answers only the certificates named.
+        interceptors.append(auth.BearerAuth(None, callers, client_certificates=True))
+        parts.append(f"ReservationService callers {callers} (no bearer tokens)")
     return tls.ServerSecurity(credentials, interceptors, ", ".join(parts))
 
 
@@ -251,12 +315,15 @@ def accounts_security(args: argparse.Namespace) -> tls.ChannelSecurity | None:
     options: list[tuple[str, object]] = []
     if secure:
         roots = None if ca == "system" else ca or None
+        if key:
+            tls.check_private(key, "TLS client key")
         credentials = tls.channel_credentials(roots, cert or None, key or None)
         parts = ["mutual TLS" if cert else "TLS"]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
     metadata: tuple[tuple[str, str], ...] = ()
     if token_file:
+        tls.check_private(token_file, "token file")
         metadata = auth.bearer_metadata(auth.read_token(token_file))
         parts.append("bearer token")
     return tls.ChannelSecurity(credentials, options, metadata, ", ".join(parts))

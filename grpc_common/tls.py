@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,19 +57,44 @@ class ProcessSecurity:
 
     server: ServerSecurity | None = None
     accounts: ChannelSecurity | None = None
+    # HOST:PORT of a plaintext listener of the health service alone ("" for none).
+    health_listen: str = ""
 
 
 _configured = ProcessSecurity()
 
 
-def configure(server: ServerSecurity | None, accounts: ChannelSecurity | None = None) -> None:
+def configure(
+    server: ServerSecurity | None,
+    accounts: ChannelSecurity | None = None,
+    health_listen: str = "",
+) -> None:
     """Records the process's security; set once, by its command-line entry point."""
     global _configured
-    _configured = ProcessSecurity(server, accounts)
+    _configured = ProcessSecurity(server, accounts, health_listen)
 
 
 def configured() -> ProcessSecurity:
     return _configured
+
+
+def check_private(path: str, what: str) -> None:
+    """Refuses a secret file that its group or others may read or write: a token, its
+    hashes or a key readable by every local account is as good as published.
+
+    One exception: a file someone else owns whose group is this process's own, as
+    Kubernetes mounts a Secret for a pod's ``fsGroup`` (root-owned, mode 0440)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise SecurityConfigError(f"{what} {path}: cannot read ({exc.strerror})") from None
+    mode = info.st_mode
+    mounted_for_us = info.st_uid != os.geteuid() and info.st_gid == os.getegid()
+    if mode & 0o007 or (mode & 0o070 and not mounted_for_us):
+        raise SecurityConfigError(
+            f"{what} {path}: readable or writable by group or others (mode"
+            f" {stat.S_IMODE(mode):04o}); run chmod 600 {path}"
+        )
 
 
 def read_pem(path: str, what: str) -> bytes:

@@ -166,11 +166,19 @@ def step_message(step: AccountStep, reference: str, epoch: int, currency: str) -
         request.amount = step.amount
     if step.action in _WITH_CURRENCY and currency:
         request.currency = currency
+    if step.action is Action.RESERVE and step.owner:
+        request.owner = step.owner
     if step.expires_at:
         expires = Timestamp()
         expires.FromMicroseconds(step.expires_at)
         request.expires_at.CopyFrom(expires)
     return pb.Step(**{field: request})
+
+
+def _owner_refused(reason: str, metadata) -> bool:
+    """The account is not the owner's the transfer's caller is bound to: a final refusal,
+    unlike a PERMISSION_DENIED for this service's own credentials (retried)."""
+    return reason == "PERMISSION_DENIED" and metadata.get("check") == "owner"
 
 
 def answer(outcome: pb.Account | pb.StepError) -> Answer:
@@ -179,6 +187,8 @@ def answer(outcome: pb.Account | pb.StepError) -> Answer:
     code = _CODES.get(outcome.code, grpc.StatusCode.UNKNOWN)
     if outcome.reason == "EPOCH_FENCED":
         return Fenced(outcome.message)
+    if _owner_refused(outcome.reason, outcome.metadata):
+        return Refused(outcome.reason, outcome.message, dict(outcome.metadata))
     if code in _UNDECIDED:
         return Undecided(f"{code.name}: {outcome.message}")
     return Refused(outcome.reason or code.name, outcome.message, dict(outcome.metadata))
@@ -465,6 +475,8 @@ class UnaryAccounts:
             reason = info.reason if info is not None else code.name
             if reason == "EPOCH_FENCED":
                 return Fenced(error.details() or reason)
+            if info is not None and _owner_refused(reason, info.metadata):
+                return Refused(reason, error.details() or reason, dict(info.metadata))
             if code in _UNDECIDED:
                 return Undecided(f"{code.name}: {error.details()}")
             metadata = dict(info.metadata) if info is not None else {}

@@ -209,6 +209,7 @@ class Transfers:
         amount: int,
         reason: str,
         wait: float | None = None,
+        owner: str = "",
     ) -> Transfer:
         """Reverse a COMPLETED transfer (``amount`` 0: all that is left) with a transfer of
         its own, ``reversal_id``; the reversal's outcome. Idempotent by ``reversal_id``."""
@@ -222,7 +223,7 @@ class Transfers:
                 return await self._outcome(existing, deadline)
             original = await self._load(transfer_id)
             reserved = original.reserve_reversal(reversal_id, amount)
-            request = original.reversal(reversal_id, reserved[0].amount, reason)
+            request = original.reversal(reversal_id, reserved[0].amount, reason, owner)
             try:
                 reversal = await self._process.record_reversal(original, reserved, request)
             except ConcurrencyConflict:

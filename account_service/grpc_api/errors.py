@@ -6,7 +6,9 @@ from grpc import StatusCode
 
 from account_service import domain
 from account_service.mailboxes import ContentionTooHigh
+from account_service.watchers import TooManyWatchers
 from event_store import StoreUnavailable
+from grpc_common.caller import PermissionDenied
 from grpc_common.errors import ErrorTable, Refusal
 from shared_kernel.errors import DomainError, InvalidArgument
 
@@ -40,6 +42,8 @@ ERRORS = ErrorTable(
         StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
         ContentionTooHigh: Refusal(StatusCode.UNAVAILABLE, "CONTENTION"),
         StepNotRun: Refusal(StatusCode.ABORTED, "STEP_NOT_RUN"),
+        PermissionDenied: Refusal(StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+        TooManyWatchers: Refusal(StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS"),
     }
 )
 

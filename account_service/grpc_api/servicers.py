@@ -12,11 +12,16 @@ from operator import methodcaller
 import grpc
 
 from account_service.application import Accounts
+from account_service.domain import Account
 from account_service.grpc_api import messages, steps
 from account_service.grpc_api.errors import ERRORS
 from account_service.grpc_api.step_stream import StepStream
+from account_service.mailboxes import Decision
+from account_service.views import AccountView
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
+from grpc_common import caller
+from grpc_common.caller import owned_by
 from grpc_common.step_order import STEP_ORDER_METADATA
 from shared_kernel import page_tokens
 from shared_kernel.values import (
@@ -33,49 +38,75 @@ from shared_kernel.values import (
 Context = grpc.aio.ServicerContext
 
 
+def _owner(account: Account) -> str:
+    return account.owner
+
+
+def _as_caller(decision: Decision) -> Decision:
+    """``decision``, refused first if the caller's token is bound to another owner."""
+    return owned_by(caller.bound_owner(), decision, _owner)
+
+
 @ERRORS.guard
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
 
+    async def _readable(self, account_id: str) -> AccountView | None:
+        """Refuses an owner-bound caller reading someone else's account; the account as it
+        is now when it had to be read for that (None when the caller may read anything)."""
+        if not caller.bound_owner():
+            return None
+        view = await self._accounts.get(account_id)
+        caller.check_owner(view.owner)
+        return view
+
     async def OpenAccount(self, request: pb.OpenAccountRequest, context: Context) -> pb.Account:
         account_id = parse_optional_id(request.account_id, "account_id")
         owner = parse_owner(request.owner)
         currency = parse_currency(request.currency)
+        caller.check_owner(owner)
         view = await self._accounts.execute(account_id, methodcaller("open", owner, currency))
         return messages.account(view)
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:
         account_id = parse_id(request.account_id, "account_id")
         as_of = messages.as_of(request)
+        now = await self._readable(account_id)
         if as_of is None:
-            return messages.account(await self._accounts.get(account_id))
+            return messages.account(now or await self._accounts.get(account_id))
         return messages.account(await self._accounts.as_of(account_id, **as_of))
 
     async def Deposit(self, request: pb.DepositRequest, context: Context) -> pb.Account:
         account_id = parse_id(request.account_id, "account_id")
         amount = parse_amount(request.amount)
         request_id = parse_key(request.request_id, "request_id")
-        view = await self._accounts.execute(account_id, methodcaller("deposit", amount, request_id))
+        view = await self._accounts.execute(
+            account_id, _as_caller(methodcaller("deposit", amount, request_id))
+        )
         return messages.account(view)
 
     async def Withdraw(self, request: pb.WithdrawRequest, context: Context) -> pb.Account:
         account_id = parse_id(request.account_id, "account_id")
         amount = parse_amount(request.amount)
         request_id = parse_key(request.request_id, "request_id")
-        decision = methodcaller("withdraw", amount, request_id)
+        decision = _as_caller(methodcaller("withdraw", amount, request_id))
         return messages.account(await self._accounts.execute(account_id, decision))
 
     async def CloseAccount(self, request: pb.CloseAccountRequest, context: Context) -> pb.Account:
         account_id = parse_id(request.account_id, "account_id")
-        return messages.account(await self._accounts.execute(account_id, methodcaller("close")))
+        return messages.account(
+            await self._accounts.execute(account_id, _as_caller(methodcaller("close")))
+        )
 
     async def SetOverdraftLimit(
         self, request: pb.SetOverdraftLimitRequest, context: Context
     ) -> pb.Account:
         account_id = parse_id(request.account_id, "account_id")
         request_id = parse_key(request.request_id, "request_id")
-        decision = methodcaller("set_overdraft_limit", request.overdraft_limit, request_id)
+        decision = _as_caller(
+            methodcaller("set_overdraft_limit", request.overdraft_limit, request_id)
+        )
         return messages.account(await self._accounts.execute(account_id, decision))
 
     async def ListAccountEvents(
@@ -87,6 +118,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         after = parse_version(request.from_version, "from_version")
         if request.page_token:
             after = page_tokens.decode(request.page_token, listing)
+        await self._readable(account_id)
         # One more than asked tells whether another page exists.
         entries = await self._accounts.history(account_id, after, page_size + 1)
         page = entries[:page_size]
@@ -101,7 +133,11 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     ) -> AsyncIterator[pb.AccountEvent]:
         account_id = parse_id(request.account_id, "account_id")
         from_version = parse_version(request.from_version, "from_version")
-        async for entry in self._accounts.watch(account_id, from_version):
+        await self._readable(account_id)
+        who = caller.current()
+        # Counted per token, or per connection without one.
+        key = f"token:{who.name}" if who is not None else f"peer:{context.peer()}"
+        async for entry in self._accounts.watch(account_id, from_version, key):
             yield messages.account_event(entry)
 
 

@@ -7,9 +7,11 @@ from operator import methodcaller
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from account_service.domain import Account
 from account_service.mailboxes import Decision
 from account_service.views import AccountView
 from bank.v1 import account_pb2 as pb
+from grpc_common.caller import owned_by
 from grpc_common.timestamps import parse_timestamp
 from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import INT64_MAX, parse_amount, parse_currency, parse_id, parse_key
@@ -40,7 +42,13 @@ def reserve(request: pb.ReserveRequest) -> tuple[str, Decision]:
     currency = parse_currency(request.currency) if request.currency else ""
     expires_at = _micros(request.expires_at) if request.HasField("expires_at") else 0
     epoch = _epoch(request.epoch)
-    return account_id, methodcaller("reserve", amount, reference, currency, epoch, expires_at)
+    decision = methodcaller("reserve", amount, reference, currency, epoch, expires_at)
+    # The owner the transfer's caller is bound to: only a reservation caller can set it.
+    return account_id, owned_by(request.owner, decision, _owner)
+
+
+def _owner(account: Account) -> str:
+    return account.owner
 
 
 def credit(request: pb.CreditRequest) -> tuple[str, Decision]:

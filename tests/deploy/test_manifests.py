@@ -4,7 +4,9 @@ The compose file is validated against the Compose specification (``compose-spec`
 Kubernetes manifest against the API's JSON schemas in strict mode (``kubernetes-validate``,
 which ships them), and the Dockerfile with hadolint. The rest of the checks are the
 promises the README makes about these files: health checks, gRPC probes, a non-root user,
-resource requests, the database URL from a Secret.
+resource requests, the database URL from a Secret, and the hardening: mutual TLS between
+the services, tokens and keys from files only their user may read, metrics and health on
+ports of their own that no Service exposes.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SECRET_EXAMPLE = K8S / "secret.example.yaml"
 # The oldest Kubernetes with native gRPC probes (GA in 1.27), and the newest schemas shipped.
 K8S_VERSIONS = ("1.27", kubernetes_validate.latest_version())
 PORTS = {"account-service": 50051, "transfer-service": 50052}
+HEALTH_PORT = 8086
 MODULES = {"account-service": "account_service", "transfer-service": "transfer_service"}
 # Compose runs each service as replicas named after it, each published on a port of its own;
 # the first of each on the port the README's walkthrough uses.
@@ -96,7 +99,7 @@ def test_compose_file_follows_the_compose_specification():
     parsed = PyCompose.from_yaml(COMPOSE.read_text())
     parsed.validate()
     replicas = [replica for names in COMPOSE_REPLICAS.values() for replica in names]
-    assert sorted(parsed.service_names()) == sorted(["postgres", *replicas])
+    assert sorted(parsed.service_names()) == sorted(["postgres", "secrets", *replicas])
 
 
 def test_compose_runs_postgres_15(compose):
@@ -105,6 +108,9 @@ def test_compose_runs_postgres_15(compose):
 
 def test_every_compose_service_has_a_health_check(compose):
     for name, service in compose["services"].items():
+        if name == "secrets":
+            assert service["restart"] == "no"  # runs once, then exits
+            continue
         assert service["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
 
 
@@ -119,7 +125,10 @@ def test_compose_runs_two_replicas_of_each_service_alike_but_for_the_host_port(c
 def test_compose_services_start_after_what_they_need_is_healthy(compose):
     healthy = {"condition": "service_healthy"}
     for service in _replicas(compose, "account-service").values():
-        assert service["depends_on"] == {"postgres": healthy}
+        assert service["depends_on"] == {
+            "postgres": healthy,
+            "secrets": {"condition": "service_completed_successfully"},
+        }
     for service in _replicas(compose, "transfer-service").values():
         assert service["depends_on"] == {
             "postgres": healthy,
@@ -192,16 +201,20 @@ def test_compose_health_check_command_tells_serving_from_down(compose, tmp_path)
     test = compose["services"]["account-service-1"]["healthcheck"]["test"]
     assert test[:3] == ["CMD", "python", "-c"]
     command = [sys.executable, "-c", test[3]]
+    health = free_port()
     service = ServiceProcess(
-        "account_service", f"sqlite:///{tmp_path}/accounts.db", tmp_path / "account.log"
+        "account_service",
+        f"sqlite:///{tmp_path}/accounts.db",
+        tmp_path / "account.log",
+        extra_args=["--health-port", str(health)],
     ).start()
     try:
 
         def check(port: int) -> int:
-            env = {**os.environ, "BANK_LISTEN": f"0.0.0.0:{port}"}
+            env = {**os.environ, "BANK_HEALTH_PORT": str(port)}
             return subprocess.run(command, env=env, capture_output=True, timeout=30).returncode
 
-        assert check(service.port) == 0
+        assert check(health) == 0
         assert check(free_port()) != 0
     finally:
         assert service.stop() == 0
@@ -287,8 +300,11 @@ def test_workload_has_grpc_readiness_and_liveness_probes_on_its_port(name):
     port = PORTS[name]
     grpc = {"name": "grpc", "containerPort": port, "protocol": "TCP"}
     assert container["ports"][0] == grpc
+    # On the plaintext health-only port: the kubelet's gRPC probes cannot do mutual TLS.
+    assert _env(container)["BANK_HEALTH_PORT"]["value"] == str(HEALTH_PORT)
+    assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in container["ports"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"] == {"port": port}, probe
+        assert container[probe]["grpc"] == {"port": HEALTH_PORT}, probe
     assert _env(container)["BANK_LISTEN"]["value"] == f"0.0.0.0:{port}"
     assert container["command"] == ["python", "-m", MODULES[name]]
 
@@ -303,7 +319,7 @@ def test_workload_serves_metrics_where_prometheus_is_told_to_look(name):
     address = parse_address(env["BANK_METRICS_PORT"]["value"], env["BANK_LISTEN"]["value"])
     assert address is not None and address.host == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert set(ports) == {"grpc", "metrics"}
+    assert set(ports) == {"grpc", "metrics", "health"}
     assert ports["metrics"] == address.port != ports["grpc"]
     annotations = workload["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {
@@ -347,6 +363,12 @@ def test_secret_example_has_every_key_the_workloads_read():
         for workload in _workloads()
         for item in _container(workload)["env"]
         if "secretKeyRef" in item.get("valueFrom", {})
+    } | {
+        (volume["secret"]["secretName"], item["key"])
+        for workload in _workloads()
+        for volume in workload["spec"]["template"]["spec"]["volumes"]
+        if "secret" in volume
+        for item in volume["secret"]["items"]
     }
     assert wanted == {(secret["metadata"]["name"], key) for key in secret["stringData"]}
 
@@ -464,7 +486,7 @@ def test_image_installs_the_extra_that_otlp_tracing_needs():
     assert any(r.startswith("opentelemetry-exporter-otlp") for r in extras["tracing"])
     installs = [i for i in _stages()[0] if i.startswith("RUN pip install ")]
     assert len(installs) == 1
-    assert installs[0].split()[3] == "'.[tracing]'"
+    assert installs[0].split()[3] == "'.[tracing,pki]'"
     assert "import opentelemetry.exporter.otlp.proto.grpc.trace_exporter" in installs[0]
     tracing_source = (ROOT / "grpc_common" / "tracing.py").read_text()
     assert "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import" in tracing_source
@@ -479,3 +501,149 @@ def test_image_copies_every_package_the_project_installs():
 def test_dockerignore_keeps_local_environments_out_of_the_build_context():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git/", ".venv/", "node_modules/", "data/"} <= ignored
+
+
+# --- hardening: mutual TLS, tokens and keys as files, ports of their own ------------------
+
+# The settings that make a deployment secure, by service (values: files in the secrets).
+SECURE = {
+    "account-service": {
+        "BANK_TLS_CERT": "account-service.crt",
+        "BANK_TLS_KEY": "account-service.key",
+        "BANK_TLS_CLIENT_CA": "ca.crt",
+        "BANK_AUTH_TOKENS": "auth-tokens",
+        "BANK_PAGE_TOKEN_KEY_FILE": "page-token-key",
+    },
+    "transfer-service": {
+        "BANK_TLS_CERT": "transfer-service.crt",
+        "BANK_TLS_KEY": "transfer-service.key",
+        "BANK_AUTH_TOKENS": "auth-tokens",
+        "BANK_ACCOUNTS_CA": "ca.crt",
+        "BANK_ACCOUNTS_CLIENT_CERT": "transfer-client.crt",
+        "BANK_ACCOUNTS_CLIENT_KEY": "transfer-client.key",
+        "BANK_PAGE_TOKEN_KEY_FILE": "page-token-key",
+    },
+}
+
+
+def _k8s_settings(name: str) -> dict[str, str]:
+    container = _container(_workload(name))
+    return {k: v["value"] for k, v in _env(container).items() if "value" in v}
+
+
+def _compose_settings(compose: dict[str, Any], name: str) -> dict[str, str]:
+    (first, *_) = _replicas(compose, name).values()
+    return {k: str(v) for k, v in first["environment"].items()}
+
+
+@pytest.mark.parametrize("where", ["k8s", "compose"])
+@pytest.mark.parametrize("name", PORTS)
+def test_services_run_mutual_tls_and_tokens_from_secret_files(compose, where, name):
+    settings = _k8s_settings(name) if where == "k8s" else _compose_settings(compose, name)
+    mount = "/etc/bank/" if where == "k8s" else "/run/bank/"
+    for variable, file in SECURE[name].items():
+        assert settings[variable] == mount + file, variable
+    if name == "account-service":
+        assert settings["BANK_RESERVATION_CALLERS"] == "CN=transfer-service"
+    # No secret in the environment itself: every secret is a file.
+    assert "BANK_PAGE_TOKEN_KEY" not in settings
+    assert settings["BANK_HEALTH_PORT"] == str(HEALTH_PORT)
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_secret_files_are_readable_by_the_service_alone(name):
+    pod = _workload(name)["spec"]["template"]["spec"]
+    (volume,) = (v for v in pod["volumes"] if "secret" in v)
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    mounted = {item["path"] for item in volume["secret"]["items"]}
+    assert set(SECURE[name].values()) <= mounted
+    (mount,) = (m for m in _container(_workload(name))["volumeMounts"] if m["name"] == "secrets")
+    assert (mount["mountPath"], mount["readOnly"]) == ("/etc/bank", True)
+
+
+def test_services_expose_neither_metrics_nor_health():
+    for service in _resources("Service"):
+        names = {port["name"] for port in service["spec"]["ports"]}
+        numbers = {port["port"] for port in service["spec"]["ports"]}
+        assert names == {"grpc"}
+        assert not numbers & {9464, HEALTH_PORT}
+
+
+def test_compose_publishes_only_the_grpc_ports_on_loopback(compose):
+    for name, replicas in COMPOSE_REPLICAS.items():
+        for replica, host_port in replicas.items():
+            published = compose["services"][replica]["ports"]
+            assert published == [f"127.0.0.1:{host_port}:{PORTS[name]}"], replica
+
+
+def test_the_deploy_settings_carry_a_transfer_over_mutual_tls(tmp_path):
+    """The manifests' settings, on the files dev_pki makes, as real processes: a client with
+    a token and the CA moves money; the account service takes only the transfer service's
+    certificate for ReservationService."""
+    import grpc
+
+    from bank.v1 import account_pb2 as apb
+    from bank.v1 import transfer_pb2 as tpb
+    from bank_cli.harness import free_port
+    from grpc_common.dev_pki import main as make_pki
+    from tests.e2e.conftest import refusal
+    from tests.e2e.harness import Bank
+
+    secrets_dir = tmp_path / "secrets"
+    assert make_pki([str(secrets_dir), "--account-hosts", "localhost,127.0.0.1"]) == 0
+
+    def args(name: str) -> list[str]:
+        flags = []
+        for variable, file in SECURE[name].items():
+            flags += ["--" + variable.removeprefix("BANK_").lower().replace("_", "-")]
+            flags += [str(secrets_dir / file)]
+        if name == "account-service":
+            flags += ["--reservation-callers", "CN=transfer-service"]
+        else:
+            flags += ["--accounts-server-name", "localhost"]
+        return [*flags, "--health-port", str(free_port())]
+
+    ca = (secrets_dir / "ca.crt").read_bytes()
+    teller = (secrets_dir / "teller-app.token").read_text().strip()
+    bank = Bank(
+        f"sqlite:///{tmp_path}/accounts.db",
+        f"sqlite:///{tmp_path}/transfers.db",
+        tmp_path,
+        account_args=args("account-service"),
+        transfer_args=args("transfer-service"),
+        # A client of the account service shows a certificate of the bank's CA.
+        account_credentials=grpc.ssl_channel_credentials(
+            ca,
+            (secrets_dir / "teller-client.key").read_bytes(),
+            (secrets_dir / "teller-client.crt").read_bytes(),
+        ),
+        transfer_credentials=grpc.ssl_channel_credentials(ca),
+    ).start()
+    try:
+        md = (("authorization", f"Bearer {teller}"),)
+        ada = bank.accounts.OpenAccount(
+            apb.OpenAccountRequest(owner="Ada", currency="EUR"), metadata=md
+        )
+        bob = bank.accounts.OpenAccount(
+            apb.OpenAccountRequest(owner="Bob", currency="EUR"), metadata=md
+        )
+        bank.accounts.Deposit(
+            apb.DepositRequest(account_id=ada.account_id, amount=100, request_id="d"), metadata=md
+        )
+        done = bank.transfers.CreateTransfer(
+            tpb.CreateTransferRequest(
+                from_account_id=ada.account_id, to_account_id=bob.account_id, amount=40
+            ),
+            metadata=md,
+            timeout=30,
+        )
+        assert done.state == tpb.TRANSFER_STATE_COMPLETED
+        credit = apb.CreditRequest(
+            account_id=ada.account_id, reference="gift", amount=10**6, currency="EUR"
+        )
+        code, reason, _ = refusal(lambda: bank.reservations.Credit(credit, metadata=md))
+        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+    finally:
+        codes = bank.stop()
+    assert codes == {"transfer_service": 0, "account_service": 0}, codes

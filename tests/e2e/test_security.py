@@ -197,7 +197,7 @@ def tokens(tmp_path_factory) -> Tokens:
     transfer_file.write_text(transfer + "\n")
     client_file = directory / "client.token"
     client_file.write_text(client + "\n")
-    for path in (transfer_file, client_file):
+    for path in (table, transfer_file, client_file):
         path.chmod(0o600)
     return Tokens(client, transfer, table, transfer_file, client_file)
 
@@ -509,6 +509,7 @@ def test_a_transfer_service_with_a_client_token_moves_nothing(tmp_path, tokens):
 def test_a_bad_token_file_stops_the_start_without_showing_the_token(tmp_path, tokens):
     table = tmp_path / "tokens"
     table.write_text(f"{TRANSFER} {tokens.transfer}\n")  # the raw token, not its hash
+    table.chmod(0o600)
     done = subprocess.run(
         [
             *(sys.executable, "-m", "account_service"),

@@ -6,6 +6,9 @@ import argparse
 import hashlib
 import io
 import secrets
+import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -47,8 +50,13 @@ def test_a_token_file_names_its_tokens():
         (f"app md5:{'0' * 32}", "expected 'sha256:<64 hex digits>'"),
         (f"app sha256:{'0' * 63}", "expected 'sha256:<64 hex digits>'"),
         (f"app sha256:{'g' * 64}", "expected 'sha256:<64 hex digits>'"),
-        ("app", "expected '<name> sha256:<64 hex digits>'"),
-        (f"app {hash_token(TOKEN)} extra", "expected '<name> sha256:<64 hex digits>'"),
+        ("app", "expected '<name> sha256:<64 hex digits>"),
+        (f"app {hash_token(TOKEN)} extra", "expected scopes=S1,S2,... or owner=OWNER"),
+        (f"app {hash_token(TOKEN)} scopes=read,steal", "unknown scope 'steal'"),
+        (f"app {hash_token(TOKEN)} scopes=", "scopes= names no scope"),
+        (f"app {hash_token(TOKEN)} scopes=read scopes=teller", "expected scopes="),
+        (f"app {hash_token(TOKEN)} owner=", "owner= is 1 to 200"),
+        (f"app {hash_token(TOKEN)} a b c", "expected '<name> sha256:<64 hex digits>"),
         (f"bad/name {hash_token(TOKEN)}", "letters, digits and ._@- only"),
         (f"app {hash_token(TOKEN)}\napp {hash_token(OTHER)}", "line 2: name app again"),
         (f"a {hash_token(TOKEN)}\nb {hash_token(TOKEN)}", "line 2: the same token as an earlier"),
@@ -162,7 +170,8 @@ def test_bad_reservation_callers(spec):
 )
 def test_the_authorization_header(metadata, expected):
     interceptor = BearerAuth(TokenTable.parse(token_line("app", TOKEN)), Callers())
-    assert interceptor._authenticate(metadata) == expected
+    token, problem = interceptor._authenticate(metadata)
+    assert (token.name if token else None, problem) == expected
 
 
 def test_every_entry_is_compared(monkeypatch):
@@ -205,6 +214,7 @@ def test_security_is_off_by_default(monkeypatch):
 def test_flags_come_from_the_environment(monkeypatch, tmp_path):
     path = tmp_path / "tokens"
     path.write_text(token_line("transfer-service", TOKEN))
+    path.chmod(0o600)
     monkeypatch.setenv("BANK_AUTH_TOKENS", str(path))
     monkeypatch.setenv("BANK_RESERVATION_CALLERS", "token:transfer-service,CN=x")
     security = settings.server_security(_args())
@@ -219,7 +229,8 @@ def test_flags_come_from_the_environment(monkeypatch, tmp_path):
         (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
         (["--tls-key", "k.pem"], "--tls-cert and --tls-key go together"),
         (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert"),
-        (["--reservation-callers", "CN=x"], "--reservation-callers needs --auth-tokens"),
+        (["--reservation-callers", "CN=x"], "needs --tls-client-ca"),
+        (["--reservation-callers", "token:x"], "names tokens .* needs --auth-tokens"),
         (["--tls-cert", "missing.pem", "--tls-key", "k"], "TLS certificate missing.pem"),
     ],
 )
@@ -247,6 +258,7 @@ def test_client_flags_that_do_not_fit(argv, problem, monkeypatch, tmp_path):
 def test_the_token_goes_into_metadata(tmp_path):
     path = tmp_path / "token"
     path.write_text(TOKEN)
+    path.chmod(0o600)
     security = settings.accounts_security(
         _args("--accounts-token-file", str(path), accounts_client=True)
     )
@@ -281,3 +293,43 @@ def test_a_pem_file_that_is_not_pem(tmp_path):
 )
 def test_loopback_addresses(address, loopback):
     assert tls.is_loopback(address) is loopback
+
+
+def test_a_line_names_its_scopes_and_owner_in_either_order():
+    table = TokenTable.parse(
+        f"reader {hash_token(TOKEN)} scopes=read owner=Ada\n"
+        f"teller {hash_token(OTHER)} owner=Bob scopes=teller,transfer\n"
+        f"plain {hash_token(TOKEN + 'x')}\n"
+    )
+    reader, teller, plain = table.entries
+    assert (reader.scopes, reader.owner) == (frozenset({"read"}), "Ada")
+    assert (teller.scopes, teller.owner) == (frozenset({"teller", "transfer"}), "Bob")
+    # No scopes=: every scope but reservation, as every token could before scopes.
+    assert plain.scopes == frozenset({"read", "teller", "transfer", "operator"})
+    assert plain.owner == ""
+    assert table.lookup(OTHER) == teller
+
+
+def test_the_token_command_writes_a_file_only_its_owner_reads(tmp_path):
+    out = tmp_path / "new.token"
+    with out.open("w") as handle:
+        done = subprocess.run(
+            [sys.executable, "-m", "grpc_common.auth", "token"], stdout=handle, timeout=30
+        )
+    assert done.returncode == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert len(out.read_text().strip()) >= 32
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_token_file_others_may_read_stops_the_start(tmp_path, mode):
+    path = tmp_path / "tokens"
+    path.write_text(token_line("app", TOKEN))
+    path.chmod(mode)
+    with pytest.raises(SecurityConfigError, match=f"mode {mode:04o}.*chmod 600"):
+        settings.server_security(_args("--auth-tokens", str(path)))
+    token = tmp_path / "raw.token"
+    token.write_text(TOKEN)
+    token.chmod(mode)
+    with pytest.raises(SecurityConfigError, match="group or others"):
+        settings.accounts_security(_args("--accounts-token-file", str(token), accounts_client=True))

@@ -35,6 +35,8 @@ class TransferRequested:
     metadata: dict[str, str] = field(default_factory=dict)
     reverses_transfer_id: str = ""
     reason: str = ""
+    # The owner the requesting token is bound to ("" for none): every source must be theirs.
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,7 @@ def requested(
     metadata: Mapping[str, str] | None = None,
     reverses_transfer_id: str = "",
     reason: str = "",
+    owner: str = "",
 ) -> TransferRequested:
     """The request event for ``legs``: a one-leg transfer keeps its accounts in the
     top-level fields (as transfers always have), several legs list them.
@@ -200,6 +203,7 @@ def requested(
             dict(metadata or {}),
             reverses_transfer_id,
             reason,
+            owner,
         )
     return TransferRequested(
         transfer_id,
@@ -212,4 +216,5 @@ def requested(
         dict(metadata or {}),
         reverses_transfer_id,
         reason,
+        owner,
     )

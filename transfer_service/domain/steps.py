@@ -32,12 +32,14 @@ class Phase(enum.Enum):
 class AccountStep:
     """One step for the account side. ``amount``: what to hold or credit; for a capture,
     how much (0: all of the hold). ``expires_at``: a hold's expiry, in microseconds since
-    the Unix epoch (0: none), for the account to show."""
+    the Unix epoch (0: none), for the account to show. ``owner``: on a hold, the owner the
+    account must have (the requesting token's; "" for any)."""
 
     action: Action
     account_id: str
     amount: int = 0
     expires_at: int = 0
+    owner: str = ""
 
 
 # --- the answers a step can get --------------------------------------------------------

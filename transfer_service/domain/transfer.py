@@ -302,7 +302,10 @@ class Transfer:
     def _hold_steps(self) -> list[AccountStep]:
         expires = self.expires_at
         expires_at = micros(expires) if expires is not None else 0
-        return [AccountStep(Action.RESERVE, a, amount, expires_at) for a, amount in self.sources]
+        owner = self.requested.owner if self.requested is not None else ""
+        return [
+            AccountStep(Action.RESERVE, a, amount, expires_at, owner) for a, amount in self.sources
+        ]
 
     def _credit_steps(self) -> list[AccountStep]:
         *held, (last, amount) = self.targets
@@ -452,15 +455,20 @@ class Transfer:
             raise ExceedsReversibleAmount(self.transfer_id, self.reversible, wanted)
         return [ReversalReserved(reversal_id, wanted)]
 
-    def reversal(self, reversal_id: str, amount: int, reason: str) -> TransferRequested:
+    def reversal(
+        self, reversal_id: str, amount: int, reason: str, owner: str = ""
+    ) -> TransferRequested:
         """The request of a reversal of this transfer for ``amount``: every leg back, from
-        its target to its source (a simple transfer's for ``amount``)."""
+        its target to its source (a simple transfer's for ``amount``). ``owner``: the
+        requesting token's, which every one of those targets must have."""
         if self.is_simple:
             (leg,) = self.legs
             back = [Leg(leg.to_account_id, leg.from_account_id, amount)]
         else:
             back = [Leg(leg.to_account_id, leg.from_account_id, leg.amount) for leg in self.legs]
-        return requested(reversal_id, back, reverses_transfer_id=self.transfer_id, reason=reason)
+        return requested(
+            reversal_id, back, reverses_transfer_id=self.transfer_id, reason=reason, owner=owner
+        )
 
     def settle_reversal(self, reversal: Transfer) -> list[TransferEvent]:
         """What this transfer records when its reversal ``reversal`` ends."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from grpc import StatusCode
 
 from event_store import StoreUnavailable
+from grpc_common.caller import PermissionDenied
 from grpc_common.errors import ErrorTable, Refusal
 from shared_kernel.errors import InvalidArgument
 from transfer_service.application import TransferPending, TransferRefused
@@ -41,6 +42,7 @@ ERRORS = ErrorTable(
         TransferRefused: Refusal(StatusCode.FAILED_PRECONDITION, None),
         TransferPending: Refusal(StatusCode.UNAVAILABLE, "TRANSFER_PENDING"),
         StoreUnavailable: Refusal(StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
+        PermissionDenied: Refusal(StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     },
     codes_by_reason={
         "ACCOUNT_NOT_FOUND": StatusCode.NOT_FOUND,

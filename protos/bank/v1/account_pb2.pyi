@@ -197,20 +197,22 @@ class SetOverdraftLimitRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., overdraft_limit: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("account_id", "reference", "amount", "epoch", "currency", "expires_at")
+    __slots__ = ("account_id", "reference", "amount", "epoch", "currency", "expires_at", "owner")
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     account_id: str
     reference: str
     amount: int
     epoch: int
     currency: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., epoch: _Optional[int] = ..., currency: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, account_id: _Optional[str] = ..., reference: _Optional[str] = ..., amount: _Optional[int] = ..., epoch: _Optional[int] = ..., currency: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class CreditRequest(_message.Message):
     __slots__ = ("account_id", "reference", "amount", "currency", "epoch")
