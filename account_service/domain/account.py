@@ -409,6 +409,10 @@ class Account:
         if available < amount:
             short = InsufficientFunds(self.account_id, available, amount)
             self._refuse("reserve", amount, reference, epoch, short)
+        if amount > INT64_MAX - self._reserved:
+            # With an overdraft limit the holds together could pass what int64 carries.
+            too_much = BalanceOutOfRange(self.account_id, self._reserved, amount)
+            self._refuse("reserve", amount, reference, epoch, too_much)
         return [Reserved(amount, reference, epoch, expires_at)]
 
     def credit(

@@ -164,3 +164,22 @@ def test_an_overdrawn_account_does_not_close_until_its_balance_is_zero(bank, ove
     bank.accounts.Deposit(apb.DepositRequest(account_id=overdrawable, amount=500, request_id="d"))
     closed = bank.accounts.CloseAccount(apb.CloseAccountRequest(account_id=overdrawable))
     assert (closed.status, closed.balance) == (apb.ACCOUNT_STATUS_CLOSED, 0)
+
+
+def test_holds_under_a_huge_limit_never_pass_int64_and_the_account_stays_readable(bank) -> None:
+    account_id = new_account(bank, 10).account_id
+    target = new_account(bank, 0).account_id
+    limited = set_limit(bank, account_id, 2**63 - 1)
+    # balance - reserved + limit is past int64: the answer says the most it can carry.
+    assert (limited.balance, limited.available) == (10, 2**63 - 1)
+    held = transfer(
+        bank, from_account_id=account_id, to_account_id=target, amount=2**63 - 6, pending=True
+    )
+    assert held.state == tpb.TRANSFER_STATE_PENDING
+    code, reason, _ = refusal(
+        lambda: transfer(bank, from_account_id=account_id, to_account_id=target, amount=10)
+    )
+    assert (code, reason) == (StatusCode.OUT_OF_RANGE, "BALANCE_OUT_OF_RANGE")
+    after = get(bank, account_id)
+    assert (after.balance, after.reserved, after.available) == (10, 2**63 - 6, 15)
+    assert get(bank, target).balance == 0

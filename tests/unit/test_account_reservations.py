@@ -271,3 +271,16 @@ def test_release_after_capture_is_refused():
     with pytest.raises(ReservationSettled) as refused:
         account.release("t1")
     assert refused.value.outcome is Settlement.CAPTURED
+
+
+def test_holds_together_never_pass_int64_even_with_a_huge_overdraft_limit():
+    account = opened(10)
+    run(account, account.set_overdraft_limit(INT64_MAX, "limit"))
+    assert account.available == INT64_MAX + 10
+    run(account, account.reserve(INT64_MAX - 5, "big"))
+    with pytest.raises(BalanceOutOfRange) as refused:
+        account.reserve(10, "more")
+    assert refused.value.record  # refused for good: every repeat gets the same answer
+    assert account.reserved == INT64_MAX - 5
+    run(account, account.reserve(5, "last"))
+    assert account.reserved == INT64_MAX
