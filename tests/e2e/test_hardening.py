@@ -23,10 +23,10 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.harness import ServiceProcess
 from shared_kernel import page_tokens
+from tests.e2e.certificates import Authority
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank
 from tests.e2e.secured import token_args, token_file
-from tests.e2e.test_security import Authority
 
 pytestmark = pytest.mark.e2e
 

@@ -5,139 +5,40 @@ Certificates and tokens are made here, per test run, in temporary directories.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import secrets
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bank.v1 import account_pb2 as apb
-from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
+from bank.v1 import account_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.__main__ import main as cli_main
 from bank_cli.harness import ServiceProcess
+from tests.e2e.certificates import CLIENT, TRANSFER, Authority, Pki
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank
+from tests.e2e.security_calls import (
+    BAD_CREDENTIALS,
+    EVERY_RPC,
+    RESERVATION_RPCS,
+    _account_id,
+    _reservation_rpcs,
+    bearer,
+)
 
 pytestmark = pytest.mark.e2e
 
-CLIENT = "teller-app"
-TRANSFER = "transfer-service"
-
 
 # --- certificates ---------------------------------------------------------------------------
-
-
-@dataclass
-class Issued:
-    cert: Path
-    key: Path
-
-    @property
-    def pair(self) -> tuple[bytes, bytes]:
-        return self.key.read_bytes(), self.cert.read_bytes()
-
-
-class Authority:
-    """A CA that writes PEM files into ``directory``."""
-
-    def __init__(self, directory: Path, name: str) -> None:
-        self.directory = directory
-        self.name = name
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.certificate = (
-            self._builder(subject, self.key.public_key())
-            .issuer_name(subject)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        self.path = directory / f"{name}.pem"
-        self.path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
-
-    @staticmethod
-    def _builder(subject: x509.Name, public_key) -> x509.CertificateBuilder:
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    def issue(self, common_name: str, *, server: bool) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        names: list[x509.GeneralName] = [x509.DNSName(common_name)]
-        if server:
-            names += [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        certificate = (
-            self._builder(subject, key.public_key())
-            .issuer_name(self.certificate.subject)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        stem = self.directory / f"{self.name}-{common_name}"
-        cert_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
-        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_path.chmod(0o600)
-        return Issued(cert_path, key_path)
-
-
-@dataclass
-class Pki:
-    ca: Authority
-    account_server: Issued
-    transfer_server: Issued
-    transfer_client: Issued  # CN=transfer-service
-    teller_client: Issued  # CN=teller-app: a legitimate client, not the transfer service
-    rogue_ca: Authority
-    rogue_client: Issued  # CN=transfer-service, signed by the rogue CA
-
-    def client_credentials(self, client: Issued | None = None, ca: Authority | None = None):
-        key, chain = client.pair if client else (None, None)
-        roots = (ca or self.ca).path.read_bytes()
-        return grpc.ssl_channel_credentials(roots, private_key=key, certificate_chain=chain)
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +103,6 @@ def tokens(tmp_path_factory) -> Tokens:
     return Tokens(client, transfer, table, transfer_file, client_file)
 
 
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
-
-
 def assert_no_secrets(bank: Bank, tokens: Tokens, pki: Pki | None = None) -> None:
     """Neither service's log holds a token, a token's hash or a private key."""
     from grpc_common.auth import hash_token
@@ -227,118 +124,6 @@ def assert_no_secrets(bank: Bank, tokens: Tokens, pki: Pki | None = None) -> Non
 def _stop(bank: Bank) -> None:
     codes = bank.stop()
     assert codes == {"transfer_service": 0, "account_service": 0}, codes
-
-
-# --- every RPC ------------------------------------------------------------------------------
-
-
-def _account_id() -> str:
-    return str(uuid.uuid4())
-
-
-Call = Callable[[grpc.Channel, tuple], object]
-
-ACCOUNT_RPCS: dict[str, Call] = {
-    "OpenAccount": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).OpenAccount(
-        apb.OpenAccountRequest(owner="Eve", currency="EUR"), metadata=md, timeout=10
-    ),
-    "GetAccount": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).GetAccount(
-        apb.GetAccountRequest(account_id=_account_id()), metadata=md, timeout=10
-    ),
-    "Deposit": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).Deposit(
-        apb.DepositRequest(account_id=_account_id(), amount=1, request_id="d"),
-        metadata=md,
-        timeout=10,
-    ),
-    "Withdraw": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).Withdraw(
-        apb.WithdrawRequest(account_id=_account_id(), amount=1, request_id="w"),
-        metadata=md,
-        timeout=10,
-    ),
-    "CloseAccount": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).CloseAccount(
-        apb.CloseAccountRequest(account_id=_account_id()), metadata=md, timeout=10
-    ),
-    "ListAccountEvents": lambda ch, md: account_pb2_grpc.AccountServiceStub(ch).ListAccountEvents(
-        apb.ListAccountEventsRequest(account_id=_account_id()), metadata=md, timeout=10
-    ),
-    "WatchAccount": lambda ch, md: list(
-        account_pb2_grpc.AccountServiceStub(ch).WatchAccount(
-            apb.WatchAccountRequest(account_id=_account_id()), metadata=md, timeout=10
-        )
-    ),
-}
-
-
-def _reservation_rpcs(account_id: Callable[[], str]) -> dict[str, Call]:
-    def stub(ch: grpc.Channel) -> account_pb2_grpc.ReservationServiceStub:
-        return account_pb2_grpc.ReservationServiceStub(ch)
-
-    def steps() -> Iterator[apb.ExecuteStepsRequest]:
-        reserve = apb.ReserveRequest(account_id=account_id(), reference="steal", amount=1)
-        yield apb.ExecuteStepsRequest(steps=[apb.Step(step_id=1, reserve=reserve)])
-
-    return {
-        "Reserve": lambda ch, md: stub(ch).Reserve(
-            apb.ReserveRequest(account_id=account_id(), reference="steal", amount=1),
-            metadata=md,
-            timeout=10,
-        ),
-        "Credit": lambda ch, md: stub(ch).Credit(
-            apb.CreditRequest(
-                account_id=account_id(), reference="gift", amount=1_000_000, currency="EUR"
-            ),
-            metadata=md,
-            timeout=10,
-        ),
-        "Capture": lambda ch, md: stub(ch).Capture(
-            apb.CaptureRequest(account_id=account_id(), reference="steal"),
-            metadata=md,
-            timeout=10,
-        ),
-        "Release": lambda ch, md: stub(ch).Release(
-            apb.ReleaseRequest(account_id=account_id(), reference="steal"),
-            metadata=md,
-            timeout=10,
-        ),
-        "ExecuteSteps": lambda ch, md: list(
-            stub(ch).ExecuteSteps(steps(), metadata=md, timeout=10)
-        ),
-    }
-
-
-RESERVATION_RPCS = _reservation_rpcs(_account_id)
-
-TRANSFER_RPCS: dict[str, Call] = {
-    "CreateTransfer": lambda ch, md: transfer_pb2_grpc.TransferServiceStub(ch).CreateTransfer(
-        tpb.CreateTransferRequest(
-            from_account_id=_account_id(), to_account_id=_account_id(), amount=1
-        ),
-        metadata=md,
-        timeout=10,
-    ),
-    "GetTransfer": lambda ch, md: transfer_pb2_grpc.TransferServiceStub(ch).GetTransfer(
-        tpb.GetTransferRequest(transfer_id=_account_id()), metadata=md, timeout=10
-    ),
-    "ListTransfers": lambda ch, md: transfer_pb2_grpc.TransferServiceStub(ch).ListTransfers(
-        tpb.ListTransfersRequest(account_id=_account_id()), metadata=md, timeout=10
-    ),
-}
-
-EVERY_RPC = [
-    *[("account", f"AccountService/{name}", call) for name, call in ACCOUNT_RPCS.items()],
-    *[("account", f"ReservationService/{name}", call) for name, call in RESERVATION_RPCS.items()],
-    *[("transfer", f"TransferService/{name}", call) for name, call in TRANSFER_RPCS.items()],
-]
-BAD_CREDENTIALS = {
-    "none": lambda tokens: (),
-    "wrong-token": lambda tokens: bearer(secrets.token_urlsafe(32)),
-    "token-of-another-scheme": lambda tokens: (("authorization", f"Basic {tokens.client}"),),
-    "empty-bearer": lambda tokens: (("authorization", "Bearer "),),
-    "two-headers": lambda tokens: (
-        ("authorization", f"Bearer {tokens.client}"),
-        ("authorization", "Bearer x"),
-    ),
-}
 
 
 # --- a bank with tokens, in plaintext on loopback ---------------------------------------------
