@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpc_common.auth import token_line
+from tests.e2e.harness import Bank
 
 TRANSFER = "transfer-service"
 
@@ -61,3 +64,21 @@ def token_args(tokens: TokenFile) -> tuple[list[str], list[str]]:
     """Account and transfer service arguments for a bank using ``tokens``."""
     auth = ["--auth-tokens", str(tokens.path)]
     return auth, [*auth, "--accounts-token-file", str(tokens.raw_file(TRANSFER))]
+
+
+@contextlib.contextmanager
+def token_bank(workdir: Path, tokens: TokenFile, *account_extra: str) -> Iterator[Bank]:
+    """Both services on SQLite in ``workdir``, asking for ``tokens``; both must stop cleanly."""
+    account_args, transfer_args = token_args(tokens)
+    bank = Bank(
+        f"sqlite:///{workdir}/accounts.db",
+        f"sqlite:///{workdir}/transfers.db",
+        workdir,
+        account_args=[*account_args, *account_extra],
+        transfer_args=transfer_args,
+    ).start()
+    try:
+        yield bank
+    finally:
+        codes = bank.stop()
+    assert codes == {"transfer_service": 0, "account_service": 0}, codes

@@ -26,7 +26,7 @@ from shared_kernel import page_tokens
 from tests.e2e.certificates import Authority
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank
-from tests.e2e.secured import token_args, token_file
+from tests.e2e.secured import token_bank, token_file
 
 pytestmark = pytest.mark.e2e
 
@@ -211,19 +211,8 @@ def revocable(tmp_path):
     tokens = token_file(tmp_path)
     tokens.add("teller")
     tokens.add("watcher", "scopes=read")
-    account_args, transfer_args = token_args(tokens)
-    bank = Bank(
-        f"sqlite:///{tmp_path}/accounts.db",
-        f"sqlite:///{tmp_path}/transfers.db",
-        tmp_path,
-        account_args=account_args,
-        transfer_args=transfer_args,
-    ).start()
-    try:
+    with token_bank(tmp_path, tokens) as bank:
         yield bank, tokens
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
 
 
 def _until(check, seconds: float) -> float:

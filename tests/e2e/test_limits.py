@@ -18,7 +18,7 @@ from bank_cli.harness import ServiceProcess
 from grpc_common import limits
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank
-from tests.e2e.secured import TokenFile, token_args, token_file
+from tests.e2e.secured import TokenFile, token_bank, token_file
 
 pytestmark = pytest.mark.e2e
 
@@ -32,19 +32,8 @@ def guarded(tmp_path_factory) -> Iterator[tuple[Bank, TokenFile]]:
     workdir = tmp_path_factory.mktemp("limits")
     tokens = token_file(workdir)
     tokens.add("teller")
-    account_args, transfer_args = token_args(tokens)
-    bank = Bank(
-        f"sqlite:///{workdir}/accounts.db",
-        f"sqlite:///{workdir}/transfers.db",
-        workdir,
-        account_args=account_args,
-        transfer_args=transfer_args,
-    ).start()
-    try:
+    with token_bank(workdir, tokens) as bank:
         yield bank, tokens
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
 
 
 def rss_mib(pid: int) -> int:

@@ -13,7 +13,7 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank
-from tests.e2e.secured import TRANSFER, TokenFile, token_args, token_file
+from tests.e2e.secured import TRANSFER, TokenFile, token_bank, token_file
 
 pytestmark = pytest.mark.e2e
 
@@ -30,19 +30,8 @@ def owned(tmp_path_factory) -> Iterator[tuple[Bank, TokenFile]]:
     tokens = token_file(workdir)
     tokens.add("bank-staff")
     tokens.add("ada-app", "owner=Ada scopes=read,teller,transfer")
-    account_args, transfer_args = token_args(tokens)
-    bank = Bank(
-        f"sqlite:///{workdir}/accounts.db",
-        f"sqlite:///{workdir}/transfers.db",
-        workdir,
-        account_args=account_args,
-        transfer_args=transfer_args,
-    ).start()
-    try:
+    with token_bank(workdir, tokens) as bank:
         yield bank, tokens
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
 
 
 def _open(bank: Bank, tokens: TokenFile, owner: str, balance: int) -> str:

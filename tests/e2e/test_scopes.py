@@ -18,7 +18,7 @@ from bank.v1 import transfer_pb2 as tpb
 from grpc_common import scopes
 from tests.e2e.conftest import refusal
 from tests.e2e.harness import Bank
-from tests.e2e.secured import TRANSFER, TokenFile, token_args, token_file
+from tests.e2e.secured import TRANSFER, TokenFile, token_bank, token_file
 
 pytestmark = pytest.mark.e2e
 
@@ -143,19 +143,8 @@ def scoped(tmp_path_factory) -> Iterator[tuple[Bank, TokenFile, Fixtures]]:
     tokens.add("everything", "scopes=read,teller,transfer,operator,reservation")
     for scope, name in SCOPE_TOKENS.items():
         tokens.add(name, f"scopes={scope}")
-    account_args, transfer_args = token_args(tokens)
-    bank = Bank(
-        f"sqlite:///{workdir}/accounts.db",
-        f"sqlite:///{workdir}/transfers.db",
-        workdir,
-        account_args=[*account_args, "--experimental-naive-transfers"],
-        transfer_args=transfer_args,
-    ).start()
-    try:
+    with token_bank(workdir, tokens, "--experimental-naive-transfers") as bank:
         yield bank, tokens, Fixtures(bank, tokens.metadata("everything"))
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
 
 
 def _call(bank: Bank, method: str, descriptor, request, metadata) -> None:
