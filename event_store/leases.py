@@ -135,16 +135,22 @@ _SQLITE = {
         "(?, ?, 1, ?)",
         "",
     ),
-    LeaseChange.KEEP: ("SELECT key FROM leases WHERE (key, epoch) IN (VALUES ", "(?, ?)", ")"),
+    # Joined to the rows, not ``(key, epoch) IN (VALUES ...)``: SQLite scans the whole
+    # table for a row-value IN, and leases at rest can be many.
+    LeaseChange.KEEP: (
+        "SELECT l.key FROM (VALUES ",
+        "(?, ?)",
+        ") AS v JOIN leases AS l ON l.key = v.column1 AND l.epoch = v.column2",
+    ),
     LeaseChange.REST: (
         "UPDATE leases SET owner = '', expires_at = v.column3 FROM (VALUES ",
         "(?, ?, ?)",
         ") AS v WHERE leases.key = v.column1 AND leases.epoch = v.column2 RETURNING leases.key",
     ),
     LeaseChange.DROP: (
-        "DELETE FROM leases WHERE (key, epoch) IN (VALUES ",
+        "DELETE FROM leases WHERE rowid IN (SELECT l.rowid FROM (VALUES ",
         "(?, ?)",
-        ") RETURNING key",
+        ") AS v JOIN leases AS l ON l.key = v.column1 AND l.epoch = v.column2) RETURNING key",
     ),
 }
 

@@ -25,6 +25,18 @@ def timestamp(at: datetime | None) -> Timestamp | None:
     return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
 
 
+def set_timestamp(message: Timestamp, at: datetime | None) -> None:
+    """Sets a Timestamp field in place to ``at`` (left unset for None), without the copy
+    a Timestamp given to a constructor costs."""
+    if at is None:
+        return
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    delta = at - _EPOCH
+    message.seconds = delta.days * 86_400 + delta.seconds
+    message.nanos = delta.microseconds * 1_000
+
+
 def duration_micros(duration: Duration) -> int:
     """A Duration in whole microseconds (finer parts dropped)."""
     return duration.seconds * 1_000_000 + duration.nanos // 1_000

@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
@@ -145,14 +144,14 @@ def open_channel(target: str, security: tls.ChannelSecurity | None = None) -> gr
 
 # --- steps as messages, outcomes as answers --------------------------------------------------
 
-_REQUESTS = {
-    Action.RESERVE: ("reserve", pb.ReserveRequest),
-    Action.CREDIT: ("credit", pb.CreditRequest),
-    Action.HOLD_CREDIT: ("hold_credit", pb.HoldCreditRequest),
-    Action.CONFIRM_CREDIT: ("confirm_credit", pb.ConfirmCreditRequest),
-    Action.CANCEL_CREDIT: ("cancel_credit", pb.CancelCreditRequest),
-    Action.CAPTURE: ("capture", pb.CaptureRequest),
-    Action.RELEASE: ("release", pb.ReleaseRequest),
+_FIELDS = {
+    Action.RESERVE: "reserve",
+    Action.CREDIT: "credit",
+    Action.HOLD_CREDIT: "hold_credit",
+    Action.CONFIRM_CREDIT: "confirm_credit",
+    Action.CANCEL_CREDIT: "cancel_credit",
+    Action.CAPTURE: "capture",
+    Action.RELEASE: "release",
 }
 _WITH_CURRENCY = frozenset({Action.RESERVE, Action.CREDIT, Action.HOLD_CREDIT})
 _WITH_AMOUNT = frozenset({Action.RESERVE, Action.CREDIT, Action.HOLD_CREDIT, Action.CAPTURE})
@@ -160,19 +159,21 @@ _WITH_AMOUNT = frozenset({Action.RESERVE, Action.CREDIT, Action.HOLD_CREDIT, Act
 
 def step_message(step: AccountStep, reference: str, epoch: int, currency: str) -> pb.Step:
     """``step`` as an ExecuteSteps step (no step ids yet)."""
-    field, request_type = _REQUESTS[step.action]
-    request = request_type(account_id=step.account_id, reference=reference, epoch=epoch)
-    if step.action in _WITH_AMOUNT and step.amount:
+    message = pb.Step()
+    # Filled in place: a sub-message given to a constructor is copied.
+    request = getattr(message, _FIELDS[step.action])
+    request.account_id = step.account_id
+    request.reference = reference
+    request.epoch = epoch
+    if step.amount and step.action in _WITH_AMOUNT:
         request.amount = step.amount
-    if step.action in _WITH_CURRENCY and currency:
+    if currency and step.action in _WITH_CURRENCY:
         request.currency = currency
-    if step.action is Action.RESERVE and step.owner:
+    if step.owner and step.action is Action.RESERVE:
         request.owner = step.owner
     if step.expires_at:
-        expires = Timestamp()
-        expires.FromMicroseconds(step.expires_at)
-        request.expires_at.CopyFrom(expires)
-    return pb.Step(**{field: request})
+        request.expires_at.FromMicroseconds(step.expires_at)
+    return message
 
 
 def _owner_refused(reason: str, metadata) -> bool:
@@ -226,7 +227,8 @@ class StepStream:
         self._stub = account_pb2_grpc.ReservationServiceStub(channel)
         self._deadline = deadline
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[pb.Account | pb.StepError]] = {}
+        # Each step sent and not answered yet, by id: the chain it belongs to.
+        self._waiting: dict[int, _Chain] = {}
         self._outbox: list[pb.Step] = []
         self._wakeup = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
@@ -252,28 +254,25 @@ class StepStream:
         return answers
 
     async def _chain(self, steps: Sequence[pb.Step]) -> list[Answer]:
-        sent = self._send(steps)
-        # One deadline for the whole chain: its steps' outcomes come back together.
+        chain = self._send(steps)
+        # One deadline and one wake-up for the whole chain: its outcomes come back together.
         timer = asyncio.get_running_loop().call_later(
-            self._deadline, self._expire, [step_id for step_id, _ in sent]
+            self._deadline, self._end, chain, f"no outcome within {self._deadline:g}s"
         )
-        answers: list[Answer] = []
         try:
-            for step_id, future in sent:
-                try:
-                    outcome = await future
-                except _NoOutcome as undecided:
-                    answers.append(undecided.answer)
-                    break
-                finally:
-                    self._waiting.pop(step_id, None)
-                answers.append(answer(outcome))
-                if not isinstance(answers[-1], Applied):
-                    break
+            await chain.ended
         finally:
             timer.cancel()
-            for step_id, _ in sent[len(answers) :]:
+            for step_id in chain.ids:
                 self._waiting.pop(step_id, None)
+        answers: list[Answer] = []
+        for outcome in chain.outcomes:
+            if outcome is None:
+                answers.append(Undecided(chain.why))
+                break
+            answers.append(answer(outcome))
+            if not isinstance(answers[-1], Applied):
+                break
         return answers
 
     async def close(self) -> None:
@@ -282,31 +281,28 @@ class StepStream:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
 
-    def _send(
-        self, steps: Sequence[pb.Step]
-    ) -> list[tuple[int, asyncio.Future[pb.Account | pb.StepError]]]:
+    def _send(self, steps: Sequence[pb.Step]) -> _Chain:
         """Queues the steps for the next message, together, each after the one before."""
         if self._pump is None or self._pump.done():
             self._pump = asyncio.create_task(self._run())
-        loop = asyncio.get_running_loop()
-        sent = []
+        chain = _Chain(asyncio.get_running_loop().create_future(), len(steps))
         previous = 0
         for step in steps:
             step.step_id = step_id = next(self._ids)
             step.after_step_id = previous
             previous = step_id
-            future: asyncio.Future[pb.Account | pb.StepError] = loop.create_future()
-            self._waiting[step_id] = future
-            self._outbox.append(step)
-            sent.append((step_id, future))
+            chain.ids.append(step_id)
+            self._waiting[step_id] = chain
+        self._outbox.extend(steps)
         self._wakeup.set()
-        return sent
+        return chain
 
-    def _expire(self, step_ids: list[int]) -> None:
-        for step_id in step_ids:
-            future = self._waiting.pop(step_id, None)
-            if future is not None and not future.done():
-                future.set_exception(_NoOutcome(f"no outcome within {self._deadline:g}s"))
+    @staticmethod
+    def _end(chain: _Chain, why: str) -> None:
+        """Ends the wait for a chain; the steps without an outcome are ``Undecided``."""
+        if not chain.ended.done():
+            chain.why = why
+            chain.ended.set_result(None)
 
     async def _requests(self, generation: int) -> AsyncIterator[pb.ExecuteStepsRequest]:
         # grpc does not stop reading this generator when its call fails, so a generator
@@ -334,10 +330,10 @@ class StepStream:
                 async for response in call:
                     failures = 0
                     for outcome in response.outcomes:
-                        future = self._waiting.get(outcome.step_id)
-                        if future is not None and not future.done():
-                            result = outcome.WhichOneof("result")
-                            future.set_result(getattr(outcome, result))
+                        chain = self._waiting.pop(outcome.step_id, None)
+                        if chain is not None and not chain.ended.done():
+                            result = getattr(outcome, outcome.WhichOneof("result"))
+                            chain.answered(outcome.step_id, result)
             except grpc.aio.AioRpcError as error:
                 if error.code() in _REFUSED_CREDENTIALS:
                     _warn_credentials(error.code(), error.details())
@@ -358,19 +354,32 @@ class StepStream:
 
     def _fail_all(self, why: str) -> None:
         # Steps still in the outbox were never sent; they ride on the next stream.
-        sent = set(self._waiting) - {step.step_id for step in self._outbox}
-        for step_id in sent:
-            future = self._waiting.pop(step_id)
-            if not future.done():
-                future.set_exception(_NoOutcome(why))
+        unsent = {step.step_id for step in self._outbox}
+        for step_id in [i for i in self._waiting if i not in unsent]:
+            self._end(self._waiting.pop(step_id), why)
 
 
-class _NoOutcome(Exception):
-    """Carries an ``Undecided`` answer through a future."""
+class _Chain:
+    """The steps of one chain in flight and their outcomes, in order; ``ended`` is set
+    once the answers are known (every outcome, or up to the first that is not an account)
+    or no more will be waited for."""
 
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.answer = Undecided(why)
+    __slots__ = ("ended", "ids", "outcomes", "why")
+
+    def __init__(self, ended: asyncio.Future[None], size: int) -> None:
+        self.ended = ended
+        self.ids: list[int] = []
+        self.outcomes: list[pb.Account | pb.StepError | None] = [None] * size
+        self.why = ""
+
+    def answered(self, step_id: int, outcome: pb.Account | pb.StepError) -> None:
+        self.outcomes[self.ids.index(step_id)] = outcome
+        for known in self.outcomes:
+            if known is None:
+                return  # an earlier step's outcome is still on its way
+            if not isinstance(known, pb.Account):
+                break
+        self.ended.set_result(None)
 
 
 def _fill_currency(steps: Sequence[pb.Step], index: int, currency: str) -> None:

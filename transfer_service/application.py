@@ -185,10 +185,8 @@ class Transfers:
             except StoreUnavailable as exc:
                 return [exc] * len(requests)  # nothing recorded: each item may be sent again
             else:
-                answers = [
-                    self._answer(self._driver(t, 1), t.transfer_id, deadline) for t in recorded
-                ]
-                return await asyncio.gather(*answers, return_exceptions=True)  # type: ignore[return-value]
+                drivers = {t.transfer_id: self._driver(t, 1) for t in recorded}
+                return await self._answers(drivers, deadline)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
         # The same id twice in one batch: the second is a repeat of the first.
         ordered = [self.create(request, remaining) for request in requests]
@@ -323,6 +321,26 @@ class Transfers:
             transfer = await self._load(transfer_id)
         raise AssertionError("unreachable")
 
+    async def _answers(
+        self, drivers: dict[str, asyncio.Task[Transfer]], deadline: float
+    ) -> list[Transfer | Exception]:
+        """``_answer`` for many drivers (by transfer id), waited for together: one wait,
+        one timer."""
+        running = [driver for driver in drivers.values() if not driver.done()]
+        if running:
+            timeout = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            await asyncio.wait(running, timeout=timeout)  # never cancels a driver
+        answers: list[Transfer | Exception] = []
+        for transfer_id, driver in drivers.items():
+            if not driver.done():
+                answers.append(TransferPending(transfer_id))
+                continue
+            try:
+                answers.append(await self._answer(driver, transfer_id, deadline))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
     async def _answer(
         self, driver: asyncio.Task[Transfer], transfer_id: str, deadline: float
     ) -> Transfer:
@@ -332,13 +350,14 @@ class Transfers:
             ended = loop.create_future()
             wake = functools.partial(_wake, ended)
             driver.add_done_callback(wake)
+            timer = loop.call_at(deadline, wake, None)
             try:
-                async with asyncio.timeout_at(deadline):
-                    await ended
-            except TimeoutError:
-                raise TransferPending(transfer_id) from None
+                await ended
             finally:
+                timer.cancel()
                 driver.remove_done_callback(wake)
+            if not driver.done():
+                raise TransferPending(transfer_id)
         if driver.cancelled() or isinstance(driver.exception(), OwnershipLost):
             # Another process took it over: its outcome, as that one reaches it.
             return await self._outcome(await self._load(transfer_id), deadline)

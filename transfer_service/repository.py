@@ -111,18 +111,14 @@ class StoredTransfers:
         """Appends at the transfer's version, if it is still owned at ``epoch``; the
         transfer with the events applied. A request creates its lease (epoch 1)."""
         ends = isinstance(events[-1], _ENDS)
-        request = AppendRequest(
-            stream_id(transfer.transfer_id),
-            transfer.version,
-            [_new_event(e) for e in events],
-            self._lease_write(transfer, events, ends, epoch),
-        )
+        key = stream_id(transfer.transfer_id)
+        new = [_new_event(e) for e in events]
+        lease = self._lease_write(transfer, events, ends, epoch)
         if ends and transfer.reverses_transfer_id:
+            request = AppendRequest(key, transfer.version, new, lease)
             recorded = await self._ending_a_reversal(request, transfer, events)
         else:
-            recorded = await self._store.append(
-                request.stream_id, request.expected_version, request.events, request.lease
-            )
+            recorded = await self._store.append(key, transfer.version, new, lease)
         for event, stored in zip(events, recorded, strict=True):
             transfer.apply(event, stored.recorded_at)
         return transfer

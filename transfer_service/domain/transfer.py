@@ -256,6 +256,8 @@ class Transfer:
     @property
     def sources(self) -> list[tuple[str, int]]:
         """Each source account once, in leg order, with what it pays."""
+        if len(self.legs) == 1:
+            return [(self.legs[0].from_account_id, self.legs[0].amount)]
         return _summed((leg.from_account_id, leg.amount) for leg in self.legs)
 
     @property
@@ -264,6 +266,8 @@ class Transfer:
         if self.post_amount and self.post_amount != self.amount:
             # Only a one-leg transfer is posted for less than its amount.
             return [(self.legs[0].to_account_id, self.post_amount)]
+        if len(self.legs) == 1:
+            return [(self.legs[0].to_account_id, self.legs[0].amount)]
         return _summed((leg.to_account_id, leg.amount) for leg in self.legs)
 
     @property
@@ -285,41 +289,46 @@ class Transfer:
             return [(Phase.UNDO, self._undo_steps(self.undo))]
         match self.state:
             case TransferState.REQUESTED if self.pending:
-                return [(Phase.HOLD, self._hold_steps())]
+                return [(Phase.HOLD, self._hold_steps(self.sources))]
             case TransferState.REQUESTED:
+                sources, targets = self.sources, self.targets
                 return [
-                    (Phase.HOLD, self._hold_steps()),
-                    (Phase.CREDIT, self._credit_steps()),
-                    (Phase.SETTLE, self._settle_steps()),
+                    (Phase.HOLD, self._hold_steps(sources)),
+                    (Phase.CREDIT, self._credit_steps(targets)),
+                    (Phase.SETTLE, self._settle_steps(sources, targets)),
                 ]
             case TransferState.RESERVED:
-                return [(Phase.CREDIT, self._credit_steps()), (Phase.SETTLE, self._settle_steps())]
+                sources, targets = self.sources, self.targets
+                return [
+                    (Phase.CREDIT, self._credit_steps(targets)),
+                    (Phase.SETTLE, self._settle_steps(sources, targets)),
+                ]
             case TransferState.CREDITED:
-                return [(Phase.SETTLE, self._settle_steps())]
+                return [(Phase.SETTLE, self._settle_steps(self.sources, self.targets))]
             case _:
                 return []
 
-    def _hold_steps(self) -> list[AccountStep]:
+    def _hold_steps(self, sources: list[tuple[str, int]]) -> list[AccountStep]:
         expires = self.expires_at
         expires_at = micros(expires) if expires is not None else 0
         owner = self.requested.owner if self.requested is not None else ""
-        return [
-            AccountStep(Action.RESERVE, a, amount, expires_at, owner) for a, amount in self.sources
-        ]
+        return [AccountStep(Action.RESERVE, a, amount, expires_at, owner) for a, amount in sources]
 
-    def _credit_steps(self) -> list[AccountStep]:
-        *held, (last, amount) = self.targets
+    @staticmethod
+    def _credit_steps(targets: list[tuple[str, int]]) -> list[AccountStep]:
+        *held, (last, amount) = targets
         return [
             *(AccountStep(Action.HOLD_CREDIT, a, n) for a, n in held),
             AccountStep(Action.CREDIT, last, amount),
         ]
 
-    def _settle_steps(self) -> list[AccountStep]:
-        *held, _ = self.targets
+    def _settle_steps(
+        self, sources: list[tuple[str, int]], targets: list[tuple[str, int]]
+    ) -> list[AccountStep]:
         partial = self.post_amount if self.post_amount != self.amount else 0
         return [
-            *(AccountStep(Action.CONFIRM_CREDIT, a) for a, _ in held),
-            *(AccountStep(Action.CAPTURE, a, partial) for a, _ in self.sources),
+            *(AccountStep(Action.CONFIRM_CREDIT, a) for a, _ in targets[:-1]),
+            *(AccountStep(Action.CAPTURE, a, partial) for a, _ in sources),
         ]
 
     def _undo_steps(self, undo: Undo) -> list[AccountStep]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bank.v1 import transfer_pb2 as pb
-from grpc_common.timestamps import timestamp
+from grpc_common.timestamps import set_timestamp, timestamp
 from transfer_service.application import Unfinished
 from transfer_service.domain import Transfer, TransferState
 
@@ -20,33 +20,37 @@ _STATE = {
 
 
 def transfer(t: Transfer) -> pb.Transfer:
+    message = pb.Transfer()
+    fill_transfer(message, t)
+    return message
+
+
+def fill_transfer(message: pb.Transfer, t: Transfer) -> None:
+    """Sets ``message`` (empty) to ``t``, in place: a message, map or list given to a
+    constructor is copied, field by field, in Python."""
     assert t.state is not None
-    return pb.Transfer(
-        transfer_id=t.transfer_id,
-        from_account_id=t.from_account_id,
-        to_account_id=t.to_account_id,
-        amount=t.amount,
-        currency=t.currency,
-        state=_STATE[t.state],
-        failure_reason=t.failure_reason,
-        created_at=timestamp(t.created_at),
-        updated_at=timestamp(t.updated_at),
-        pending=t.pending,
-        expires_at=timestamp(t.expires_at),
-        posted_amount=t.posted_amount,
-        reverses_transfer_id=t.reverses_transfer_id,
-        reversed_amount=t.reversed_amount,
-        reason=t.reason,
-        metadata=t.metadata,
-        legs=[
-            pb.Leg(
-                from_account_id=leg.from_account_id,
-                to_account_id=leg.to_account_id,
-                amount=leg.amount,
-            )
-            for leg in t.legs
-        ],
-    )
+    message.transfer_id = t.transfer_id
+    message.from_account_id = t.from_account_id
+    message.to_account_id = t.to_account_id
+    message.amount = t.amount
+    message.currency = t.currency
+    message.state = _STATE[t.state]
+    message.failure_reason = t.failure_reason
+    set_timestamp(message.created_at, t.created_at)
+    set_timestamp(message.updated_at, t.updated_at)
+    message.pending = t.pending
+    set_timestamp(message.expires_at, t.expires_at)
+    message.posted_amount = t.posted_amount
+    message.reverses_transfer_id = t.reverses_transfer_id
+    message.reversed_amount = t.reversed_amount
+    message.reason = t.reason
+    if t.metadata:
+        message.metadata.update(t.metadata)
+    legs = message.legs
+    for leg in t.legs:
+        legs.add(
+            from_account_id=leg.from_account_id, to_account_id=leg.to_account_id, amount=leg.amount
+        )
 
 
 def unfinished(entry: Unfinished) -> pb.UnfinishedTransfer:

@@ -61,6 +61,8 @@ def transfer_request(request: pb.CreateTransferRequest) -> TransferRequested:
 
 
 def _metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    if not metadata:
+        return {}
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidArgument("metadata", f"at most {MAX_METADATA_ENTRIES} entries")
     for key, value in metadata.items():

@@ -23,12 +23,6 @@ _DEADLINE_MARGIN = 0.25
 MAX_BATCH = 1000
 
 
-def _result(outcome: object) -> pb.CreateTransferResult:
-    if isinstance(outcome, Exception):
-        return pb.CreateTransferResult(error=ERRORS.status_message_for(outcome))
-    return pb.CreateTransferResult(transfer=messages.transfer(outcome))  # type: ignore[arg-type]
-
-
 def _wait(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else max(remaining - _DEADLINE_MARGIN, 0.0)
@@ -70,22 +64,25 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
         if not 1 <= len(request.transfers) <= MAX_BATCH:
             raise InvalidArgument("transfers", f"a batch holds 1 to {MAX_BATCH} transfers")
         # An invalid item fails alone; the valid ones are recorded together.
-        results: list[pb.CreateTransferResult] = [pb.CreateTransferResult()] * len(
-            request.transfers
-        )
+        response = pb.CreateTransfersResponse()
+        results = response.results
         valid, positions = [], []
         for n, item in enumerate(request.transfers):
+            result = results.add()  # filled in place: a message given to add() is copied
             try:
                 valid.append(_as_caller(requests.transfer_request(item)))
             except Exception as exc:
-                results[n] = pb.CreateTransferResult(error=ERRORS.status_message_for(exc))
+                result.error.CopyFrom(ERRORS.status_message_for(exc))
             else:
                 positions.append(n)
         if valid:
             outcomes = await self._transfers.create_many(valid, wait=_wait(context))
             for n, outcome in zip(positions, outcomes, strict=True):
-                results[n] = _result(outcome)
-        return pb.CreateTransfersResponse(results=results)
+                if isinstance(outcome, Exception):
+                    results[n].error.CopyFrom(ERRORS.status_message_for(outcome))
+                else:
+                    messages.fill_transfer(results[n].transfer, outcome)
+        return response
 
     async def PostTransfer(self, request: pb.PostTransferRequest, context: Context) -> pb.Transfer:
         transfer_id = parse_id(request.transfer_id, "transfer_id")
