@@ -16,11 +16,13 @@ from event_store import (
     ConcurrencyConflict,
     EventStore,
     EventStoreError,
+    LeaseChange,
     NewEvent,
     SqliteEventStore,
     StoreUnavailable,
     open_store,
 )
+from event_store.leases import _SQLITE as _SQLITE_LEASES
 from event_store.sql import _READ_TAG
 from tests.event_store.conformance import EventStoreConformance
 from tests.event_store.schema_conformance import SchemaConformance
@@ -306,3 +308,18 @@ def test_a_tag_read_walks_the_index_only_between_its_bounds(
         " (tag=? AND (recorded_at,position)>(?,?) AND (recorded_at,position)<(?,?))"
     ) in details, details
     assert "SCAN event_tags" not in details, details
+
+
+@pytest.mark.parametrize("change", [LeaseChange.KEEP, LeaseChange.REST, LeaseChange.DROP])
+def test_an_append_finds_its_lease_rows_by_key_never_scanning_the_table(
+    store: SqliteEventStore, change: LeaseChange
+) -> None:
+    # Leases at rest (pending holds) can be many: a scan per append would grow with them.
+    head, row, tail = _SQLITE_LEASES[change]
+    statement = head + ", ".join([row] * 2) + tail
+    arguments = [1] * (statement.count("?"))
+    with store.engine.connect() as conn:
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", tuple(arguments)).all()
+    steps = [row[-1] for row in plan]
+    assert any("USING INDEX sqlite_autoindex_leases_1 (key=?)" in s for s in steps), steps
+    assert not {"SCAN leases", "SCAN l"} & set(steps), steps
