@@ -220,3 +220,22 @@ async def test_a_resting_hold_claimed_by_a_waiting_caller_still_expires(store, a
         await two.close()
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {}
+
+
+async def test_a_batch_answers_each_item_in_order_and_pending_for_those_still_running(
+    store, accounts
+):
+    gate = Gate(accounts)
+    one = replica(store, gate)
+    done = await one.create_many([simple(10)])
+    assert [t.state for t in done] == [TransferState.COMPLETED]
+    gate.open.clear()
+    second = requested("44444444-4444-4444-8444-444444444444", [Leg(SRC, DST, 20)])
+    third = requested("55555555-5555-4555-8555-555555555555", [Leg(SRC, DST, 5000)])
+    answers = await one.create_many([second, third], wait=0.1)
+    assert [type(a) for a in answers] == [TransferPending, TransferPending]
+    gate.open.set()
+    again = await one.create_many([second, third])  # a repeat: the same transfers' outcomes
+    assert again[0].state is TransferState.COMPLETED
+    assert isinstance(again[1], TransferRefused) and again[1].reason == "INSUFFICIENT_FUNDS"
+    assert accounts.balance(DST) == 30 and accounts.balance(SRC) == 970
