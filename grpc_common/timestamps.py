@@ -19,10 +19,9 @@ def timestamp(at: datetime | None) -> Timestamp | None:
     """As ``Timestamp.FromDatetime`` (naive means UTC), for a fraction of its cost."""
     if at is None:
         return None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    delta = at - _EPOCH  # normalised: only days may be negative
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1_000)
+    message = Timestamp()
+    set_timestamp(message, at)
+    return message
 
 
 def set_timestamp(message: Timestamp, at: datetime | None) -> None:
