@@ -13,7 +13,7 @@ import pytest
 from bank.v1 import account_pb2 as apb
 from grpc_common.errors import DOMAIN, error_info
 from tests import pg
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, running, sqlite_bank
 
 pytestmark = pytest.mark.e2e
 
@@ -44,14 +44,8 @@ def bank_cli(bank, capsys):
 
 
 def _sqlite_bank(workdir) -> Iterator[Bank]:
-    running = Bank(
-        f"sqlite:///{workdir}/accounts.db", f"sqlite:///{workdir}/transfers.db", workdir
-    ).start()
-    try:
-        yield running
-    finally:
-        codes = running.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    with running(sqlite_bank(workdir)) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +81,8 @@ def postgres_schema_url() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def pg_bank(tmp_path, postgres_schema_url) -> Iterator[Bank]:
     """Both services on Postgres, each in a schema of its own."""
-    running = Bank(postgres_schema_url(), postgres_schema_url(), tmp_path).start()
-    try:
-        yield running
-    finally:
-        codes = running.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    with running(Bank(postgres_schema_url(), postgres_schema_url(), tmp_path)) as started:
+        yield started
 
 
 def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, dict[str, str]]:

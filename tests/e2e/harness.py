@@ -3,6 +3,8 @@ for end-to-end tests. Each process is a ``bank_cli.harness.ServiceProcess``."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,3 +89,21 @@ class Bank:
             if service is not None and service.process is not None:
                 codes[service.module] = service.stop()
         return codes
+
+
+def sqlite_bank(workdir: Path, **options) -> Bank:
+    """A bank (not started) whose two services keep their SQLite files in ``workdir``."""
+    return Bank(
+        f"sqlite:///{workdir}/accounts.db", f"sqlite:///{workdir}/transfers.db", workdir, **options
+    )
+
+
+@contextlib.contextmanager
+def running(bank: Bank) -> Iterator[Bank]:
+    """Starts ``bank``; stops it on leaving, where both services must exit cleanly."""
+    bank.start()
+    try:
+        yield bank
+    finally:
+        codes = bank.stop()
+    assert codes == {"transfer_service": 0, "account_service": 0}, codes

@@ -13,9 +13,7 @@ from grpc import StatusCode
 
 from grpc_common.errors import DOMAIN, error_info
 from shared_kernel.errors import InvalidArgument
-from shared_kernel.values import (
-    parse_id,
-)
+from shared_kernel.values import parse_id
 from tests.e2e.hostile_model import (
     CALL_TIMEOUT,
     CLEAR_CODES,

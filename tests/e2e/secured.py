@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grpc_common.auth import token_line
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, running, sqlite_bank
 
 TRANSFER = "transfer-service"
 
@@ -70,15 +70,8 @@ def token_args(tokens: TokenFile) -> tuple[list[str], list[str]]:
 def token_bank(workdir: Path, tokens: TokenFile, *account_extra: str) -> Iterator[Bank]:
     """Both services on SQLite in ``workdir``, asking for ``tokens``; both must stop cleanly."""
     account_args, transfer_args = token_args(tokens)
-    bank = Bank(
-        f"sqlite:///{workdir}/accounts.db",
-        f"sqlite:///{workdir}/transfers.db",
-        workdir,
-        account_args=[*account_args, *account_extra],
-        transfer_args=transfer_args,
-    ).start()
-    try:
-        yield bank
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    bank = sqlite_bank(
+        workdir, account_args=[*account_args, *account_extra], transfer_args=transfer_args
+    )
+    with running(bank) as started:
+        yield started

@@ -25,7 +25,7 @@ from bank.v1 import account_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.harness import ServiceProcess, free_port
 from tests.e2e.conftest import new_account, refusal
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, running, sqlite_bank
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -75,19 +75,14 @@ def _json_lines(path: Path) -> list[dict]:
 def observed_bank(tmp_path) -> Iterator[tuple[Bank, int, int]]:
     """Both services on SQLite, metrics on, JSON logs: (bank, account port, transfer port)."""
     account_port, transfer_port = free_port(), free_port()
-    bank = Bank(
-        f"sqlite:///{tmp_path}/accounts.db",
-        f"sqlite:///{tmp_path}/transfers.db",
+    bank = sqlite_bank(
         tmp_path,
         account_args=["--metrics-port", str(account_port), "--log-format", "json"],
         transfer_args=["--metrics-port", str(transfer_port)],
         transfer_env={"BANK_LOG_FORMAT": "json"},
-    ).start()
-    try:
-        yield bank, account_port, transfer_port
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    )
+    with running(bank) as started:
+        yield started, account_port, transfer_port
 
 
 def test_metrics_and_json_logs(observed_bank, tmp_path):

@@ -20,7 +20,7 @@ from account_service.streams import stream_id
 from bank.v1 import account_pb2 as apb
 from bank.v1 import transfer_pb2 as tpb
 from tests.e2e.conftest import new_account, refusal
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, running, sqlite_bank
 
 pytestmark = pytest.mark.e2e
 
@@ -30,17 +30,9 @@ CHECKPOINT_EVERY = 4
 @pytest.fixture
 def past_bank(tmp_path: Path) -> Iterator[Bank]:
     """A bank whose account service keeps a checkpoint every few versions."""
-    running = Bank(
-        f"sqlite:///{tmp_path}/accounts.db",
-        f"sqlite:///{tmp_path}/transfers.db",
-        tmp_path,
-        account_args=["--checkpoint-every", str(CHECKPOINT_EVERY)],
-    ).start()
-    try:
-        yield running
-    finally:
-        codes = running.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    bank = sqlite_bank(tmp_path, account_args=["--checkpoint-every", str(CHECKPOINT_EVERY)])
+    with running(bank) as started:
+        yield started
 
 
 def at_version(bank: Bank, account_id: str, version: int) -> apb.Account:

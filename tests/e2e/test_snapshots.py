@@ -21,7 +21,7 @@ from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from event_store import SqliteEventStore
 from tests.e2e.conftest import new_account, refusal
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, running, sqlite_bank
 
 SNAPSHOT_EVERY = 250
 DEPOSITS = 3000
@@ -30,17 +30,9 @@ IN_FLIGHT = 100
 
 @pytest.fixture
 def snapshot_bank(tmp_path: Path) -> Iterator[Bank]:
-    running = Bank(
-        f"sqlite:///{tmp_path}/accounts.db",
-        f"sqlite:///{tmp_path}/transfers.db",
-        tmp_path,
-        account_args=["--snapshot-every", str(SNAPSHOT_EVERY)],
-    ).start()
-    try:
-        yield running
-    finally:
-        codes = running.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    bank = sqlite_bank(tmp_path, account_args=["--snapshot-every", str(SNAPSHOT_EVERY)])
+    with running(bank) as started:
+        yield started
 
 
 def _db_path(bank: Bank) -> str:

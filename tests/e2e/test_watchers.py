@@ -16,7 +16,7 @@ import pytest
 from bank.v1 import account_pb2 as apb
 from bank.v1 import account_pb2_grpc
 from grpc_common.errors import error_info
-from tests.e2e.harness import Bank
+from tests.e2e.harness import Bank, running, sqlite_bank
 
 pytestmark = pytest.mark.e2e
 
@@ -26,17 +26,10 @@ STREAMS = 300
 
 @pytest.fixture
 def watched(tmp_path) -> Iterator[Bank]:
-    bank = Bank(
-        f"sqlite:///{tmp_path}/accounts.db",
-        f"sqlite:///{tmp_path}/transfers.db",
-        tmp_path,
-        account_args=["--max-watchers-per-caller", str(LIMIT)],
-    ).start()
-    try:
+    with running(
+        sqlite_bank(tmp_path, account_args=["--max-watchers-per-caller", str(LIMIT)])
+    ) as bank:
         yield bank
-    finally:
-        codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
 
 
 async def _storm(address: str, account_ids: list[str]) -> tuple[Counter, list[float], int]:
