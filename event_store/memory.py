@@ -51,14 +51,14 @@ class _Stored(NamedTuple):
     data: str
     recorded_at: int
 
-    def to_event(self) -> RecordedEvent:
+    def to_event(self, data: Mapping[str, Any] | None = None) -> RecordedEvent:
         # A fresh decode per read: callers may mutate what they get back.
         return RecordedEvent(
             self.position,
             self.stream_id,
             self.version,
             self.type,
-            decode_data(self.data),
+            decode_data(self.data) if data is None else data,
             micros_to_datetime(self.recorded_at),
         )
 
@@ -150,7 +150,7 @@ class InMemoryEventStore:
                     for tag in dict.fromkeys(event.tags):
                         entry = (recorded_at, stored.position)
                         bisect.insort(self._tags.setdefault(tag, []), entry)
-                    recorded.append(stored.to_event())
+                    recorded.append(stored.to_event(event.data))
                 results.append(recorded)
             for request, checkpoints in zip(requests, kept, strict=True):
                 stream_checkpoints = self._checkpoints.setdefault(request.stream_id, {})

@@ -58,14 +58,15 @@ class RecordedEvent:
 
     ``position`` is the global order (strictly increasing, > 0); ``version`` counts the
     events of one stream from 1. ``recorded_at`` is UTC and shared by all events written
-    in one append transaction.
+    in one append transaction. ``data`` is decoded from storage on reads; an append
+    returns the data it was given.
     """
 
     position: int
     stream_id: str
     version: int
     type: str
-    data: dict[str, Any]
+    data: Mapping[str, Any]
     recorded_at: datetime
 
 

@@ -584,9 +584,7 @@ class SqlEventStore:
                         stream_id,
                         version,
                         event.type,
-                        # Decoded from the stored text so the caller sees exactly what a
-                        # later read returns (tuples become lists, keys become strings).
-                        decode_data(row["data"]),
+                        event.data,  # as given: decoding what was just encoded is waste
                         when,
                     )
                 )

@@ -70,6 +70,14 @@ class EventStoreConformance(LeaseConformance, HistoryConformance, SnapshotConfor
             ("s", 2, "Deposited", {"amount": 5}),
         ]
 
+    def test_an_append_returns_the_data_it_was_given_and_a_read_decodes_it(
+        self, store: EventStore
+    ) -> None:
+        data = {"pair": (1, 2)}
+        (recorded,) = store.append("s", 0, [NewEvent("Paired", data)])
+        assert recorded.data is data  # not encoded and decoded again
+        assert store.read_stream("s")[0].data == {"pair": [1, 2]}  # as JSON holds it
+
     def test_recorded_at_is_utc_and_shared_by_one_append(self, store: EventStore) -> None:
         recorded = store.append("s", 0, [ev(), ev(), ev()])
         stamps = {e.recorded_at for e in store.read_stream("s")}
