@@ -9,7 +9,7 @@ from account_service import domain
 from account_service.grpc_api.errors import refusal_reason
 from account_service.views import AccountView, HistoryEntry
 from bank.v1 import account_pb2 as pb
-from grpc_common.timestamps import parse_timestamp, timestamp
+from grpc_common.timestamps import parse_timestamp, set_timestamp, timestamp
 from shared_kernel.errors import InvalidArgument
 
 _STATUS = {
@@ -34,27 +34,28 @@ _EVENT_TYPE = {
 
 
 def account(view: AccountView) -> pb.Account:
-    return pb.Account(
-        account_id=view.account_id,
-        owner=view.owner,
-        currency=view.currency,
-        balance=view.balance,
-        reserved=view.reserved,
-        available=view.available,
-        status=_STATUS[view.status],
-        version=view.version,
-        reservations=[
-            pb.Reservation(
-                reference=reference,
-                amount=hold.amount,
-                reserved_at=timestamp(hold.reserved_at),
-                expires_at=timestamp(hold.expires_at),
-            )
-            for reference, hold in view.reservations
-        ],
-        pending_credits=view.pending_credits,
-        overdraft_limit=view.overdraft_limit,
-    )
+    message = pb.Account()
+    fill_account(message, view)
+    return message
+
+
+def fill_account(message: pb.Account, view: AccountView) -> None:
+    """Sets ``message`` (empty) to ``view``, field by field: a keyword-built message copies
+    every sub-message it is given, which a step's outcome paid per step."""
+    message.account_id = view.account_id
+    message.owner = view.owner
+    message.currency = view.currency
+    message.balance = view.balance
+    message.reserved = view.reserved
+    message.available = view.available
+    message.status = _STATUS[view.status]
+    message.version = view.version
+    message.pending_credits = view.pending_credits
+    message.overdraft_limit = view.overdraft_limit
+    for reference, hold in view.reservations:
+        reservation = message.reservations.add(reference=reference, amount=hold.amount)
+        set_timestamp(reservation.reserved_at, hold.reserved_at)
+        set_timestamp(reservation.expires_at, hold.expires_at)
 
 
 def account_event(entry: HistoryEntry) -> pb.AccountEvent:

@@ -58,6 +58,12 @@ def step_error(exc: BaseException) -> pb.StepError:
     return pb.StepError(code=code.value[0], message=message, reason=reason, metadata=metadata)
 
 
+def _applied(step_id: int, view: AccountView) -> pb.StepOutcome:
+    outcome = pb.StepOutcome(step_id=step_id)
+    messages.fill_account(outcome.account, view)
+    return outcome
+
+
 class StepStream:
     """The state of one ExecuteSteps call (see the module)."""
 
@@ -176,7 +182,7 @@ class StepStream:
         self._in_flight -= 1
         self._send(
             *(
-                pb.StepOutcome(step_id=step.step_id, account=messages.account(view))
+                _applied(step.step_id, view)
                 for step, view in zip(chain, future.result(), strict=True)
             )
         )
@@ -202,7 +208,7 @@ class StepStream:
 
     def _finish(self, step_id: int, view: AccountView | None, exc: BaseException | None) -> None:
         if exc is None and view is not None:
-            outcome = pb.StepOutcome(step_id=step_id, account=messages.account(view))
+            outcome = _applied(step_id, view)
         else:
             view = None
             outcome = pb.StepOutcome(step_id=step_id, error=step_error(exc))
