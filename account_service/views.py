@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from account_service.domain import Account, AccountEvent, AccountStatus, Hold
 from shared_kernel.values import INT64_MAX
 
 
-@dataclass(frozen=True, slots=True)
-class AccountView:
-    """An account's state as of one answered command."""
+class AccountView(NamedTuple):
+    """An account's state as of one answered command.
+
+    A NamedTuple, not a frozen dataclass: one is built for every step answered, and it
+    builds in about a third of the time."""
 
     account_id: str
     owner: str
@@ -47,14 +50,14 @@ def view(account: Account, with_reservations: bool = False) -> AccountView:
     """The state of ``account`` (which exists) as answered to its caller."""
     assert account.status is not None
     return AccountView(
-        account_id=account.account_id,
-        owner=account.owner,
-        currency=account.currency,
-        balance=account.balance,
-        reserved=account.reserved,
-        status=account.status,
-        version=account.version,
-        reservations=tuple(account.holds.items()) if with_reservations else (),
-        pending_credits=account.pending_credits,
-        overdraft_limit=account.overdraft_limit,
+        account.account_id,
+        account.owner,
+        account.currency,
+        account.balance,
+        account.reserved,
+        account.status,
+        account.version,
+        tuple(account.holds.items()) if with_reservations else (),
+        account.pending_credits,
+        account.overdraft_limit,
     )

@@ -14,6 +14,7 @@ account rebuilt from one answers for its state as it was, never for commands.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -79,7 +80,10 @@ def _memory_in(data: Mapping[str, Any], key: str) -> dict[str, int]:
     return memory
 
 
+@functools.lru_cache(maxsize=256)
 def _time(value: datetime | None) -> str | None:
+    # Cached: the holds placed in one append share its time, and a checkpoint of a busy
+    # account writes hundreds of them.
     return None if value is None else value.isoformat()
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from shared_kernel.errors import InvalidArgument
 from shared_kernel.values import INT64_MAX
 from transfer_service.domain.steps import Phase
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
+class Leg(NamedTuple):
+    """One movement of a transfer (a NamedTuple, like ``AccountStep``: built per request)."""
+
     from_account_id: str
     to_account_id: str
     amount: int
@@ -154,16 +155,22 @@ EVENT_CLASSES: tuple[type, ...] = (
 MAX_LEGS = 16
 
 
+def _check_leg(leg: Leg) -> None:
+    """A one-leg transfer's rules, named by the request's own fields."""
+    if leg.from_account_id == leg.to_account_id:
+        raise InvalidArgument("to_account_id", "a leg's target must differ from its source")
+    if not 0 < leg.amount <= INT64_MAX:
+        raise InvalidArgument("amount", "must be 1 to 2^63-1")
+
+
 def _check_legs(legs: Sequence[Leg]) -> None:
-    simple = len(legs) == 1
     if not 1 <= len(legs) <= MAX_LEGS:
         raise InvalidArgument("legs", f"a transfer has 1 to {MAX_LEGS} legs")
     for leg in legs:
         if leg.from_account_id == leg.to_account_id:
-            field_name = "to_account_id" if simple else "legs"
-            raise InvalidArgument(field_name, "a leg's target must differ from its source")
+            raise InvalidArgument("legs", "a leg's target must differ from its source")
         if not 0 < leg.amount <= INT64_MAX:
-            raise InvalidArgument("amount" if simple else "legs", "must be 1 to 2^63-1")
+            raise InvalidArgument("legs", "must be 1 to 2^63-1")
     if sum(leg.amount for leg in legs) > INT64_MAX:
         raise InvalidArgument("legs", "the legs' amounts add up beyond int64")
 
@@ -188,10 +195,9 @@ def requested(
 
     ``InvalidArgument`` for legs that break the rules (named by the request's own fields:
     ``amount`` and ``to_account_id`` for one leg, ``legs`` for several)."""
-    _check_legs(legs)
-    total = sum(leg.amount for leg in legs)
     if len(legs) == 1:
         (leg,) = legs
+        _check_leg(leg)
         return TransferRequested(
             transfer_id,
             leg.from_account_id,
@@ -205,11 +211,12 @@ def requested(
             reason,
             owner,
         )
+    _check_legs(legs)
     return TransferRequested(
         transfer_id,
         "",
         "",
-        total,
+        sum(leg.amount for leg in legs),
         legs_field(legs),
         pending,
         expires_after,

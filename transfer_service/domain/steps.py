@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 
 class Action(enum.Enum):
@@ -28,12 +28,12 @@ class Phase(enum.Enum):
     UNDO = "undo"
 
 
-@dataclass(frozen=True, slots=True)
-class AccountStep:
+class AccountStep(NamedTuple):
     """One step for the account side. ``amount``: what to hold or credit; for a capture,
     how much (0: all of the hold). ``expires_at``: a hold's expiry, in microseconds since
     the Unix epoch (0: none), for the account to show. ``owner``: on a hold, the owner the
-    account must have (the requesting token's; "" for any)."""
+    account must have (the requesting token's; "" for any). A NamedTuple: a few are built
+    for every transfer, in a third of a frozen dataclass's time."""
 
     action: Action
     account_id: str

@@ -316,20 +316,18 @@ class Transfer:
 
     @staticmethod
     def _credit_steps(targets: list[tuple[str, int]]) -> list[AccountStep]:
-        *held, (last, amount) = targets
-        return [
-            *(AccountStep(Action.HOLD_CREDIT, a, n) for a, n in held),
-            AccountStep(Action.CREDIT, last, amount),
-        ]
+        steps = [AccountStep(Action.HOLD_CREDIT, a, n) for a, n in targets[:-1]]
+        last, amount = targets[-1]
+        steps.append(AccountStep(Action.CREDIT, last, amount))
+        return steps
 
     def _settle_steps(
         self, sources: list[tuple[str, int]], targets: list[tuple[str, int]]
     ) -> list[AccountStep]:
         partial = self.post_amount if self.post_amount != self.amount else 0
-        return [
-            *(AccountStep(Action.CONFIRM_CREDIT, a) for a, _ in targets[:-1]),
-            *(AccountStep(Action.CAPTURE, a, partial) for a, _ in sources),
-        ]
+        steps = [AccountStep(Action.CONFIRM_CREDIT, a) for a, _ in targets[:-1]]
+        steps.extend([AccountStep(Action.CAPTURE, a, partial) for a, _ in sources])
+        return steps
 
     def _undo_steps(self, undo: Undo) -> list[AccountStep]:
         sources = self.sources
