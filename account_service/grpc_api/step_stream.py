@@ -8,10 +8,11 @@ not succeed, is answered STEP_NOT_RUN with its own followers. An ``after_step_id
 names no earlier step of the same request is answered INVALID_ARGUMENT. The outcomes of a
 chain of steps (each followed by one other) are sent together when it ends: its caller
 waits for the whole of it anyway.
-A chain whose accounts are idle is first offered to ``submit_sequence``, which decides it
-whole and stores it in one append; where it declines, or its append fails, the chain runs
-step by step. The call ends once the caller is done sending (or reading is stopped) and
-every step read has its outcome sent.
+A chain that shares no account with another chain of its message is first offered to
+``submit_sequence``, which decides it whole and stores it in one append if its accounts are
+idle; where it declines, or its append fails, or the chain's accounts are shared (busy: their
+mailboxes gather the steps), the chain runs step by step. The call ends once the caller is
+done sending (or reading is stopped) and every step read has its outcome sent.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import functools
 import itertools
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
@@ -56,6 +58,16 @@ def step_error(exc: BaseException) -> pb.StepError:
         return pb.StepError(code=StatusCode.INTERNAL.value[0], message="internal error")
     code, reason, message, metadata = described
     return pb.StepError(code=code.value[0], message=message, reason=reason, metadata=metadata)
+
+
+def _accounts(chain: list[pb.Step]) -> set[str]:
+    """The accounts a chain's steps name, as sent."""
+    named = set()
+    for step in chain:
+        kind = step.WhichOneof("action")
+        if kind is not None:
+            named.add(getattr(step, kind).account_id)
+    return named
 
 
 def _applied(step_id: int, view: AccountView) -> pb.StepOutcome:
@@ -125,13 +137,15 @@ class StepStream:
                     self._send(pb.StepOutcome(step_id=step.step_id, error=step_error(error)))
                     continue
                 earlier.add(step.step_id)
-            for step in first:
-                self._start_first(step)
-
-    def _start_first(self, step: pb.Step) -> None:
-        chain = self._chain(step)
-        if chain is None or not self._submit_sequence(chain):
-            self._start(step)
+            chains = [(step, self._chain(step)) for step in first]
+            # A chain shares an account with another of this message: its accounts are busy,
+            # and their mailboxes gather these chains' steps into one append each, where a
+            # sequence would hold both accounts for a commit of its own.
+            uses = Counter(a for _, chain in chains if chain for a in _accounts(chain))
+            for step, chain in chains:
+                shared = chain is None or any(uses[a] > 1 for a in _accounts(chain))
+                if shared or not self._submit_sequence(chain):
+                    self._start(step)
 
     def _chain(self, step: pb.Step) -> list[pb.Step] | None:
         """``step`` and the steps after it, if each is followed by exactly one other.

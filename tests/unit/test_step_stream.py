@@ -241,6 +241,37 @@ async def test_a_chain_over_idle_accounts_is_stored_as_one_sequence() -> None:
     assert balances(accounts, ADA, BOB) == [(70, 0), (30, 0)]
 
 
+async def test_chains_that_share_an_account_in_one_message_run_step_by_step() -> None:
+    accounts = FakeAccounts(sequences="accept")
+    for account_id in (ADA, BOB, CYD):
+        accounts.open(account_id, 100)
+    stream = StepStream(accounts)
+    # A transfer from ADA to BOB and a hold and credit of another on CYD and BOB: both
+    # chains name BOB.
+    other = [
+        reserve(4, CYD, 5, reference="t-2"),
+        pb.Step(
+            step_id=5,
+            after_step_id=4,
+            credit=pb.CreditRequest(account_id=BOB, reference="t-2", amount=5),
+        ),
+    ]
+    outcomes = by_step(await answers(stream, [*transfer(1, ADA, BOB, 30), *other]))
+    assert accounts.offered == []  # no sequence offered: the mailboxes batch them
+    assert sorted(accounts.submitted) == sorted([ADA, BOB, ADA, CYD, BOB])
+    assert all(outcomes[n].WhichOneof("result") == "account" for n in range(1, 6))
+    assert balances(accounts, ADA, BOB, CYD) == [(70, 0), (135, 0), (100, 5)]
+
+
+async def test_a_chain_alone_on_its_accounts_is_offered_beside_others() -> None:
+    accounts = FakeAccounts(sequences="accept")
+    for account_id in (ADA, BOB, CYD):
+        accounts.open(account_id, 100)
+    stream = StepStream(accounts)
+    await answers(stream, [*transfer(1, ADA, BOB, 30), reserve(4, CYD, 5)])
+    assert accounts.offered == [[ADA, BOB, ADA]]  # the lone reserve is no chain
+
+
 async def test_a_declined_sequence_runs_step_by_step() -> None:
     accounts = FakeAccounts(sequences="decline")
     accounts.open(ADA, 100)
