@@ -138,13 +138,13 @@ class StepStream:
                     continue
                 earlier.add(step.step_id)
             chains = [(step, self._chain(step)) for step in first]
-            # A chain shares an account with another of this message: its accounts are busy,
-            # and their mailboxes gather these chains' steps into one append each, where a
-            # sequence would hold both accounts for a commit of its own.
-            uses = Counter(a for _, chain in chains if chain for a in _accounts(chain))
-            for step, chain in chains:
-                shared = chain is None or any(uses[a] > 1 for a in _accounts(chain))
-                if shared or not self._submit_sequence(chain):
+            named = [_accounts(chain) if chain else set() for _, chain in chains]
+            # Accounts two chains of this message share are busy: their mailboxes gather the
+            # steps into one append each, where a sequence would hold them for a commit.
+            uses = Counter(a for accounts in named for a in accounts)
+            for (step, chain), accounts in zip(chains, named, strict=True):
+                shared = any(uses[a] > 1 for a in accounts)
+                if chain is None or shared or not self._submit_sequence(chain):
                     self._start(step)
 
     def _chain(self, step: pb.Step) -> list[pb.Step] | None:
