@@ -17,11 +17,13 @@ from grpc_common.settings import (
     configure_observability,
     configure_security,
     env_flag,
+    keep_stop_signals,
     run_async,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_stop_signals()
     parser = common_parser(
         "account_service",
         "Serve bank.v1.AccountService and bank.v1.ReservationService.",

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -96,16 +97,44 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+# Stop signals that came before the event loop could take them (see ``keep_stop_signals``).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_asked_to_stop: list[int] = []
+
+
+def keep_stop_signals() -> None:
+    """From here on a SIGTERM or SIGINT before the server serves is kept, not fatal: the
+    start is abandoned as soon as the event loop runs (``run_async``) and the process exits
+    with status 0, as a stop while serving does. Called first thing by each service."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: _asked_to_stop.append(signum))
+
+
 def run_async(main: Coroutine[Any, Any, None]) -> None:
     """Runs the service's main coroutine, on uvloop when it is installed (Windows has none),
-    with the garbage collector set by ``tune_gc``."""
+    with the garbage collector set by ``tune_gc``. Until the server takes over the stop
+    signals, one cancels the start (``keep_stop_signals``): there is nothing to drain yet."""
+    keep_stop_signals()
     tune_gc()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
+        asyncio.run(_stoppable_start(main))
     else:
-        uvloop.run(main)
+        uvloop.run(_stoppable_start(main))
+
+
+async def _stoppable_start(main: Coroutine[Any, Any, None]) -> None:
+    start = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    for signum in _STOP_SIGNALS:  # replaced by the server's own once it serves
+        loop.add_signal_handler(signum, start.cancel)
+    if _asked_to_stop:
+        start.cancel()
+    try:
+        await start
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("stopped before serving")
 
 
 def _optional_flag(

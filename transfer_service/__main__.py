@@ -12,6 +12,7 @@ from grpc_common.settings import (
     configure_observability,
     configure_security,
     env_flag,
+    keep_stop_signals,
     run_async,
 )
 from transfer_service.server import (
@@ -24,6 +25,7 @@ from transfer_service.server import (
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_stop_signals()
     parser = common_parser(
         "transfer_service", "Serve bank.v1.TransferService.", DEFAULT_LISTEN, DEFAULT_DB
     )

@@ -38,3 +38,41 @@ def test_a_service_runs_with_what_it_imported_frozen_and_young_objects_collected
     assert tuple(seen["threshold"]) == GC_THRESHOLDS
     # grpc, protobuf and the standard library alone are tens of thousands of objects.
     assert seen["frozen"] > 10_000
+
+
+# A service's start as ``run_async`` runs it, with a SIGTERM at a chosen moment.
+_START = """
+import asyncio, logging, os, signal, sys
+from grpc_common.settings import keep_stop_signals, run_async
+
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+keep_stop_signals()
+if sys.argv[1] == "before the loop":
+    os.kill(os.getpid(), signal.SIGTERM)
+
+async def main():
+    if sys.argv[1] == "while starting":
+        os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.sleep(5)  # opening the store, say
+    print("served")
+
+run_async(main())
+"""
+
+
+def _start_with_sigterm(when: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _START, when], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_stop_signal_before_the_loop_runs_ends_the_start_with_status_0():
+    done = _start_with_sigterm("before the loop")
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert "grpc_common.settings: stopped before serving" in done.stderr
+
+
+def test_a_stop_signal_while_starting_ends_the_start_with_status_0():
+    done = _start_with_sigterm("while starting")
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert "grpc_common.settings: stopped before serving" in done.stderr
