@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -36,6 +38,17 @@ from grpc_common.step_order import STEP_ORDER_METADATA
 from transfer_service.domain import AccountStep, Action, Answer, Applied, Fenced, Refused, Undecided
 
 log = logging.getLogger(__name__)
+
+# A chain as ``run_many`` takes it: its steps, reference, epoch and currency; and the
+# answers it yields: chains (by index) and their answers.
+Chain = tuple[Sequence[AccountStep], str, int, str]
+Wave = list[tuple[int, list[Answer]]]
+
+
+def _ready(ready: list[int], wake: asyncio.Event, n: int, _: object) -> None:
+    ready.append(n)
+    wake.set()
+
 
 # Codes that say nothing about the business outcome: retry, never refuse.
 _UNDECIDED = frozenset(
@@ -263,23 +276,27 @@ class StepStream:
             await chain.ended
         finally:
             timer.cancel()
-            for step_id in chain.ids:
-                self._waiting.pop(step_id, None)
-        answers: list[Answer] = []
-        for outcome in chain.outcomes:
-            if outcome is None:
-                answers.append(Undecided(chain.why))
-                break
-            answers.append(answer(outcome))
-            if not isinstance(answers[-1], Applied):
-                break
-        return answers
+            self._forget(chain)
+        return _answers(chain)
+
+    def _forget(self, chain: _Chain) -> None:
+        for step_id in chain.ids:
+            self._waiting.pop(step_id, None)
 
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
+
+    @property
+    def ordered(self) -> bool:
+        """The open stream's server runs a step after another (chains go as one)."""
+        return self._ordered
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
 
     def _send(self, steps: Sequence[pb.Step]) -> _Chain:
         """Queues the steps for the next message, together, each after the one before."""
@@ -296,6 +313,11 @@ class StepStream:
         self._outbox.extend(steps)
         self._wakeup.set()
         return chain
+
+    @classmethod
+    def _end_all(cls, chains: Sequence[_Chain], why: str) -> None:
+        for chain in chains:
+            cls._end(chain, why)
 
     @staticmethod
     def _end(chain: _Chain, why: str) -> None:
@@ -357,6 +379,19 @@ class StepStream:
         unsent = {step.step_id for step in self._outbox}
         for step_id in [i for i in self._waiting if i not in unsent]:
             self._end(self._waiting.pop(step_id), why)
+
+
+def _answers(chain: _Chain) -> list[Answer]:
+    """A chain's answers: up to and including the first not ``Applied``."""
+    answers: list[Answer] = []
+    for outcome in chain.outcomes:
+        if outcome is None:
+            answers.append(Undecided(chain.why))
+            break
+        answers.append(answer(outcome))
+        if not isinstance(answers[-1], Applied):
+            break
+    return answers
 
 
 class _Chain:
@@ -443,6 +478,55 @@ class StreamingAccounts:
             currency = got[-1].currency
         return answers
 
+    async def run_many(self, chains: Sequence[Chain]) -> AsyncIterator[Wave]:
+        """``run`` for many chains at once; yields their answers as they come, those that
+        came together in one wave. The chains one replica decides whole go together (one
+        message, one deadline, no task per chain); the others one by one."""
+        loop = asyncio.get_running_loop()
+        # Per chain: its task (run on its own), or its wait and its chain (run together).
+        ends: list[asyncio.Future[Any]] = []
+        sent: list[_Chain | None] = []
+        timers: list[asyncio.TimerHandle] = []
+        together: dict[StepStream, list[_Chain]] = {}
+        for steps, reference, epoch, currency in chains:
+            replicas = {self.address(step.account_id) for step in steps}
+            stream = self._streams[replicas.pop()] if len(replicas) == 1 else None
+            if stream is None or not stream.ordered:
+                ends.append(asyncio.ensure_future(self.run(steps, reference, epoch, currency)))
+                sent.append(None)
+                continue
+            messages = [step_message(steps[0], reference, epoch, currency)]
+            messages += [step_message(step, reference, epoch, "") for step in steps[1:]]
+            chain = stream._send(messages)
+            together.setdefault(stream, []).append(chain)
+            sent.append(chain)
+            ends.append(chain.ended)
+        for stream, group in together.items():
+            why = f"no outcome within {stream.deadline:g}s"
+            timers.append(loop.call_later(stream.deadline, stream._end_all, group, why))
+        ready: list[int] = []
+        wake = asyncio.Event()
+        for n, end in enumerate(ends):
+            end.add_done_callback(functools.partial(_ready, ready, wake, n))
+        left = len(ends)
+        try:
+            while left:
+                await wake.wait()
+                wake.clear()
+                wave, ready[:] = ready[:], []
+                left -= len(wave)
+                yield [
+                    (n, ends[n].result() if (c := sent[n]) is None else _answers(c)) for n in wave
+                ]
+        finally:
+            for timer in timers:
+                timer.cancel()
+            for end in ends:
+                end.cancel()  # a chain run on its own, if this was given up
+            for stream, group in together.items():
+                for chain in group:
+                    stream._forget(chain)
+
     async def close(self) -> None:
         for stream in self._streams.values():
             await stream.close()
@@ -472,6 +556,9 @@ class UnaryAccounts:
                 break
             currency = result.currency
         return answers
+
+    async def run_many(self, chains: Sequence[Chain]) -> AsyncIterator[Wave]:
+        yield list(enumerate(await asyncio.gather(*(self.run(*chain) for chain in chains))))
 
     async def _call(self, method, request) -> Answer:
         try:

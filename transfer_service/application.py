@@ -117,7 +117,8 @@ class Transfers:
         # that a large backlog does not stampede the account service.
         self._resume_concurrency = resume_concurrency
         self._taking_up = 0
-        self._drivers: dict[str, asyncio.Task[Transfer]] = {}
+        self._drivers: dict[str, asyncio.Future[Transfer]] = {}
+        self._together: set[asyncio.Task[None]] = set()  # passes of drive_together
         self._epochs: dict[str, int] = {}  # the epoch each driver holds
         # Visibility for operators: when each driver started, and its current retries.
         self._started: dict[str, int] = {}
@@ -141,9 +142,10 @@ class Transfers:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for task in list(self._drivers.values()):
+        running = [*self._together, *self._drivers.values()]
+        for task in running:
             task.cancel()
-        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._repository.abandon()
 
@@ -185,8 +187,7 @@ class Transfers:
             except StoreUnavailable as exc:
                 return [exc] * len(requests)  # nothing recorded: each item may be sent again
             else:
-                drivers = {t.transfer_id: self._driver(t, 1) for t in recorded}
-                return await self._answers(drivers, deadline)
+                return await self._answers(self._drive_together(recorded, 1), deadline)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
         # The same id twice in one batch: the second is a repeat of the first.
         ordered = [self.create(request, remaining) for request in requests]
@@ -376,6 +377,76 @@ class Transfers:
             task.add_done_callback(lambda _: self._forget(transfer_id))
         return task
 
+    def _drive_together(
+        self, transfers: Sequence[Transfer], epoch: int
+    ) -> dict[str, asyncio.Future[Transfer]]:
+        """Drivers for transfers recorded together: one pass for all of them
+        (``TransferProcess.drive_together``), then a driver of its own for each that the
+        pass did not end. A future per transfer stands for its driver meanwhile."""
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[Transfer]] = {}
+        for transfer in transfers:
+            transfer_id = transfer.transfer_id
+            futures[transfer_id] = future = loop.create_future()
+            self._drivers[transfer_id] = future
+            self._epochs[transfer_id] = epoch
+            self._started[transfer_id] = next(self._sequence)
+            future.add_done_callback(functools.partial(self._forgotten, transfer_id))
+        task = asyncio.create_task(self._pass_together(transfers, futures, epoch))
+        self._together.add(task)
+        task.add_done_callback(self._together.discard)
+        return futures
+
+    async def _pass_together(
+        self,
+        transfers: Sequence[Transfer],
+        futures: dict[str, asyncio.Future[Transfer]],
+        epoch: int,
+    ) -> None:
+        try:
+            driven = await self._process.drive_together(transfers, epoch)
+        except Exception as exc:  # each goes on alone, from the store
+            log.warning("%d transfers driven one by one: %s", len(transfers), exc)
+            driven = [None] * len(transfers)
+        alone = []
+        for transfer, outcome in zip(transfers, driven, strict=True):
+            future = futures[transfer.transfer_id]
+            if future.done():
+                continue  # taken over meanwhile
+            if outcome is not None and outcome.is_terminal:
+                future.set_result(outcome)
+            else:
+                task = asyncio.ensure_future(
+                    self._drive_into(future, transfer.transfer_id, outcome, epoch)
+                )
+                future.add_done_callback(functools.partial(_stop_if_cancelled, task))
+                alone.append(task)
+        if alone:
+            await asyncio.gather(*alone)
+
+    async def _drive_into(
+        self,
+        future: asyncio.Future[Transfer],
+        transfer_id: str,
+        transfer: Transfer | None,
+        epoch: int,
+    ) -> None:
+        try:
+            outcome = await self._drive(transfer_id, transfer, epoch)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:  # the future's waiters hear it, as a driver's would
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(outcome)
+
+    def _forgotten(self, transfer_id: str, future: asyncio.Future[Transfer]) -> None:
+        if self._drivers.get(transfer_id) is future:
+            self._forget(transfer_id)
+
     def _forget(self, transfer_id: str) -> None:
         self._drivers.pop(transfer_id, None)
         self._epochs.pop(transfer_id, None)
@@ -480,6 +551,11 @@ class Transfers:
     def _deadline(self, wait: float | None) -> float:
         limit = self._answer_within if wait is None else min(wait, self._answer_within)
         return asyncio.get_running_loop().time() + limit
+
+
+def _stop_if_cancelled(task: asyncio.Task[None], future: asyncio.Future[Transfer]) -> None:
+    if future.cancelled():  # taken over by another process, or this one is closing
+        task.cancel()
 
 
 def _wake(ended: asyncio.Future[None], _: object) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random as _random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,6 +78,13 @@ class AccountsPort(Protocol):
         ``Applied``."""
         ...
 
+    def run_many(
+        self, chains: Sequence[tuple[Sequence[AccountStep], str, int, str]]
+    ) -> AsyncIterator[list[tuple[int, list[Answer]]]]:
+        """``run`` for each ``(steps, reference, epoch, currency)``, all at once; yields
+        the answers as they come (chains by index), those that came together at once."""
+        ...
+
 
 class TransferRepository(Protocol):
     async def load(self, transfer_id: str) -> Transfer | None: ...
@@ -102,6 +109,13 @@ class TransferRepository(Protocol):
     async def record_requests(self, requests: Sequence[TransferRequested]) -> list[Transfer]:
         """New transfers' requests (their leases created) in one transaction;
         ``ConcurrencyConflict`` if one of them exists."""
+        ...
+
+    async def record_many(
+        self, records: Sequence[tuple[Transfer, Sequence[TransferEvent], int]]
+    ) -> list[Transfer]:
+        """``record`` for each ``(transfer, events, epoch)``, in one transaction: all
+        recorded or none (raises as ``record`` does)."""
         ...
 
 
@@ -251,6 +265,65 @@ class TransferProcess:
                 raise OwnershipLost(f"transfer {transfer.transfer_id}: {held_up.why}")
             step = steps[len(answers) - 1] if answers else steps[0]
             failures = await self._held_up(transfer, step, held_up, failures)
+
+    async def drive_together(
+        self, transfers: Sequence[Transfer], epoch: int
+    ) -> list[Transfer | None]:
+        """One pass of ``drive`` for many transfers at once: their next chains sent
+        together, and what the answers call for recorded as they come, the answers that
+        came together in one transaction. Each transfer as recorded after the pass, or
+        None where the pass recorded nothing for it (a chain held up, or its record
+        failed): ``drive`` takes those on from the store."""
+        chains = [transfer.next_steps() for transfer in transfers]
+        runs = [
+            (n, [step for _, phase in chain for step in phase])
+            for n, chain in enumerate(chains)
+            if chain
+        ]
+        driven: list[Transfer | None] = list(transfers)
+        records: list[asyncio.Task[None]] = []
+        waves = self._accounts.run_many(
+            [(steps, transfers[n].transfer_id, epoch, transfers[n].currency) for n, steps in runs]
+        )
+        try:
+            async for wave in waves:
+                decided = []
+                for k, answers in wave:
+                    n, steps = runs[k]
+                    for step, answer in zip(steps, answers, strict=False):
+                        if isinstance(answer, Applied | Refused):
+                            self._crash_point(ANSWERED[step.action])
+                    events, held_up = transfers[n].decide(chains[n], answers)
+                    if events and held_up is None:
+                        decided.append((n, transfers[n], events))
+                    else:
+                        driven[n] = None
+                if decided:
+                    records.append(asyncio.create_task(self._record_wave(decided, epoch, driven)))
+        finally:
+            await waves.aclose()
+            if records:
+                await asyncio.gather(*records)
+        return driven
+
+    async def _record_wave(
+        self,
+        decided: list[tuple[int, Transfer, list[TransferEvent]]],
+        epoch: int,
+        driven: list[Transfer | None],
+    ) -> None:
+        try:
+            recorded = await self._repository.record_many(
+                [(transfer, events, epoch) for _, transfer, events in decided]
+            )
+        except Exception as exc:  # each goes on alone, from what the store holds
+            log.info("%d transfers to be recorded one by one: %s", len(decided), exc)
+            for n, _, _ in decided:
+                driven[n] = None
+            return
+        for (n, _, events), transfer in zip(decided, recorded, strict=True):
+            self._recorded(events)
+            driven[n] = transfer
 
     async def _record(
         self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int

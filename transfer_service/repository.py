@@ -123,6 +123,27 @@ class StoredTransfers:
             transfer.apply(event, stored.recorded_at)
         return transfer
 
+    async def record_many(
+        self, records: Sequence[tuple[Transfer, Sequence[TransferEvent], int]]
+    ) -> list[Transfer]:
+        """``record`` for each ``(transfer, events, epoch)``, in one transaction (no
+        reversal's end among them: that one settles its original too)."""
+        requests = []
+        for transfer, events, epoch in records:
+            ends = isinstance(events[-1], _ENDS)
+            if ends and transfer.reverses_transfer_id:
+                raise ValueError("a reversal's end is recorded on its own")
+            lease = self._lease_write(transfer, events, ends, epoch)
+            new = [_new_event(e) for e in events]
+            requests.append(
+                AppendRequest(stream_id(transfer.transfer_id), transfer.version, new, lease)
+            )
+        recorded = await self._store.append_batch(requests)
+        for (transfer, events, _), stored in zip(records, recorded, strict=True):
+            for event, one in zip(events, stored, strict=True):
+                transfer.apply(event, one.recorded_at)
+        return [transfer for transfer, _, _ in records]
+
     async def _ending_a_reversal(
         self, request: AppendRequest, transfer: Transfer, events: Sequence[TransferEvent]
     ) -> list[RecordedEvent]:

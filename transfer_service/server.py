@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,11 @@ from grpc_common import metrics, tracing
 from grpc_common.server import Assembly, Service, run_service
 from shared_kernel.crash import crash_point_from_env
 from transfer_service.accounts_client import (
+    Chain,
     StepStream,
     StreamingAccounts,
     UnaryAccounts,
+    Wave,
     open_channel,
     parse_targets,
 )
@@ -78,6 +80,19 @@ class _CountedTransfers:
     ) -> Transfer:
         pending = transfer.pending
         recorded = await self._repository.record(transfer, events, epoch)
+        self._count(pending, events, recorded)
+        return recorded
+
+    async def record_many(
+        self, records: Sequence[tuple[Transfer, Sequence[TransferEvent], int]]
+    ) -> list[Transfer]:
+        pending = [transfer.pending for transfer, _, _ in records]
+        recorded = await self._repository.record_many(records)
+        for was, (_, events, _), transfer in zip(pending, records, recorded, strict=True):
+            self._count(was, events, transfer)
+        return recorded
+
+    def _count(self, pending: bool, events: Sequence[TransferEvent], recorded: Transfer) -> None:
         for event in events:
             if isinstance(event, TransferRequested):
                 self._counts.requested()
@@ -92,7 +107,6 @@ class _CountedTransfers:
                 self._counts.ended(state, reason, seconds)
                 if pending and state in _HOLD_ENDS:
                     self._counts.hold(_HOLD_ENDS[state])
-        return recorded
 
 
 _ENDS = {
@@ -115,6 +129,11 @@ class _TracedProcess(TransferProcess):
                 span.set_attribute("bank.transfer_state", driven.state.name if driven.state else "")
             return driven
 
+    async def drive_together(
+        self, transfers: Sequence[Transfer], epoch: int
+    ) -> list[Transfer | None]:
+        return list(transfers)  # none driven here: each goes alone, in a span of its own
+
 
 class _SampledSteps:
     """AccountsPort with tracing: a sampled transfer's steps go as unary calls, which
@@ -130,6 +149,9 @@ class _SampledSteps:
     ) -> list[Answer]:
         port = self._traced if tracing.sampled() else self._streams
         return await port.run(steps, reference, epoch, currency)
+
+    def run_many(self, chains: Sequence[Chain]) -> AsyncIterator[Wave]:
+        return self._streams.run_many(chains)
 
 
 def _retry_hooks(*hooks: RetryHook) -> RetryHook:

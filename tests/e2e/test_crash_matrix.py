@@ -3,8 +3,9 @@
 For each crash point (every one of ``transfer_service.process.POINTS`` and the account
 service's ``account-after-append``) and each kind of transfer whose path crosses it — a
 simple transfer, one refused by its target (closed), a payment with a fee (two legs), one
-whose fee leg is refused, and a pending hold that is posted for less, voided, or left to
-expire — the service is armed with ``BANK_CRASH_POINT`` and the transfer is run into it.
+whose fee leg is refused, a pending hold that is posted for less, voided, or left to
+expire, and a simple transfer sent as an item of a ``CreateTransfers`` batch — the service
+is armed with ``BANK_CRASH_POINT`` and the transfer is run into it.
 The test checks that the process died at that point, that the two stores as they stand at
 that instant already pass ``bank audit`` (the transfer in flight, or ended as its end
 requires), then restarts the service unarmed on the same port and database, repeats the
@@ -54,6 +55,8 @@ ENDS = {
     "expire": ("EXPIRED", (0, 0, 0)),
     # A simple transfer, then its reversal: nothing moved in the end.
     "reversal": ("COMPLETED", (0, 0, 0)),
+    # A simple transfer as an item of CreateTransfers: driven with the batch's others.
+    "batch": ("COMPLETED", (-HOLD, HOLD, 0)),
 }
 PENDING = ("post", "void", "expire")
 # The transfer points each kind of transfer passes.
@@ -95,6 +98,7 @@ REACHES = {
         p.AFTER_CAPTURE_ANSWERED,
     },
 }
+REACHES["batch"] = REACHES["simple"]
 # Points a reversal shares with its original: the reversal crosses them the second time.
 _SECOND_TIME = {"reversal": _EVERY | REACHES["simple"]}
 # The account service's appends on each kind's way (accounts not in memory, so a chain goes
@@ -213,6 +217,27 @@ def _request(kind: str, a: Accounts) -> tpb.CreateTransferRequest:
     return request
 
 
+def _one_of_a_batch(transfers, request: tpb.CreateTransferRequest) -> tpb.Transfer:
+    """``request`` as the one item of a ``CreateTransfers`` call; its transfer, or the item's
+    status raised as the call's would be."""
+    batch = tpb.CreateTransfersRequest(transfers=[request])
+    (result,) = transfers.CreateTransfers(batch, timeout=30).results
+    if not result.HasField("transfer"):
+        raise _ItemError(result.error)
+    return result.transfer
+
+
+class _ItemError(grpc.RpcError):
+    def __init__(self, status) -> None:
+        self._status = status
+
+    def code(self) -> grpc.StatusCode:
+        return next(c for c in grpc.StatusCode if c.value[0] == self._status.code)
+
+    def details(self) -> str:
+        return self._status.message
+
+
 def _answer(call: Callable[[], tpb.Transfer]) -> str:
     """The state the call answered with (FAILED/<reason> for a refusal), or raises the
     RpcError that decided nothing."""
@@ -241,6 +266,8 @@ def _drive(bank: Bank, kind: str, request: tpb.CreateTransferRequest) -> str:
     """Everything the client does for a transfer of ``kind``, each call repeated until it
     answers; the end state."""
     stub = lambda: bank.transfers  # noqa: E731 - a fresh channel for each attempt
+    if kind == "batch":
+        return _until_answered(lambda: _one_of_a_batch(stub(), request))
     created = _until_answered(lambda: stub().CreateTransfer(request, timeout=30))
     transfer_id = request.transfer_id
     if kind == "post":
@@ -357,6 +384,8 @@ def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
 def _first_call(transfers, kind: str, request: tpb.CreateTransferRequest) -> str:
     """The client's calls up to the crash: what the first that did not answer saw."""
     try:
+        if kind == "batch":
+            return f"answered: {_answer(lambda: _one_of_a_batch(transfers, request))}"
         state = _answer(lambda: transfers.CreateTransfer(request, timeout=OUTCOME_WITHIN))
         transfer_id = request.transfer_id
         if kind == "post":

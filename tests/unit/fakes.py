@@ -132,6 +132,10 @@ class FakeAccounts:
             currency = answer.currency
         return answers
 
+    async def run_many(self, chains):
+        """``run`` for each chain, one after another; every answer in one wave."""
+        yield [(n, await self.run(*chain)) for n, chain in enumerate(chains)]
+
     def _step(self, step: AccountStep, reference: str, epoch: int, currency: str) -> Answer:
         self.calls.append(
             Call(step.action, step.account_id, reference, step.amount, epoch, currency)
@@ -204,6 +208,7 @@ class InMemoryTransferRepository:
         # transfer id -> the epoch that owns it (absent: ended).
         self.epochs: dict[str, int] = {}
         self.record_calls = 0
+        self.record_many_calls = 0
         self._clock = clock or _ticking_clock()
         # Run (once each, in order) just before a record's version check: lets a test play
         # another writer that gets in first.
@@ -237,11 +242,28 @@ class InMemoryTransferRepository:
         self.record_calls += 1
         if self._before_record:
             self._before_record.popleft()(self)
+        self._check(transfer, epoch)
+        return self._store(transfer, events, epoch)
+
+    async def record_many(
+        self, records: Sequence[tuple[Transfer, Sequence[TransferEvent], int]]
+    ) -> list[Transfer]:
+        """All or none, as one transaction."""
+        self.record_many_calls += 1
+        if self._before_record:
+            self._before_record.popleft()(self)
+        for transfer, _, epoch in records:
+            self._check(transfer, epoch)
+        return [self._store(transfer, events, epoch) for transfer, events, epoch in records]
+
+    def _check(self, transfer: Transfer, epoch: int) -> None:
         stream = self.streams.get(transfer.transfer_id, [])
         if len(stream) != transfer.version:
             raise ConcurrencyConflict(transfer.transfer_id, transfer.version)
         if transfer.version and self.epochs.get(transfer.transfer_id, epoch) != epoch:
             raise LeaseLost(transfer.transfer_id, epoch)
+
+    def _store(self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int) -> Transfer:
         self.append(transfer.transfer_id, events)
         recorded = Transfer.from_events(transfer.transfer_id, self.streams[transfer.transfer_id])
         if recorded.is_terminal:

@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from bank.v1 import account_pb2 as pb
-from transfer_service.accounts_client import StepStream, _Chain
-from transfer_service.domain import Applied, Refused, Undecided
+from transfer_service.accounts_client import Chain, StepStream, StreamingAccounts, _Chain
+from transfer_service.domain import AccountStep, Action, Applied, Refused, Undecided
 
 ACCOUNT = pb.Account(currency="EUR")
 CLOSED = pb.StepError(code=9, reason="ACCOUNT_CLOSED", message="closed")
@@ -101,3 +101,75 @@ async def test_a_broken_stream_ends_the_chains_sent_and_keeps_those_not_sent() -
     assert answer == Undecided("stream broke: UNAVAILABLE")
     assert not unsent.done() and len(stream._waiting) == 3
     unsent.cancel()
+
+
+def _accounts(stream: StepStream) -> StreamingAccounts:
+    return StreamingAccounts({"127.0.0.1:1": stream})
+
+
+def _domain_chain(reference: str) -> Chain:
+    steps = [
+        AccountStep(Action.RESERVE, "a", 5),
+        AccountStep(Action.CREDIT, "b", 5),
+        AccountStep(Action.CAPTURE, "a", 5),
+    ]
+    return (steps, reference, 1, "EUR")
+
+
+def _answer_chain(stream: StepStream, reference: str, *outcomes: Any) -> None:
+    mine = [i for i in sorted(stream._waiting) if _reference(stream, i) == reference]
+    chain = stream._waiting[mine[0]]
+    for step_id, outcome in zip(mine, outcomes, strict=False):
+        if not chain.ended.done():
+            chain.answered(step_id, outcome)
+
+
+def _reference(stream: StepStream, step_id: int) -> str:
+    for step in stream._sent:
+        if step.step_id == step_id:
+            return getattr(step, step.WhichOneof("action")).reference
+    raise KeyError(step_id)
+
+
+async def _waves(accounts: StreamingAccounts, chains: list[Chain], into: list) -> None:
+    async for wave in accounts.run_many(chains):
+        into.append(sorted(wave, key=lambda item: item[0]))
+
+
+async def test_chains_run_together_are_answered_in_waves_as_their_outcomes_come() -> None:
+    stream = _stream()
+    stream._ordered = True
+    stream._sent = []  # type: ignore[attr-defined]
+    waves: list = []
+    task = asyncio.create_task(_waves(_accounts(stream), [_domain_chain(r) for r in "xyz"], waves))
+    await asyncio.sleep(0)
+    stream._sent.extend(stream._outbox)  # type: ignore[attr-defined]
+    assert len(stream._outbox) == 9  # every chain in the one message
+    _answer_chain(stream, "y", ACCOUNT, ACCOUNT, ACCOUNT)
+    await asyncio.sleep(0.01)
+    assert waves == [[(1, [Applied("EUR")] * 3)]]
+    _answer_chain(stream, "x", ACCOUNT, CLOSED)
+    _answer_chain(stream, "z", ACCOUNT, ACCOUNT, ACCOUNT)
+    await asyncio.wait_for(task, 5)
+    assert waves[1] == [
+        (0, [Applied("EUR"), Refused("ACCOUNT_CLOSED", "closed", {})]),
+        (2, [Applied("EUR")] * 3),
+    ]
+    assert not stream._waiting
+
+
+async def test_chains_run_together_past_their_deadline_are_undecided() -> None:
+    stream = _stream(deadline=0.05)
+    stream._ordered = True
+    stream._sent = []  # type: ignore[attr-defined]
+    waves: list = []
+    chains = [_domain_chain(r) for r in "xy"]
+    task = asyncio.create_task(_waves(_accounts(stream), chains, waves))
+    await asyncio.sleep(0)
+    stream._sent.extend(stream._outbox)  # type: ignore[attr-defined]
+    _answer_chain(stream, "x", ACCOUNT, ACCOUNT, ACCOUNT)
+    await asyncio.wait_for(task, 5)
+    answered = dict(item for wave in waves for item in wave)
+    assert answered[0] == [Applied("EUR")] * 3
+    assert len(answered[1]) == 1 and isinstance(answered[1][0], Undecided)
+    assert not stream._waiting

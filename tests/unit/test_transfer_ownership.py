@@ -13,7 +13,7 @@ import pytest
 from event_store import AsyncEventStore, InMemoryEventStore
 from tests.unit.fakes import FakeAccounts
 from transfer_service.application import TransferPending, TransferRefused, Transfers
-from transfer_service.domain import Leg, TransferNotPending, TransferState, requested
+from transfer_service.domain import Action, Leg, TransferNotPending, TransferState, requested
 from transfer_service.process import Backoff, TransferProcess
 from transfer_service.repository import StoredTransfers
 
@@ -37,6 +37,11 @@ class Gate:
     async def run(self, steps, reference, epoch, currency=""):
         await self.open.wait()
         return await self.accounts.run(steps, reference, epoch, currency)
+
+    async def run_many(self, chains):
+        await self.open.wait()
+        async for wave in self.accounts.run_many(chains):
+            yield wave
 
 
 @pytest.fixture
@@ -239,3 +244,62 @@ async def test_a_batch_answers_each_item_in_order_and_pending_for_those_still_ru
     assert again[0].state is TransferState.COMPLETED
     assert isinstance(again[1], TransferRefused) and again[1].reason == "INSUFFICIENT_FUNDS"
     assert accounts.balance(DST) == 30 and accounts.balance(SRC) == 970
+
+
+async def test_a_batch_item_held_up_in_the_batch_pass_is_driven_on_by_itself(store, accounts):
+    one = replica(store, accounts)
+    accounts.fail_next(Action.CREDIT)  # one chain of the pass goes unanswered
+    items = [
+        requested(f"{n}4444444-4444-4444-8444-444444444444", [Leg(SRC, DST, 10)])
+        for n in range(1, 4)
+    ]
+    answers = await one.create_many(items)
+    assert [a.state for a in answers] == [TransferState.COMPLETED] * 3
+    assert accounts.balance(DST) == 30 and accounts.balance(SRC) == 970
+    assert accounts.open_holds() == {}
+    await asyncio.sleep(0.01)  # the pass ends once its last driver has answered
+    assert not one._drivers and not one._together  # every driver and pass forgotten
+
+
+async def test_a_repeat_of_a_batch_item_still_running_waits_for_the_same_driver(store, accounts):
+    gate = Gate(accounts)
+    one = replica(store, gate)
+    gate.open.clear()
+    item = requested("64444444-4444-4444-8444-444444444444", [Leg(SRC, DST, 10)])
+    first = asyncio.create_task(one.create_many([item]))
+    await asyncio.sleep(0.05)
+    repeat = asyncio.create_task(one.create(item))
+    await asyncio.sleep(0.05)
+    assert not repeat.done()
+    gate.open.set()
+    (answer,) = await first
+    assert answer.state is TransferState.COMPLETED
+    assert (await repeat).state is TransferState.COMPLETED
+    assert accounts.balance(DST) == 10 and accounts.open_holds() == {}
+
+
+async def test_closing_while_a_batch_pass_waits_leaves_its_transfers_to_the_next_owner(
+    store, accounts
+):
+    gate = Gate(accounts)
+    one = replica(store, gate)
+    gate.open.clear()
+    item = requested("74444444-4444-4444-8444-444444444444", [Leg(SRC, DST, 10)])
+    answers = asyncio.create_task(one.create_many([item], wait=5))
+    await asyncio.sleep(0.05)
+    await one.close()
+    assert not one._together
+    await asyncio.wait_for(answers, 5)  # answered (pending or taken over), not left hanging
+    gate.open.set()
+    two = replica(store, accounts)
+    await two.start()
+    try:
+        for _ in range(100):
+            stored = await two.get(item.transfer_id)
+            if stored.is_terminal:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await two.close()
+    assert stored.state is TransferState.COMPLETED
+    assert accounts.balance(DST) == 10 and accounts.open_holds() == {}
