@@ -366,16 +366,21 @@ class Transfers:
 
     # --- drivers ---
 
-    def _driver(self, transfer: Transfer, epoch: int) -> asyncio.Task[Transfer]:
+    def _driver(self, transfer: Transfer, epoch: int) -> asyncio.Future[Transfer]:
         transfer_id = transfer.transfer_id
-        task = self._drivers.get(transfer_id)
-        if task is None:
-            task = asyncio.create_task(self._drive(transfer_id, transfer, epoch))
-            self._drivers[transfer_id] = task
-            self._epochs[transfer_id] = epoch
-            self._started[transfer_id] = next(self._sequence)
-            task.add_done_callback(lambda _: self._forget(transfer_id))
-        return task
+        driver = self._drivers.get(transfer_id)
+        if driver is None:
+            driver = asyncio.create_task(self._drive(transfer_id, transfer, epoch))
+            self._register(transfer_id, driver, epoch)
+        return driver
+
+    def _register(self, transfer_id: str, driver: asyncio.Future[Transfer], epoch: int) -> None:
+        """``driver`` (a task, or a batch item's future) stands for the transfer here until
+        it is done."""
+        self._drivers[transfer_id] = driver
+        self._epochs[transfer_id] = epoch
+        self._started[transfer_id] = next(self._sequence)
+        driver.add_done_callback(functools.partial(self._forgotten, transfer_id))
 
     def _drive_together(
         self, transfers: Sequence[Transfer], epoch: int
@@ -386,12 +391,8 @@ class Transfers:
         loop = asyncio.get_running_loop()
         futures: dict[str, asyncio.Future[Transfer]] = {}
         for transfer in transfers:
-            transfer_id = transfer.transfer_id
-            futures[transfer_id] = future = loop.create_future()
-            self._drivers[transfer_id] = future
-            self._epochs[transfer_id] = epoch
-            self._started[transfer_id] = next(self._sequence)
-            future.add_done_callback(functools.partial(self._forgotten, transfer_id))
+            futures[transfer.transfer_id] = future = loop.create_future()
+            self._register(transfer.transfer_id, future, epoch)
         task = asyncio.create_task(self._pass_together(transfers, futures, epoch))
         self._together.add(task)
         task.add_done_callback(self._together.discard)

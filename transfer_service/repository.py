@@ -93,6 +93,17 @@ def _fold(transfer_id: str, recorded: Sequence[RecordedEvent]) -> Transfer:
     return transfer
 
 
+def _ends_a_reversal(transfer: Transfer, events: Sequence[TransferEvent]) -> bool:
+    return bool(transfer.reverses_transfer_id) and isinstance(events[-1], _ENDS)
+
+
+def _apply(
+    transfer: Transfer, events: Sequence[TransferEvent], recorded: Sequence[RecordedEvent]
+) -> None:
+    for event, stored in zip(events, recorded, strict=True):
+        transfer.apply(event, stored.recorded_at)
+
+
 class StoredTransfers:
     def __init__(
         self, store: AsyncEventStore, *, owner: str | None = None, lease_seconds: float = 5.0
@@ -110,17 +121,13 @@ class StoredTransfers:
     ) -> Transfer:
         """Appends at the transfer's version, if it is still owned at ``epoch``; the
         transfer with the events applied. A request creates its lease (epoch 1)."""
-        ends = isinstance(events[-1], _ENDS)
-        key = stream_id(transfer.transfer_id)
-        new = [_new_event(e) for e in events]
-        lease = self._lease_write(transfer, events, ends, epoch)
-        if ends and transfer.reverses_transfer_id:
-            request = AppendRequest(key, transfer.version, new, lease)
+        request = self._request(transfer, events, epoch)
+        if _ends_a_reversal(transfer, events):
             recorded = await self._ending_a_reversal(request, transfer, events)
         else:
-            recorded = await self._store.append(key, transfer.version, new, lease)
-        for event, stored in zip(events, recorded, strict=True):
-            transfer.apply(event, stored.recorded_at)
+            key, version, new, lease, _ = request
+            recorded = await self._store.append(key, version, new, lease)
+        _apply(transfer, events, recorded)
         return transfer
 
     async def record_many(
@@ -128,21 +135,20 @@ class StoredTransfers:
     ) -> list[Transfer]:
         """``record`` for each ``(transfer, events, epoch)``, in one transaction (no
         reversal's end among them: that one settles its original too)."""
-        requests = []
-        for transfer, events, epoch in records:
-            ends = isinstance(events[-1], _ENDS)
-            if ends and transfer.reverses_transfer_id:
-                raise ValueError("a reversal's end is recorded on its own")
-            lease = self._lease_write(transfer, events, ends, epoch)
-            new = [_new_event(e) for e in events]
-            requests.append(
-                AppendRequest(stream_id(transfer.transfer_id), transfer.version, new, lease)
-            )
-        recorded = await self._store.append_batch(requests)
+        if any(_ends_a_reversal(transfer, events) for transfer, events, _ in records):
+            raise ValueError("a reversal's end is recorded on its own")
+        recorded = await self._store.append_batch([self._request(*record) for record in records])
         for (transfer, events, _), stored in zip(records, recorded, strict=True):
-            for event, one in zip(events, stored, strict=True):
-                transfer.apply(event, one.recorded_at)
+            _apply(transfer, events, stored)
         return [transfer for transfer, _, _ in records]
+
+    def _request(
+        self, transfer: Transfer, events: Sequence[TransferEvent], epoch: int
+    ) -> AppendRequest:
+        """The append of ``events`` at the transfer's version, with its lease change."""
+        lease = self._lease_write(transfer, events, isinstance(events[-1], _ENDS), epoch)
+        new = [_new_event(e) for e in events]
+        return AppendRequest(stream_id(transfer.transfer_id), transfer.version, new, lease)
 
     async def _ending_a_reversal(
         self, request: AppendRequest, transfer: Transfer, events: Sequence[TransferEvent]
