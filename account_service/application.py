@@ -80,9 +80,9 @@ class Accounts:
         # submit(account_id, decision, with_reservations=False): queues the decision for
         # the account; a future of the state after it is stored (Mailboxes.submit).
         self.submit = self._mailboxes.submit
-        # submit_sequence(steps): decides the steps and stores them in one append if every
-        # account is idle, else None (Sequences.submit).
-        self.submit_sequence = self._sequences.submit
+        # submit_sequences(sequences): decides each sequence whose accounts are idle and
+        # stores those taken in one append; per sequence a future, or None (Sequences.submit).
+        self.submit_sequences = self._sequences.submit
 
     # -- commands ---------------------------------------------------------------------
 

@@ -8,10 +8,11 @@ not succeed, is answered STEP_NOT_RUN with its own followers. An ``after_step_id
 names no earlier step of the same request is answered INVALID_ARGUMENT. The outcomes of a
 chain of steps (each followed by one other) are sent together when it ends: its caller
 waits for the whole of it anyway.
-A chain that shares no account with another chain of its message is first offered to
-``submit_sequence``, which decides it whole and stores it in one append if its accounts are
-idle; where it declines, or its append fails, or the chain's accounts are shared (busy: their
-mailboxes gather the steps), the chain runs step by step. The call ends once the caller is
+The chains that share no account with another chain of their message are first offered,
+together, to ``submit_sequences``, which decides each whole if its accounts are idle and
+stores those it takes in one append; where it declines a chain, or the append fails, or the
+chain's accounts are shared (busy: their mailboxes gather the steps), the chain runs step by
+step. The call ends once the caller is
 done sending (or reading is stopped) and every step read has its outcome sent.
 """
 
@@ -45,9 +46,9 @@ class StepTaker(Protocol):
 
     def submit(self, account_id: str, decision: Decision) -> asyncio.Future[AccountView]: ...
 
-    def submit_sequence(
-        self, steps: Sequence[SequenceStep]
-    ) -> asyncio.Future[list[AccountView]] | None: ...
+    def submit_sequences(
+        self, sequences: Sequence[Sequence[SequenceStep]]
+    ) -> list[asyncio.Future[list[AccountView]] | None]: ...
 
 
 def step_error(exc: BaseException) -> pb.StepError:
@@ -68,6 +69,22 @@ def _accounts(chain: list[pb.Step]) -> set[str]:
         if kind is not None:
             named.add(getattr(step, kind).account_id)
     return named
+
+
+def _sequence_steps(chain: list[pb.Step]) -> list[SequenceStep] | None:
+    """The chain as a sequence's steps; None if a step has no action or no valid
+    account (step by step answers those)."""
+    steps: list[SequenceStep] = []
+    for step in chain:
+        kind = step.WhichOneof("action")
+        if kind is None:
+            return None
+        try:
+            account_id = parse_id(getattr(step, kind).account_id, "account_id")
+        except InvalidArgument:
+            return None
+        steps.append((account_id, functools.partial(decision_after, step, kind)))
+    return steps
 
 
 def _applied(step_id: int, view: AccountView) -> pb.StepOutcome:
@@ -142,10 +159,17 @@ class StepStream:
             # Accounts two chains of this message share are busy: their mailboxes gather the
             # steps into one append each, where a sequence would hold them for a commit.
             uses = Counter(a for accounts in named for a in accounts)
+            offered: list[tuple[pb.Step, list[pb.Step], list[SequenceStep]]] = []
             for (step, chain), accounts in zip(chains, named, strict=True):
-                shared = any(uses[a] > 1 for a in accounts)
-                if chain is None or shared or not self._submit_sequence(chain):
+                steps = None
+                if chain is not None and not any(uses[a] > 1 for a in accounts):
+                    steps = _sequence_steps(chain)
+                if steps is None:
                     self._start(step)
+                else:
+                    offered.append((step, chain, steps))
+            if offered:
+                self._offer(offered)
 
     def _chain(self, step: pb.Step) -> list[pb.Step] | None:
         """``step`` and the steps after it, if each is followed by exactly one other.
@@ -161,27 +185,19 @@ class StepStream:
             seen.add(followers[0].step_id)
         return chain if len(chain) > 1 else None
 
-    def _submit_sequence(self, chain: list[pb.Step]) -> bool:
-        """Offers the chain to ``submit_sequence``; False if it declines."""
-        steps: list[SequenceStep] = []
-        for step in chain:
-            kind = step.WhichOneof("action")
-            if kind is None:
-                return False
-            try:
-                account_id = parse_id(getattr(step, kind).account_id, "account_id")
-            except InvalidArgument:
-                return False
-            steps.append((account_id, functools.partial(decision_after, step, kind)))
-        future = self._accounts.submit_sequence(steps)
-        if future is None:
-            return False
-        # The chain's followers, counted in flight when read, are now part of it.
-        for step in chain[:-1]:
-            del self._followers[step.step_id]
-        self._in_flight -= len(chain) - 2
-        future.add_done_callback(functools.partial(self._sequence_done, chain))
-        return True
+    def _offer(self, offered: list[tuple[pb.Step, list[pb.Step], list[SequenceStep]]]) -> None:
+        """Offers the chains to ``submit_sequences`` together; those it declines run step
+        by step."""
+        futures = self._accounts.submit_sequences([steps for _, _, steps in offered])
+        for (step, chain, _), future in zip(offered, futures, strict=True):
+            if future is None:
+                self._start(step)
+                continue
+            # The chain's followers, counted in flight when read, are now part of it.
+            for earlier in chain[:-1]:
+                del self._followers[earlier.step_id]
+            self._in_flight -= len(chain) - 2
+            future.add_done_callback(functools.partial(self._sequence_done, chain))
 
     def _sequence_done(
         self, chain: list[pb.Step], future: asyncio.Future[list[AccountView]]

@@ -252,7 +252,7 @@ async def test_a_sequence_over_idle_accounts_is_stored_in_one_append(store) -> N
     await _opened(accounts, "ada", 100)
     await _opened(accounts, "bob", 0)
     appends.batches.clear()
-    sequence = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    sequence = accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
     assert sequence is not None
     views = await sequence
     assert [(v.account_id, v.balance, v.reserved) for v in views] == [
@@ -276,12 +276,12 @@ async def test_a_sequence_is_declined_unless_every_account_is_cached_and_idle(st
     await _opened(accounts, "bob", 0)
     cold = Accounts(aio)  # another process: nothing cached
     await cold.get("ada")
-    assert cold.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
+    assert cold.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0] is None
     queued = accounts.submit("bob", _deposit(1, "d-1"))
-    assert accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
+    assert accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0] is None
     await queued
     async with exclusive(accounts, "ada", timeout=5):
-        assert accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1")) is None
+        assert accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0] is None
     before = len(appends.requests)
     for _ in range(20):
         await asyncio.sleep(0)
@@ -297,7 +297,7 @@ async def test_a_refused_step_declines_the_sequence_and_forgets_what_it_decided(
     await _opened(accounts, "ada", 100)
     await accounts.execute("usd", lambda account: account.open("Bo", "USD"))
     before = len(appends.requests)
-    assert accounts.submit_sequence(_transfer("ada", "usd", 30, "t-1")) is None
+    assert accounts.submit_sequences([_transfer("ada", "usd", 30, "t-1")])[0] is None
     assert len(appends.requests) == before
     # Forgotten, not kept at version 3: the next command is stored at the first try.
     view = await accounts.execute("ada", _deposit(5, "d-1"))
@@ -307,7 +307,7 @@ async def test_a_refused_step_declines_the_sequence_and_forgets_what_it_decided(
     # A repeat decides no new events: declined as well, for the same reason.
     await accounts.execute("ada", _withdraw(10, "w-1"))
     steps = [("ada", lambda before: _withdraw(10, "w-1"))]
-    assert accounts.submit_sequence(steps) is None
+    assert accounts.submit_sequences([steps])[0] is None
     assert appends.fold("ada").balance == (await accounts.get("ada")).balance == 90
 
 
@@ -317,7 +317,7 @@ async def test_commands_for_its_accounts_wait_until_the_sequence_is_stored(store
     await _opened(accounts, "ada", 100)
     await _opened(accounts, "bob", 0)
     appends.gate, appends.entered = threading.Event(), threading.Event()
-    sequence = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    sequence = accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
     assert sequence is not None
     assert await asyncio.to_thread(appends.entered.wait, 5)  # its append is in the writer
     withdraw = accounts.submit("ada", _withdraw(70, "w-1"))
@@ -333,7 +333,7 @@ async def test_commands_for_its_accounts_wait_until_the_sequence_is_stored(store
     for _ in range(20):
         await asyncio.sleep(0)
     assert not withdraw.done() and not entered.is_set()
-    assert accounts.submit_sequence(_transfer("bob", "ada", 1, "t-2")) is None
+    assert accounts.submit_sequences([_transfer("bob", "ada", 1, "t-2")])[0] is None
     appends.gate.set()
     assert [v.balance for v in await sequence] == [100, 30, 70]
     assert (await withdraw).balance == 0
@@ -349,7 +349,7 @@ async def test_a_sequence_whose_append_fails_stores_nothing_and_forgets_its_acco
     await _opened(accounts, "ada", 100)
     await _opened(accounts, "bob", 0)
     appends.fail_next = StoreUnavailable("database down")
-    sequence = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    sequence = accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
     assert sequence is not None
     with pytest.raises(StoreUnavailable):
         await sequence
@@ -360,7 +360,7 @@ async def test_a_sequence_whose_append_fails_stores_nothing_and_forgets_its_acco
     assert (await accounts.get("bob")).balance == 0
     assert [r.expected_version for r in appends.requests[failed:]] == [2, 3]
     # Sent again, step by step or whole, it is stored once.
-    again = accounts.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    again = accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
     assert again is not None
     await again
     assert _balances(appends, "ada", "bob") == [(70, 0), (30, 0)]
@@ -373,7 +373,7 @@ async def test_a_sequence_that_loses_to_another_writer_stores_nothing(store) -> 
     await _opened(one, "ada", 100)
     await _opened(one, "bob", 0)
     await two.execute("ada", _withdraw(80, "elsewhere"))
-    sequence = one.submit_sequence(_transfer("ada", "bob", 30, "t-1"))
+    sequence = one.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
     assert sequence is not None  # decided on the cache: 100 available
     with pytest.raises(ConcurrencyConflict):
         await sequence
@@ -381,6 +381,64 @@ async def test_a_sequence_that_loses_to_another_writer_stores_nothing(store) -> 
     # Step by step, on the stored state, the reserve is refused.
     with pytest.raises(InsufficientFunds):
         await one.execute("ada", _transfer("ada", "bob", 30, "t-1")[0][1](None))
+
+
+async def test_sequences_offered_together_are_stored_in_one_append(store) -> None:
+    """Those taken share one append; one touching an account an earlier one took, or
+    refused, is declined with nothing of it applied, and the others go ahead."""
+    appends, aio = store
+    accounts = Accounts(aio)
+    for name, balance in (("ada", 100), ("bob", 0), ("cyd", 50), ("dan", 0), ("eve", 5)):
+        await _opened(accounts, name, balance)
+    appends.batches.clear()
+    futures = accounts.submit_sequences(
+        [
+            _transfer("ada", "bob", 30, "t-1"),
+            _transfer("bob", "cyd", 1, "t-2"),  # bob is the first one's
+            _transfer("eve", "dan", 10, "t-3"),  # eve has 5
+            _transfer("cyd", "dan", 20, "t-4"),
+        ]
+    )
+    assert [future is None for future in futures] == [False, True, True, False]
+    first, fourth = futures[0], futures[3]
+    assert first is not None and fourth is not None
+    assert [v.balance for v in await first] == [100, 30, 70]
+    assert [v.balance for v in await fourth] == [50, 20, 30]
+    assert appends.batches == [[stream_id(n) for n in ("ada", "bob", "cyd", "dan")]]
+    assert _balances(appends, "ada", "bob", "cyd", "dan", "eve") == [
+        (70, 0),
+        (30, 0),
+        (30, 0),
+        (20, 0),
+        (5, 0),
+    ]
+    # Declined ones are free to go step by step, on what is stored.
+    assert (await accounts.execute("eve", _withdraw(5, "w-1"))).balance == 0
+    assert (await accounts.execute("bob", _withdraw(30, "w-2"))).balance == 0
+    assert _balances(appends, "bob", "eve") == [(0, 0), (0, 0)]
+
+
+async def test_sequences_stored_together_fail_together(store) -> None:
+    appends, aio = store
+    accounts = Accounts(aio)
+    for name, balance in (("ada", 100), ("bob", 0), ("cyd", 50), ("dan", 0)):
+        await _opened(accounts, name, balance)
+    appends.fail_next = StoreUnavailable("database down")
+    futures = accounts.submit_sequences(
+        [_transfer("ada", "bob", 30, "t-1"), _transfer("cyd", "dan", 20, "t-2")]
+    )
+    for future in futures:
+        assert future is not None
+        with pytest.raises(StoreUnavailable):
+            await future
+    assert _balances(appends, "ada", "bob", "cyd", "dan") == [(100, 0), (0, 0), (50, 0), (0, 0)]
+    # Every account is forgotten, not kept with the unstored events.
+    for name, balance in (("ada", 100), ("bob", 0), ("cyd", 50), ("dan", 0)):
+        assert (await accounts.get(name)).balance == balance
+    again = accounts.submit_sequences([_transfer("cyd", "dan", 20, "t-2")])[0]
+    assert again is not None
+    await again
+    assert _balances(appends, "cyd", "dan") == [(30, 0), (20, 0)]
 
 
 # --- open reservations -------------------------------------------------------------------

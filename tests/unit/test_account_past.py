@@ -127,7 +127,7 @@ async def test_a_sequence_keeps_checkpoints_of_its_accounts(store) -> None:
         ("b", lambda _: lambda a: a.credit(10, "t-1", "EUR")),  # b: version 2
         ("a", lambda _: lambda a: a.capture("t-1")),  # a: version 4
     ]
-    future = accounts.submit_sequence(steps)
+    future = accounts.submit_sequences([steps])[0]
     assert future is not None
     await future
     (request,) = [r for r in counted.appends if len(r.events) == 2]

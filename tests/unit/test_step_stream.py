@@ -34,6 +34,7 @@ class FakeAccounts:
         self.accounts: dict[str, Account] = {}
         self.submitted: list[str] = []  # the account of each command, in order
         self.offered: list[list[str]] = []  # the accounts of each sequence offered
+        self.offers: list[int] = []  # sequences per submit_sequences call
         self.sequences = sequences
         self.held: asyncio.Event | None = None
 
@@ -68,9 +69,7 @@ class FakeAccounts:
             account.apply(event)
         future.set_result(view(account))
 
-    def submit_sequence(
-        self, steps: Sequence[SequenceStep]
-    ) -> asyncio.Future[list[AccountView]] | None:
+    def _sequence(self, steps: Sequence[SequenceStep]) -> asyncio.Future[list[AccountView]] | None:
         self.offered.append([account_id for account_id, _ in steps])
         if self.sequences == "decline":
             return None
@@ -91,6 +90,12 @@ class FakeAccounts:
         self.accounts.update(after)
         loop.call_soon(future.set_result, views)
         return future
+
+    def submit_sequences(
+        self, sequences: Sequence[Sequence[SequenceStep]]
+    ) -> list[asyncio.Future[list[AccountView]] | None]:
+        self.offers.append(len(sequences))
+        return [self._sequence(steps) for steps in sequences]
 
 
 def reserve(
@@ -270,6 +275,41 @@ async def test_a_chain_alone_on_its_accounts_is_offered_beside_others() -> None:
     stream = StepStream(accounts)
     await answers(stream, [*transfer(1, ADA, BOB, 30), reserve(4, CYD, 5)])
     assert accounts.offered == [[ADA, BOB, ADA]]  # the lone reserve is no chain
+
+
+async def test_the_chains_of_one_message_are_offered_together() -> None:
+    """In one call, each chain alone on its accounts; those sharing one are not offered."""
+    accounts = FakeAccounts(sequences="accept")
+    dan, eve = "44444444-4444-4444-8444-444444444444", "55555555-5555-4555-8555-555555555555"
+    for account_id in (ADA, BOB, CYD, dan):
+        accounts.open(account_id, 100)
+    accounts.open(eve)
+
+    def chain(first: int, source: str, target: str, amount: int) -> list[pb.Step]:
+        steps = transfer(first, source, target, amount)
+        for step in steps:
+            getattr(step, step.WhichOneof("action")).reference = f"t-{first}"
+        return steps
+
+    outcomes = by_step(
+        await answers(StepStream(accounts), [*chain(1, ADA, BOB, 30), *chain(4, CYD, dan, 20)])
+    )
+    assert (accounts.offers, accounts.offered) == ([2], [[ADA, BOB, ADA], [CYD, dan, CYD]])
+    assert all(outcomes[n].WhichOneof("result") == "account" for n in range(1, 7))
+    assert balances(accounts, ADA, BOB, CYD, dan) == [(70, 0), (130, 0), (80, 0), (120, 0)]
+    accounts.offers.clear()
+    accounts.offered.clear()
+    shared = [*chain(1, CYD, ADA, 5), *chain(4, dan, eve, 1), *chain(7, BOB, eve, 2)]
+    await answers(StepStream(accounts), shared)
+    assert (accounts.offers, accounts.offered) == ([1], [[CYD, ADA, CYD]])
+    assert sorted(accounts.submitted) == sorted([dan, eve, dan, BOB, eve, BOB])
+    assert balances(accounts, CYD, ADA, dan, eve, BOB) == [
+        (75, 0),
+        (75, 0),
+        (119, 0),
+        (3, 0),
+        (128, 0),
+    ]
 
 
 async def test_a_declined_sequence_runs_step_by_step() -> None:
