@@ -185,8 +185,8 @@ class Mailboxes:
             mailbox.account = None
         else:
             self._on_stored(account_id)
-            assert mailbox.account is not None
-            self._snapshots.save_if_due(account_id, mailbox, mailbox.account)
+            if mailbox.account is not None:  # None: forgotten meanwhile, loaded again
+                self._snapshots.save_if_due(account_id, mailbox, mailbox.account)
         if mailbox.queue:
             self._start_worker(account_id, mailbox)
 

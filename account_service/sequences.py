@@ -35,6 +35,21 @@ from shared_kernel.crash import ACCOUNT_AFTER_APPEND
 SequenceStep = tuple[str, Callable[[AccountView | None], Decision]]
 
 
+class _Group:
+    """The sequences taken from one offer, to be stored in one append."""
+
+    __slots__ = ("answers", "checkpoints", "events", "expected", "holds", "mailboxes")
+
+    def __init__(self) -> None:
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.expected: dict[str, int] = {}  # each account's version before the group
+        self.events: dict[str, list[NewEvent]] = {}
+        self.checkpoints: dict[str, list[NewCheckpoint]] = {}
+        # (account, index in its events, reference) of each hold placed
+        self.holds: list[tuple[str, int, str]] = []
+        self.answers: list[tuple[asyncio.Future[list[AccountView]], list[AccountView]]] = []
+
+
 class Sequences:
     """Decides sequences on the accounts cached in ``mailboxes`` and stores them whole."""
 
@@ -56,68 +71,61 @@ class Sequences:
     ) -> list[asyncio.Future[list[AccountView]] | None]:
         """Decides each sequence now, in order, and stores those it takes in one append.
 
-        A sequence is taken only when every account it touches is cached and idle (see the
-        module) and not touched by a sequence taken before it here, and every step decides
-        new events. A taken sequence's future has the state after each of its steps once
-        the append is stored, or fails with nothing of any of them stored (their accounts
-        are forgotten, so the next command loads them). For a sequence not taken, nothing
-        is stored and its place holds None: a refusal or a repeat, decided on a cached
-        account, is only answered after the account is checked against the store, which
-        the step-by-step path does.
+        A sequence is taken when every account it touches is cached and idle (see the
+        module), or already in a sequence taken before it here, and every step decides new
+        events: it is decided on the state the sequences before it left, and an account's
+        events of all of them go in its one request of the append. A taken sequence's
+        future has the state after each of its steps once the append is stored, or fails
+        with nothing of any of them stored (their accounts are forgotten, so the next
+        command loads them). For a sequence not taken, nothing is stored and its place
+        holds None: a refusal or a repeat, decided on a cached account, is only answered
+        after the account is checked against the store, which the step-by-step path does.
         """
         taken: list[asyncio.Future[list[AccountView]] | None] = []
-        mailboxes: dict[str, Mailbox] = {}
-        requests: list[AppendRequest] = []
-        changed: list[str] = []
-        holds: list[tuple[str, int, str]] = []  # (account, index in its events, reference)
-        answers: list[tuple[asyncio.Future[list[AccountView]], list[AccountView]]] = []
+        group = _Group()
         loop = asyncio.get_running_loop()
         for steps in sequences:
-            decided = self._decide(steps, mailboxes)
-            if decided is None:
+            views = self._decide(steps, group)
+            if views is None:
                 taken.append(None)
                 continue
-            ours, appends, reserved, views = decided
-            mailboxes.update(ours)
-            requests.extend(appends.values())
-            changed.extend(appends)
-            holds.extend(reserved)
             answer: asyncio.Future[list[AccountView]] = loop.create_future()
-            answers.append((answer, views))
+            group.answers.append((answer, views))
             taken.append(answer)
-        if not requests:
+        if not group.answers:
             return taken
+        changed = list(group.events)
+        requests = [
+            AppendRequest(
+                stream_id(account_id),
+                group.expected[account_id],
+                group.events[account_id],
+                checkpoints=group.checkpoints.get(account_id, ()),
+            )
+            for account_id in changed
+        ]
         appended = asyncio.ensure_future(self._store.append_batch(requests))
-        self._mailboxes.storing_sequence(mailboxes.values(), appended)
-        appended.add_done_callback(
-            functools.partial(self._stored, mailboxes, changed, holds, answers)
-        )
+        self._mailboxes.storing_sequence(group.mailboxes.values(), appended)
+        appended.add_done_callback(functools.partial(self._stored, group, changed))
         return taken
 
-    def _decide(
-        self, steps: Sequence[SequenceStep], taken: dict[str, Mailbox]
-    ) -> (
-        tuple[
-            dict[str, Mailbox],
-            dict[str, AppendRequest],
-            list[tuple[str, int, str]],
-            list[AccountView],
-        ]
-        | None
-    ):
-        """One sequence decided on its idle accounts (none of them in ``taken``), its events
-        applied to them: their mailboxes, each account's append, the holds placed, the
-        state after each step. None (nothing applied) if it cannot be taken."""
-        mailboxes: dict[str, Mailbox] = {}
-        expected: dict[str, int] = {}
+    def _decide(self, steps: Sequence[SequenceStep], group: _Group) -> list[AccountView] | None:
+        """One sequence decided on top of ``group``, which takes its events; the state after
+        each step. None if it cannot be taken: then nothing of it is in the group, and an
+        account it changed before a step was refused is forgotten (loaded again)."""
+        joining: dict[str, Mailbox] = {}
         for account_id, _ in steps:
-            mailbox = None if account_id in taken else self._mailboxes.idle(account_id)
-            if mailbox is None:
-                return None
-            assert mailbox.account is not None
-            mailboxes[account_id] = mailbox
-            expected[account_id] = mailbox.account.version
+            mailbox = group.mailboxes.get(account_id)
+            if mailbox is None and account_id not in joining:
+                mailbox = self._mailboxes.idle(account_id)
+                if mailbox is None:
+                    return None
+                joining[account_id] = mailbox
+            elif mailbox is not None and mailbox.account is None:
+                return None  # forgotten after a sequence before this one was declined
+        mailboxes = {**joining, **{a: group.mailboxes[a] for a, _ in steps if a not in joining}}
         new: dict[str, list[NewEvent]] = {}
+        expected: dict[str, int] = {}
         checkpoints: dict[str, list[NewCheckpoint]] = {}
         holds: list[tuple[str, int, str]] = []
         views: list[AccountView] = []
@@ -133,34 +141,36 @@ class Sequences:
                 for applied in new:  # applied, never to be stored: load them again
                     mailboxes[applied].account = None
                 return None
-            events_of_account = new.setdefault(account_id, [])
+            if account_id not in new:
+                new[account_id] = []
+                expected[account_id] = account.version
+            events_of_account = new[account_id]
+            before = len(group.events.get(account_id, ()))
             for event in events:
                 account.apply(event)
                 events_of_account.append(stored(account, event))
                 if isinstance(event, Reserved):
-                    holds.append((account_id, len(events_of_account) - 1, event.reference))
+                    index = before + len(events_of_account) - 1
+                    holds.append((account_id, index, event.reference))
                 checkpoint = checkpoint_due(account, self._checkpoint_every)
                 if checkpoint is not None:
                     checkpoints.setdefault(account_id, []).append(checkpoint)
             after = view(account)
             views.append(after)
-        appends = {
-            account_id: AppendRequest(
-                stream_id(account_id),
-                expected[account_id],
-                events,
-                checkpoints=checkpoints.get(account_id, ()),
-            )
-            for account_id, events in new.items()
-        }
-        return mailboxes, appends, holds, views
+        group.mailboxes.update(joining)
+        for account_id, version in expected.items():
+            group.expected.setdefault(account_id, version)
+        for account_id, events in new.items():
+            group.events.setdefault(account_id, []).extend(events)
+        for account_id, marks in checkpoints.items():
+            group.checkpoints.setdefault(account_id, []).extend(marks)
+        group.holds.extend(holds)
+        return views
 
     def _stored(
         self,
-        mailboxes: dict[str, Mailbox],
+        group: _Group,
         changed: list[str],
-        holds: list[tuple[str, int, str]],
-        answers: list[tuple[asyncio.Future[list[AccountView]], list[AccountView]]],
         appended: asyncio.Future[list[list[RecordedEvent]]],
     ) -> None:
         failure: BaseException | None
@@ -170,18 +180,19 @@ class Sequences:
             failure = appended.exception()
         if failure is None:
             recorded = dict(zip(changed, appended.result(), strict=True))
-            for account_id, index, reference in holds:
-                account = mailboxes[account_id].account
-                assert account is not None
+            for account_id, index, reference in group.holds:
+                account = group.mailboxes[account_id].account
+                if account is None:  # forgotten: loaded again, with the stored times
+                    continue
                 hold = account.holds.get(reference)
                 if hold is not None:
                     account.holds[reference] = replace(
                         hold, reserved_at=recorded[account_id][index].recorded_at
                     )
             self._crash_point(ACCOUNT_AFTER_APPEND)
-        for account_id, mailbox in mailboxes.items():
+        for account_id, mailbox in group.mailboxes.items():
             self._mailboxes.sequence_ended(account_id, mailbox, stored=failure is None)
-        for answer, views in answers:
+        for answer, views in group.answers:
             if answer.done():
                 continue
             if failure is not None:

@@ -8,12 +8,11 @@ not succeed, is answered STEP_NOT_RUN with its own followers. An ``after_step_id
 names no earlier step of the same request is answered INVALID_ARGUMENT. The outcomes of a
 chain of steps (each followed by one other) are sent together when it ends: its caller
 waits for the whole of it anyway.
-The chains that share no account with another chain of their message are first offered,
-together, to ``submit_sequences``, which decides each whole if its accounts are idle and
-stores those it takes in one append; where it declines a chain, or the append fails, or the
-chain's accounts are shared (busy: their mailboxes gather the steps), the chain runs step by
-step. The call ends once the caller is
-done sending (or reading is stopped) and every step read has its outcome sent.
+The chains of a message are first offered, together, to ``submit_sequences``, which decides
+each whole, on the state the ones before it left, if its accounts are idle, and stores those
+it takes in one append; where it declines a chain, or the append fails, the chain runs step
+by step. The call ends once the caller is done sending (or reading is stopped) and every
+step read has its outcome sent.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
@@ -59,16 +57,6 @@ def step_error(exc: BaseException) -> pb.StepError:
         return pb.StepError(code=StatusCode.INTERNAL.value[0], message="internal error")
     code, reason, message, metadata = described
     return pb.StepError(code=code.value[0], message=message, reason=reason, metadata=metadata)
-
-
-def _accounts(chain: list[pb.Step]) -> set[str]:
-    """The accounts a chain's steps name, as sent."""
-    named = set()
-    for step in chain:
-        kind = step.WhichOneof("action")
-        if kind is not None:
-            named.add(getattr(step, kind).account_id)
-    return named
 
 
 def _sequence_steps(chain: list[pb.Step]) -> list[SequenceStep] | None:
@@ -154,17 +142,11 @@ class StepStream:
                     self._send(pb.StepOutcome(step_id=step.step_id, error=step_error(error)))
                     continue
                 earlier.add(step.step_id)
-            chains = [(step, self._chain(step)) for step in first]
-            named = [_accounts(chain) if chain else set() for _, chain in chains]
-            # Accounts two chains of this message share are busy: their mailboxes gather the
-            # steps into one append each, where a sequence would hold them for a commit.
-            uses = Counter(a for accounts in named for a in accounts)
             offered: list[tuple[pb.Step, list[pb.Step], list[SequenceStep]]] = []
-            for (step, chain), accounts in zip(chains, named, strict=True):
-                steps = None
-                if chain is not None and not any(uses[a] > 1 for a in accounts):
-                    steps = _sequence_steps(chain)
-                if steps is None:
+            for step in first:
+                chain = self._chain(step)
+                steps = None if chain is None else _sequence_steps(chain)
+                if chain is None or steps is None:
                     self._start(step)
                 else:
                     offered.append((step, chain, steps))

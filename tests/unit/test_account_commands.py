@@ -384,38 +384,79 @@ async def test_a_sequence_that_loses_to_another_writer_stores_nothing(store) -> 
 
 
 async def test_sequences_offered_together_are_stored_in_one_append(store) -> None:
-    """Those taken share one append; one touching an account an earlier one took, or
-    refused, is declined with nothing of it applied, and the others go ahead."""
+    """Each is decided on the state the ones before it left, and an account's events of all
+    of them are its one request of the append; a refused one is declined with nothing of it
+    applied, and the others go ahead."""
     appends, aio = store
     accounts = Accounts(aio)
     for name, balance in (("ada", 100), ("bob", 0), ("cyd", 50), ("dan", 0), ("eve", 5)):
         await _opened(accounts, name, balance)
     appends.batches.clear()
+    before = len(appends.requests)
     futures = accounts.submit_sequences(
         [
             _transfer("ada", "bob", 30, "t-1"),
-            _transfer("bob", "cyd", 1, "t-2"),  # bob is the first one's
+            _transfer("bob", "cyd", 25, "t-2"),  # on the 30 the first one credits
             _transfer("eve", "dan", 10, "t-3"),  # eve has 5
             _transfer("cyd", "dan", 20, "t-4"),
+            _transfer("bob", "ada", 6, "t-5"),  # bob has 5 left
         ]
     )
-    assert [future is None for future in futures] == [False, True, True, False]
-    first, fourth = futures[0], futures[3]
-    assert first is not None and fourth is not None
-    assert [v.balance for v in await first] == [100, 30, 70]
-    assert [v.balance for v in await fourth] == [50, 20, 30]
+    assert [future is None for future in futures] == [False, False, True, False, True]
+    views = [await future for future in futures if future is not None]
+    assert [[v.balance for v in sequence] for sequence in views] == [
+        [100, 30, 70],
+        [30, 75, 5],
+        [75, 20, 55],
+    ]
     assert appends.batches == [[stream_id(n) for n in ("ada", "bob", "cyd", "dan")]]
+    requests = appends.requests[before:]
+    # bob and dan opened with nothing: one event each before.
+    assert [(r.expected_version, len(r.events)) for r in requests] == [
+        (2, 2),
+        (1, 3),
+        (2, 3),
+        (1, 1),
+    ]
     assert _balances(appends, "ada", "bob", "cyd", "dan", "eve") == [
         (70, 0),
-        (30, 0),
-        (30, 0),
+        (5, 0),
+        (55, 0),
         (20, 0),
         (5, 0),
     ]
-    # Declined ones are free to go step by step, on what is stored.
+    # The cache is what is stored, and declined ones go step by step on it.
     assert (await accounts.execute("eve", _withdraw(5, "w-1"))).balance == 0
-    assert (await accounts.execute("bob", _withdraw(30, "w-2"))).balance == 0
+    assert (await accounts.execute("bob", _withdraw(5, "w-2"))).balance == 0
     assert _balances(appends, "bob", "eve") == [(0, 0), (0, 0)]
+
+
+async def test_a_sequence_refused_after_its_first_step_forgets_the_accounts_it_changed(
+    store,
+) -> None:
+    """Its reserve was applied to an account a sequence before it holds: that account is
+    loaded again after the append, the sequences after it that need it are declined, and
+    what the one before decided is stored all the same."""
+    appends, aio = store
+    accounts = Accounts(aio)
+    for name, balance in (("ada", 100), ("bob", 0), ("cyd", 0)):
+        await _opened(accounts, name, balance)
+    await accounts.execute("usd", lambda account: account.open("Bo", "USD"))
+    futures = accounts.submit_sequences(
+        [
+            _transfer("ada", "bob", 30, "t-1"),
+            _transfer("ada", "usd", 10, "t-2"),  # the credit is refused: not EUR
+            _transfer("ada", "cyd", 5, "t-3"),
+        ]
+    )
+    assert [future is None for future in futures] == [False, True, True]
+    assert futures[0] is not None
+    assert [v.balance for v in await futures[0]] == [100, 30, 70]
+    assert _balances(appends, "ada", "bob", "cyd") == [(70, 0), (30, 0), (0, 0)]
+    view = await accounts.get("ada")
+    assert (view.balance, view.reserved, view.version) == (70, 0, 4)
+    assert not view.reservations
+    assert (await accounts.execute("ada", _withdraw(70, "w-1"))).balance == 0
 
 
 async def test_sequences_stored_together_fail_together(store) -> None:

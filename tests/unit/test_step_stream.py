@@ -246,7 +246,7 @@ async def test_a_chain_over_idle_accounts_is_stored_as_one_sequence() -> None:
     assert balances(accounts, ADA, BOB) == [(70, 0), (30, 0)]
 
 
-async def test_chains_that_share_an_account_in_one_message_run_step_by_step() -> None:
+async def test_chains_that_share_an_account_in_one_message_are_offered_together() -> None:
     accounts = FakeAccounts(sequences="accept")
     for account_id in (ADA, BOB, CYD):
         accounts.open(account_id, 100)
@@ -262,8 +262,8 @@ async def test_chains_that_share_an_account_in_one_message_run_step_by_step() ->
         ),
     ]
     outcomes = by_step(await answers(stream, [*transfer(1, ADA, BOB, 30), *other]))
-    assert accounts.offered == []  # no sequence offered: the mailboxes batch them
-    assert sorted(accounts.submitted) == sorted([ADA, BOB, ADA, CYD, BOB])
+    assert (accounts.offers, accounts.offered) == ([2], [[ADA, BOB, ADA], [CYD, BOB]])
+    assert accounts.submitted == []
     assert all(outcomes[n].WhichOneof("result") == "account" for n in range(1, 6))
     assert balances(accounts, ADA, BOB, CYD) == [(70, 0), (135, 0), (100, 5)]
 
@@ -278,7 +278,7 @@ async def test_a_chain_alone_on_its_accounts_is_offered_beside_others() -> None:
 
 
 async def test_the_chains_of_one_message_are_offered_together() -> None:
-    """In one call, each chain alone on its accounts; those sharing one are not offered."""
+    """In one call, in the order of the message; lone steps are no chains."""
     accounts = FakeAccounts(sequences="accept")
     dan, eve = "44444444-4444-4444-8444-444444444444", "55555555-5555-4555-8555-555555555555"
     for account_id in (ADA, BOB, CYD, dan):
@@ -291,25 +291,12 @@ async def test_the_chains_of_one_message_are_offered_together() -> None:
             getattr(step, step.WhichOneof("action")).reference = f"t-{first}"
         return steps
 
-    outcomes = by_step(
-        await answers(StepStream(accounts), [*chain(1, ADA, BOB, 30), *chain(4, CYD, dan, 20)])
-    )
+    message = [*chain(1, ADA, BOB, 30), reserve(4, dan, 1), *chain(5, CYD, dan, 20)]
+    outcomes = by_step(await answers(StepStream(accounts), message))
     assert (accounts.offers, accounts.offered) == ([2], [[ADA, BOB, ADA], [CYD, dan, CYD]])
-    assert all(outcomes[n].WhichOneof("result") == "account" for n in range(1, 7))
-    assert balances(accounts, ADA, BOB, CYD, dan) == [(70, 0), (130, 0), (80, 0), (120, 0)]
-    accounts.offers.clear()
-    accounts.offered.clear()
-    shared = [*chain(1, CYD, ADA, 5), *chain(4, dan, eve, 1), *chain(7, BOB, eve, 2)]
-    await answers(StepStream(accounts), shared)
-    assert (accounts.offers, accounts.offered) == ([1], [[CYD, ADA, CYD]])
-    assert sorted(accounts.submitted) == sorted([dan, eve, dan, BOB, eve, BOB])
-    assert balances(accounts, CYD, ADA, dan, eve, BOB) == [
-        (75, 0),
-        (75, 0),
-        (119, 0),
-        (3, 0),
-        (128, 0),
-    ]
+    assert accounts.submitted == [dan]
+    assert all(outcomes[n].WhichOneof("result") == "account" for n in range(1, 8))
+    assert balances(accounts, ADA, BOB, CYD, dan) == [(70, 0), (130, 0), (80, 0), (120, 1)]
 
 
 async def test_a_declined_sequence_runs_step_by_step() -> None:
