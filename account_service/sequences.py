@@ -113,17 +113,18 @@ class Sequences:
         """One sequence decided on top of ``group``, which takes its events; the state after
         each step. None if it cannot be taken: then nothing of it is in the group, and an
         account it changed before a step was refused is forgotten (loaded again)."""
-        joining: dict[str, Mailbox] = {}
+        mailboxes: dict[str, Mailbox] = {}  # its accounts', those already in the group too
         for account_id, _ in steps:
+            if account_id in mailboxes:
+                continue
             mailbox = group.mailboxes.get(account_id)
-            if mailbox is None and account_id not in joining:
+            if mailbox is None:
                 mailbox = self._mailboxes.idle(account_id)
-                if mailbox is None:
-                    return None
-                joining[account_id] = mailbox
-            elif mailbox is not None and mailbox.account is None:
-                return None  # forgotten after a sequence before this one was declined
-        mailboxes = {**joining, **{a: group.mailboxes[a] for a, _ in steps if a not in joining}}
+            elif mailbox.account is None:
+                mailbox = None  # forgotten after a sequence before this one was declined
+            if mailbox is None:
+                return None
+            mailboxes[account_id] = mailbox
         new: dict[str, list[NewEvent]] = {}
         expected: dict[str, int] = {}
         checkpoints: dict[str, list[NewCheckpoint]] = {}
@@ -157,7 +158,7 @@ class Sequences:
                     checkpoints.setdefault(account_id, []).append(checkpoint)
             after = view(account)
             views.append(after)
-        group.mailboxes.update(joining)
+        group.mailboxes.update(mailboxes)
         for account_id, version in expected.items():
             group.expected.setdefault(account_id, version)
         for account_id, events in new.items():
