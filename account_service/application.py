@@ -4,7 +4,7 @@ history.
 ``Accounts`` is what the servicers call. The work is done by its parts, each in a module
 of its own: the mailboxes (``account_service.mailboxes``), which decide one account's
 commands in bursts and keep the cache of accounts; the sequences
-(``account_service.sequences``), which store a transfer's forward steps over idle accounts
+(``account_service.sequences``), which store a transfer's forward steps over quiet accounts
 in one transaction; the snapshots (``account_service.snapshots``), from which accounts
 are loaded and which are saved as they grow; and the past (``account_service.past``),
 accounts as they were, rebuilt from their checkpoints; and the watchers
@@ -80,8 +80,8 @@ class Accounts:
         # submit(account_id, decision, with_reservations=False): queues the decision for
         # the account; a future of the state after it is stored (Mailboxes.submit).
         self.submit = self._mailboxes.submit
-        # submit_sequences(sequences): decides each sequence whose accounts are idle and
-        # stores those taken in one append; per sequence a future, or None (Sequences.submit).
+        # submit_sequences(sequences): decides each sequence whose accounts are open to it
+        # and stores those taken in one append; per sequence a future, or None (Sequences.submit).
         self.submit_sequences = self._sequences.submit
 
     # -- commands ---------------------------------------------------------------------

@@ -61,21 +61,22 @@ class Mailbox:
         self.queue: list[_Command] = []
         # A worker task is (or will be) working the queue, or a sequence is being stored.
         self.running = False
-        # The append of a sequence holding events of this account.
+        # The last append of sequences holding events of this account.
         self.storing: asyncio.Future[list[list[RecordedEvent]]] | None = None
         # Held while a burst is decided and stored, or by a holder (Mailboxes.hold).
         self.lock = asyncio.Lock()
         self.snapshot = SnapshotMark()
 
-    def idle(self) -> bool:
-        """Cached, and nothing queued, running, being stored or holding the lock."""
+    def open_to_sequences(self) -> bool:
+        """Cached, with nothing queued, no burst and no holder: idle, or only storing
+        sequences, which a next one may follow."""
         account = self.account
         return (
             account is not None
             and account.exists
-            and not self.running
             and not self.queue
             and not self.lock.locked()
+            and (not self.running or self.storing is not None)
         )
 
     def settled(self) -> Account | None:
@@ -162,13 +163,16 @@ class Mailboxes:
 
     # -- for sequences ----------------------------------------------------------------
 
-    def idle(self, account_id: str) -> Mailbox | None:
-        """The account's mailbox if it is cached and idle (``Mailbox.idle``), else None."""
+    def open_to_sequences(self, account_id: str) -> Mailbox | None:
+        """The account's mailbox if a sequence may be decided on it now
+        (``Mailbox.open_to_sequences``), else None."""
         mailbox = self._mailboxes.get(account_id)
-        return mailbox if mailbox is not None and mailbox.idle() else None
+        return mailbox if mailbox is not None and mailbox.open_to_sequences() else None
 
     def storing_sequence(
-        self, mailboxes: Iterable[Mailbox], appended: asyncio.Future[list[list[RecordedEvent]]]
+        self,
+        mailboxes: Iterable[Mailbox],
+        appended: asyncio.Future[list[list[RecordedEvent]]],
     ) -> None:
         """The accounts' events are in a sequence's ``appended``: their commands wait."""
         for mailbox in mailboxes:
@@ -176,18 +180,28 @@ class Mailboxes:
             mailbox.storing = appended
         self._track(appended)
 
-    def sequence_ended(self, account_id: str, mailbox: Mailbox, stored: bool) -> None:
-        """The sequence's append is over: the cached account is now what is stored, or,
-        if nothing was, it is forgotten (the next command loads it)."""
-        mailbox.storing = None
-        mailbox.running = False
+    def sequence_ended(
+        self,
+        account_id: str,
+        mailbox: Mailbox,
+        appended: asyncio.Future[list[list[RecordedEvent]]],
+        stored: bool,
+    ) -> None:
+        """A sequence's append is over: if it was the account's last, the cached account is
+        now what is stored; if nothing was stored, it is forgotten (the next command loads
+        it, and an append that follows this one fails unstored)."""
+        last = mailbox.storing is appended
+        if last:
+            mailbox.storing = None
+            mailbox.running = False
         if not stored:
             mailbox.account = None
         else:
             self._on_stored(account_id)
-            if mailbox.account is not None:  # None: forgotten meanwhile, loaded again
+            # Not before the last: the cached account holds events still being stored.
+            if last and mailbox.account is not None:
                 self._snapshots.save_if_due(account_id, mailbox, mailbox.account)
-        if mailbox.queue:
+        if last and mailbox.queue:
             self._start_worker(account_id, mailbox)
 
     # -- queries ----------------------------------------------------------------------

@@ -1,12 +1,18 @@
-"""Sequences of commands over idle accounts, decided at once and stored in one transaction.
+"""Sequences of commands over quiet accounts, decided at once and stored in one transaction.
 
 The forward steps of a transfer (reserve on one account, credit another, capture on the
-first) can skip the mailboxes: when every account the sequence touches is cached, nothing
-is queued for it and nothing of it is being stored, the steps are decided at once, in
+first) can skip the mailboxes: when every account the sequence touches is cached and
+nothing is queued or decided for it in its mailbox, the steps are decided at once, in
 order, and their events stored in one append across the accounts' streams. Where many
 commands meet on one account, its mailbox already gathers them into one append; over many
 quiet accounts, each command would otherwise be an append of its own and every step would
 wait for one commit. The sequences offered together (one message's) share one append.
+
+An account whose events of earlier sequences are still being stored is open to the next
+ones too: they are decided on the state those leave, and their append is queued once those
+are stored, and not at all if one of them is not (its accounts are then loaded again, and
+no version check could tell events decided on unstored state from others' of the same
+count). Such a sequence waits for one commit more instead of three, step by step.
 """
 
 from __future__ import annotations
@@ -71,8 +77,8 @@ class Sequences:
     ) -> list[asyncio.Future[list[AccountView]] | None]:
         """Decides each sequence now, in order, and stores those it takes in one append.
 
-        A sequence is taken when every account it touches is cached and idle (see the
-        module), or already in a sequence taken before it here, and every step decides new
+        A sequence is taken when every account it touches is open to it (see the module),
+        or already in a sequence taken before it here, and every step decides new
         events: it is decided on the state the sequences before it left, and an account's
         events of all of them go in its one request of the append. A taken sequence's
         future has the state after each of its steps once the append is stored, or fails
@@ -104,10 +110,24 @@ class Sequences:
             )
             for account_id in changed
         ]
-        appended = asyncio.ensure_future(self._store.append_batch(requests))
+        before = {m.storing for m in group.mailboxes.values() if m.storing is not None}
+        appended = asyncio.ensure_future(self._append(requests, before))
         self._mailboxes.storing_sequence(group.mailboxes.values(), appended)
         appended.add_done_callback(functools.partial(self._stored, group, changed))
         return taken
+
+    async def _append(
+        self,
+        requests: list[AppendRequest],
+        before: set[asyncio.Future[list[list[RecordedEvent]]]],
+    ) -> list[list[RecordedEvent]]:
+        """Stores ``requests`` once the appends they were decided after are stored; if one
+        of those is not, nothing of them is."""
+        if before:
+            await asyncio.wait(before)
+            if any(f.cancelled() or f.exception() is not None for f in before):
+                raise EventStoreError("not stored: an append it followed was not stored")
+        return await self._store.append_batch(requests)
 
     def _decide(self, steps: Sequence[SequenceStep], group: _Group) -> list[AccountView] | None:
         """One sequence decided on top of ``group``, which takes its events; the state after
@@ -119,7 +139,7 @@ class Sequences:
                 continue
             mailbox = group.mailboxes.get(account_id)
             if mailbox is None:
-                mailbox = self._mailboxes.idle(account_id)
+                mailbox = self._mailboxes.open_to_sequences(account_id)
             elif mailbox.account is None:
                 mailbox = None  # forgotten after a sequence before this one was declined
             if mailbox is None:
@@ -192,7 +212,7 @@ class Sequences:
                     )
             self._crash_point(ACCOUNT_AFTER_APPEND)
         for account_id, mailbox in group.mailboxes.items():
-            self._mailboxes.sequence_ended(account_id, mailbox, stored=failure is None)
+            self._mailboxes.sequence_ended(account_id, mailbox, appended, stored=failure is None)
         for answer, views in group.answers:
             if answer.done():
                 continue

@@ -1,7 +1,7 @@
 """The account service's command path: mailboxes, bursts and group commit.
 
 Commands on one account are decided in bursts against the cached aggregate and stored with
-one append per burst; a sequence of commands over idle accounts is decided whole and stored
+one append per burst; a sequence of commands over quiet accounts is decided whole and stored
 in one append across their streams. Whatever happens to a burst or a sequence (stored,
 refused, lost to another writer, failed by the store, held behind an exclusive caller),
 every caller hears back once, what is stored is exactly what was answered, and nothing
@@ -30,6 +30,7 @@ from event_store import (
     AppendRequest,
     AsyncEventStore,
     ConcurrencyConflict,
+    EventStoreError,
     InMemoryEventStore,
     RecordedEvent,
     StoreUnavailable,
@@ -269,7 +270,9 @@ async def test_a_sequence_over_idle_accounts_is_stored_in_one_append(store) -> N
     assert (view.balance, appends.fold("ada").balance) == (0, 0)
 
 
-async def test_a_sequence_is_declined_unless_every_account_is_cached_and_idle(store) -> None:
+async def test_a_sequence_is_declined_unless_every_account_is_cached_with_nothing_queued_or_held(
+    store,
+) -> None:
     appends, aio = store
     accounts = Accounts(aio)
     await _opened(accounts, "ada", 100)
@@ -480,6 +483,93 @@ async def test_sequences_stored_together_fail_together(store) -> None:
     assert again is not None
     await again
     assert _balances(appends, "cyd", "dan") == [(30, 0), (20, 0)]
+
+
+async def test_a_sequence_follows_the_sequences_being_stored_on_its_accounts(store) -> None:
+    """Decided on the state they leave, its append is queued once theirs is stored; the
+    account's commands wait for the last of them."""
+    appends, aio = store
+    accounts = Accounts(aio)
+    for name, balance in (("ada", 100), ("bob", 0), ("cyd", 0)):
+        await _opened(accounts, name, balance)
+    appends.batches.clear()
+    before = len(appends.requests)
+    appends.gate, appends.entered = threading.Event(), threading.Event()
+    first = accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
+    assert first is not None
+    assert await asyncio.to_thread(appends.entered.wait, 5)  # its append is in the writer
+    second = accounts.submit_sequences([_transfer("bob", "cyd", 25, "t-2")])[0]
+    assert second is not None  # on the 30 the first one credits, not yet stored
+    third = accounts.submit_sequences([_transfer("cyd", "ada", 5, "t-3")])[0]
+    assert third is not None  # follows the second, which follows the first
+    deposit = accounts.submit("bob", _deposit(1, "d-1"))
+    # Something queued for bob: the next sequence on bob goes step by step.
+    assert accounts.submit_sequences([_transfer("bob", "ada", 1, "t-4")])[0] is None
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert appends.batches == [[stream_id("ada"), stream_id("bob")]]
+    assert not deposit.done()
+    appends.gate.set()
+    assert [v.balance for v in await first] == [100, 30, 70]
+    assert [v.balance for v in await second] == [30, 25, 5]
+    assert [v.balance for v in await third] == [25, 75, 20]
+    assert (await deposit).balance == 6
+    assert appends.batches[:2] == [
+        [stream_id("ada"), stream_id("bob")],
+        [stream_id("bob"), stream_id("cyd")],
+    ]
+    # Each request expects the version the one before it on its stream left.
+    requests = [(r.stream_id, r.expected_version, len(r.events)) for r in appends.requests]
+    assert sorted(requests[before:]) == sorted(
+        [
+            (stream_id("ada"), 2, 2),
+            (stream_id("bob"), 1, 1),
+            (stream_id("bob"), 2, 2),
+            (stream_id("cyd"), 1, 1),
+            (stream_id("cyd"), 2, 2),
+            (stream_id("ada"), 4, 1),
+            (stream_id("bob"), 4, 1),  # the deposit, after the second sequence
+        ]
+    )
+    for name in ("ada", "bob", "cyd"):
+        versions = [v for s, v, _ in requests[before:] if s == stream_id(name)]
+        assert versions == sorted(versions)
+    assert _balances(appends, "ada", "bob", "cyd") == [(75, 0), (6, 0), (20, 0)]
+
+
+async def test_a_sequence_that_follows_one_not_stored_is_not_stored(store) -> None:
+    """Another writer may have put as many events on the account meanwhile, which no
+    version check would tell from the ones it was decided on."""
+    appends, aio = store
+    accounts = Accounts(aio)
+    for name, balance in (("ada", 100), ("bob", 0), ("cyd", 0)):
+        await _opened(accounts, name, balance)
+    appends.gate, appends.entered = threading.Event(), threading.Event()
+    appends.fail_next = StoreUnavailable("database down")
+    first = accounts.submit_sequences([_transfer("ada", "bob", 30, "t-1")])[0]
+    assert first is not None
+    assert await asyncio.to_thread(appends.entered.wait, 5)
+    second = accounts.submit_sequences([_transfer("bob", "cyd", 25, "t-2")])[0]
+    assert second is not None
+    # Another process on the same database puts one event on bob, as the credit would.
+    async with AsyncEventStore(appends.inner) as elsewhere:
+        await Accounts(elsewhere).execute("bob", _deposit(40, "elsewhere"))
+    assert appends.fold("bob").version == 2  # where the second expects bob to be
+    batches = len(appends.batches)
+    appends.gate.set()
+    with pytest.raises(StoreUnavailable):
+        await first
+    with pytest.raises(EventStoreError):
+        await second
+    assert len(appends.batches) == batches  # the second never reached the store
+    assert _balances(appends, "ada", "bob", "cyd") == [(100, 0), (40, 0), (0, 0)]
+    # Forgotten, loaded again: the stored state, and the transfers go on from it.
+    assert [(await accounts.get(n)).balance for n in ("ada", "bob", "cyd")] == [100, 40, 0]
+    for steps in (_transfer("ada", "bob", 30, "t-1"), _transfer("bob", "cyd", 25, "t-2")):
+        again = accounts.submit_sequences([steps])[0]
+        assert again is not None
+        await again
+    assert _balances(appends, "ada", "bob", "cyd") == [(70, 0), (45, 0), (25, 0)]
 
 
 # --- open reservations -------------------------------------------------------------------
