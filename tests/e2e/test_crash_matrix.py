@@ -11,11 +11,13 @@ that instant already pass ``bank audit`` (the transfer in flight, or ended as it
 requires), then restarts the service unarmed on the same port and database, repeats the
 client's calls until they answer, and checks the end: every transfer ended as its kind
 says, balances moved by exactly what ended COMPLETED, nothing reserved or held, no
-reference applied twice, and a clean audit.
+reference applied twice, and a clean audit. Beyond the matrix, the account service dies the
+same way amid batches sent at once over a few accounts.
 """
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections import Counter
@@ -451,3 +453,104 @@ def test_crash_point_on_postgres(case, crash_bank, postgres_schema_url, capsys):
     _ROWS.append((f"{row[0]} (Postgres)", *row[1:]))
     with capsys.disabled():
         print(f"\n  {case.id} on Postgres: {row[-1]} (recovery {row[-2]})", end="")
+
+
+# --- batches at once over a few accounts ------------------------------------------------------
+
+
+def _until_batch_ended(bank: Bank, batch: tpb.CreateTransfersRequest) -> dict[str, str]:
+    """Repeats the batch until every item answers with an end state; each item's state."""
+    deadline = time.monotonic() + OUTCOME_WITHIN
+    while True:
+        try:
+            results = bank.transfers.CreateTransfers(batch, timeout=30).results
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        states = {
+            item.transfer_id: tpb.TransferState.Name(result.transfer.state)
+            if result.HasField("transfer")
+            else f"error {result.error.code}"
+            for item, result in zip(batch.transfers, results, strict=True)
+        }
+        if all(
+            state in ("TRANSFER_STATE_COMPLETED", "TRANSFER_STATE_FAILED")
+            for state in states.values()
+        ):
+            return states
+        assert time.monotonic() < deadline, states
+        time.sleep(0.1)
+
+
+def test_a_crash_amid_batches_sent_at_once_over_a_few_accounts(tmp_path):
+    """Six batches of twenty at once over six accounts: their chains meet on every account,
+    each taking whichever path it finds (its message's one append, one that follows the
+    append before it, or step by step). The account service dies after its third append,
+    with more decided and waiting; restarted, every transfer ends once, balances moved by
+    exactly what completed, nothing held, no reference applied twice, a clean audit."""
+    bank = Bank(
+        f"sqlite:///{tmp_path}/accounts.db", f"sqlite:///{tmp_path}/transfers.db", tmp_path
+    ).start()
+    try:
+        opening = 10_000
+        ids = [new_account(bank, opening).account_id for _ in range(6)]
+        assert bank.account.stop() == 0
+        bank.account.env = {"BANK_CRASH_POINT": ACCOUNT_AFTER_APPEND, "BANK_CRASH_AFTER": "3"}
+        bank.account.start()
+        for account_id in ids:  # in the service's memory, where sequences are decided
+            bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
+        rng = random.Random(7)
+        batches = [
+            tpb.CreateTransfersRequest(
+                transfers=[
+                    tpb.CreateTransferRequest(
+                        transfer_id=str(uuid.uuid4()),
+                        from_account_id=source,
+                        to_account_id=target,
+                        amount=rng.randint(1, 9),
+                    )
+                    for source, target in (rng.sample(ids, 2) for _ in range(20))
+                ]
+            )
+            for _ in range(6)
+        ]
+        with_crash = bank.transfers
+        with ThreadPoolExecutor(len(batches)) as pool:
+            calls = [pool.submit(with_crash.CreateTransfers, b, timeout=30) for b in batches]
+            assert bank.account.wait_exit(OUTCOME_WITHIN) == CRASH_EXIT_CODE, bank.account.log()
+            at_crash = _stores(bank)
+            assert at_crash.ok, at_crash.render()
+            bank.account.env = {}
+            bank.account.start()
+            for call in calls:
+                call.exception(OUTCOME_WITHIN)  # answered or not, over before the repeats
+        states: dict[str, str] = {}
+        for batch in batches:
+            states.update(_until_batch_ended(bank, batch))
+        assert set(states.values()) == {"TRANSFER_STATE_COMPLETED"}
+        expected = dict.fromkeys(ids, opening)
+        for batch in batches:
+            for item in batch.transfers:
+                expected[item.from_account_id] -= item.amount
+                expected[item.to_account_id] += item.amount
+        for account_id in ids:
+            account = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
+            assert (account.balance, account.reserved, account.pending_credits) == (
+                expected[account_id],
+                0,
+                0,
+            )
+            assert not account.reservations
+            twice = {key: n for key, n in _event_keys(bank, account_id).items() if n > 1}
+            assert not twice, f"applied more than once on {account_id}: {twice}"
+        codes = bank.stop()
+        assert codes == {"transfer_service": 0, "account_service": 0}, codes
+        final = _stores(bank)
+        assert final.ok, final.render()
+        assert (final.in_flight, final.totals.reserved) == ([], 0)
+    finally:
+        for service in (bank.transfer, bank.account):
+            if service is not None and service.process is not None:
+                service.kill()
