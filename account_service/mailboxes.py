@@ -170,9 +170,7 @@ class Mailboxes:
         return mailbox if mailbox is not None and mailbox.open_to_sequences() else None
 
     def storing_sequence(
-        self,
-        mailboxes: Iterable[Mailbox],
-        appended: asyncio.Future[list[list[RecordedEvent]]],
+        self, mailboxes: Iterable[Mailbox], appended: asyncio.Future[list[list[RecordedEvent]]]
     ) -> None:
         """The accounts' events are in a sequence's ``appended``: their commands wait."""
         for mailbox in mailboxes:

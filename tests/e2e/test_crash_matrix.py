@@ -319,6 +319,26 @@ def _event_keys(bank: Bank, account_id: str) -> Counter[tuple[str, str]]:
             return keys
 
 
+def _check_accounts(bank: Bank, balances: dict[str, int]) -> None:
+    """Each account holds exactly its balance, nothing reserved or held, no reference
+    applied twice."""
+    for account_id, balance in balances.items():
+        account = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
+        assert (account.balance, account.reserved, account.pending_credits) == (balance, 0, 0)
+        assert not account.reservations
+        twice = {key: n for key, n in _event_keys(bank, account_id).items() if n > 1}
+        assert not twice, f"applied more than once on {account_id}: {twice}"
+
+
+def _stop_and_audit(bank: Bank) -> None:
+    """Both services stop cleanly, and what they leave passes the audit, nothing in flight."""
+    codes = bank.stop()
+    assert codes == {"transfer_service": 0, "account_service": 0}, codes
+    final = _stores(bank)
+    assert final.ok, final.render()
+    assert (final.in_flight, final.totals.reserved) == ([], 0)
+
+
 def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
     """Runs one case on a started bank (the transfer service armed for transfer points)."""
     accounts = _set_up(bank)
@@ -359,18 +379,8 @@ def _run_case(bank: Bank, case: Case) -> tuple[str, ...]:
     expected_end, moved = ENDS[case.kind]
     assert (ended, after) == (expected_end, "COMPLETED")
     ada, bob, dan = (OPENING + moved[0] - 1, moved[1] + 1, moved[2])
-    for account_id, balance in ((accounts.ada, ada), (accounts.bob, bob), (accounts.dan, dan)):
-        account = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
-        assert (account.balance, account.reserved, account.pending_credits) == (balance, 0, 0)
-        assert not account.reservations
-        twice = {key: n for key, n in _event_keys(bank, account_id).items() if n > 1}
-        assert not twice, f"applied more than once on {account_id}: {twice}"
-
-    codes = bank.stop()
-    assert codes == {"transfer_service": 0, "account_service": 0}, codes
-    final = _stores(bank)
-    assert final.ok, final.render()
-    assert (final.in_flight, final.totals.reserved) == ([], 0)
+    _check_accounts(bank, {accounts.ada: ada, accounts.bob: bob, accounts.dan: dan})
+    _stop_and_audit(bank)
     return (
         case.point + (f" #{case.after}" if case.service == "account" else ""),
         case.service,
@@ -535,21 +545,8 @@ def test_a_crash_amid_batches_sent_at_once_over_a_few_accounts(tmp_path):
             for item in batch.transfers:
                 expected[item.from_account_id] -= item.amount
                 expected[item.to_account_id] += item.amount
-        for account_id in ids:
-            account = bank.accounts.GetAccount(apb.GetAccountRequest(account_id=account_id))
-            assert (account.balance, account.reserved, account.pending_credits) == (
-                expected[account_id],
-                0,
-                0,
-            )
-            assert not account.reservations
-            twice = {key: n for key, n in _event_keys(bank, account_id).items() if n > 1}
-            assert not twice, f"applied more than once on {account_id}: {twice}"
-        codes = bank.stop()
-        assert codes == {"transfer_service": 0, "account_service": 0}, codes
-        final = _stores(bank)
-        assert final.ok, final.render()
-        assert (final.in_flight, final.totals.reserved) == ([], 0)
+        _check_accounts(bank, expected)
+        _stop_and_audit(bank)
     finally:
         for service in (bank.transfer, bank.account):
             if service is not None and service.process is not None:
