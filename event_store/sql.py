@@ -7,8 +7,8 @@ database errors into the port's. Backends subclass
 ``SqlEventStore`` to configure the engine and to write an append's transaction (``_write``)
 on their driver's connection, with the locking that keeps positions in commit order.
 
-Tags are found through two tables: ``event_tags``, keyed by ``(tag, position)`` and
-read through its index on ``(tag, recorded_at, position)``, and ``event_tag_log``, rows
+Tags are found through two tables: ``event_tags``, keyed by ``(tag, recorded_at,
+position)``, and ``event_tag_log``, rows
 in the order they were appended with no index of their own. A tag row carries its event's
 ``recorded_at``, so that a read seeks straight to a time or to the event a page ended
 with. An append may write its tag rows to either table; a backend that uses the log moves

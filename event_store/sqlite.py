@@ -79,10 +79,10 @@ _INSERT_EVENTS_HEAD = f"INSERT OR ROLLBACK INTO {events.name} ({', '.join(_EVENT
 _TAG_ROW = ("tag", "position", "recorded_at")
 _INSERT_TAGS_HEAD = f"INSERT OR ROLLBACK INTO {event_tags.name} ({', '.join(_TAG_ROW)}) VALUES "
 _LOG_TAGS_HEAD = f"INSERT OR ROLLBACK INTO {event_tag_log.name} ({', '.join(_TAG_ROW)}) VALUES "
-# The log into the index, sorted, so that each of the index's pages is changed once.
+# The log into the index, in its key's order, so that each of its pages is changed once.
 _FOLD_TAG_LOG = (
     f"INSERT OR ROLLBACK INTO {event_tags.name} ({', '.join(_TAG_ROW)}) "
-    f"SELECT {', '.join(_TAG_ROW)} FROM {event_tag_log.name} ORDER BY {', '.join(_TAG_ROW)}"
+    f"SELECT {', '.join(_TAG_ROW)} FROM {event_tag_log.name} ORDER BY tag, recorded_at, position"
 )
 _EMPTY_TAG_LOG = f"DELETE FROM {event_tag_log.name}"
 _CHECKPOINT_ROW = ("stream_id", "version", "recorded_at", "data")

@@ -247,7 +247,7 @@ def test_a_tag_read_walks_the_index_only_between_its_bounds(
     with store.engine.connect() as conn:
         conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table would be scanned
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", values))
-    assert "Index Only Scan" in plan and "using event_tags_by_time" in plan, plan
+    assert "Index Only Scan" in plan and "using event_tags_pkey" in plan, plan
     # Both bounds are conditions of the index, not filters of what it returns.
     assert (
         """Index Cond: ((tag = 'x'::text) AND (ROW(recorded_at, "position") > ROW('1'::bigint,"""
