@@ -8,13 +8,12 @@ database errors into the port's. Backends subclass
 on their driver's connection, with the locking that keeps positions in commit order.
 
 Tags are found through two tables: ``event_tags``, keyed by ``(tag, recorded_at,
-position)``, and ``event_tag_log``, rows
-in the order they were appended with no index of their own. A tag row carries its event's
-``recorded_at``, so that a read seeks straight to a time or to the event a page ended
-with. An append may write its tag rows to either table; a backend that uses the log moves
-it into the index, sorted, once it has grown to a set size, in the transaction of the
-append that crossed it (so a tag row is always in exactly one of the two). Reads look in
-both.
+position)``, and ``event_tag_log``, rows in the order they were appended with no index of
+their own. A tag row carries its event's ``recorded_at``, so that a read seeks straight to
+a time or to the event a page ended with. An append may write its tag rows to either
+table; a backend that uses the log moves it into the index, sorted, once it has grown to a
+set size, in the transaction of the append that crossed it (so a tag row is always in
+exactly one of the two). Reads look in both.
 
 Leases (``leases``) are written by appends, in their transaction (see ``leases.py``), and
 claimed, renewed and handed back in short transactions of their own.
