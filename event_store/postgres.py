@@ -50,9 +50,11 @@ DEFAULT_CONNECT_TIMEOUT_S = 10
 # json module's C encoder writes the rows in one call. The version check keeps its two
 # small arrays: joined against ``json_to_recordset``, whose row count the planner cannot
 # see (it assumes 100), the check was planned as a hash join over a sequential scan of
-# ``events`` while the table was small, and the server's CPU per transfer doubled.
+# ``events`` while the table was small, and the server's CPU per transfer doubled. They go
+# in binary (``%b``): as text psycopg quotes each element through a regular expression,
+# three times the CPU per key (2.1-2.8 against 0.7-0.8 us).
 _EXISTING_VERSIONS = (
-    "SELECT e.stream_id, e.version FROM unnest(%s::varchar[], %s::bigint[]) AS k(s, v)"
+    "SELECT e.stream_id, e.version FROM unnest(%b::varchar[], %b::bigint[]) AS k(s, v)"
     " JOIN events AS e ON e.stream_id = k.s AND e.version = k.v"
 )
 _INSERT_EVENTS = (

@@ -139,6 +139,16 @@ class EventStoreConformance(LeaseConformance, HistoryConformance, SnapshotConfor
         assert (event.stream_id, event.type, event.data) == (name, name, {name: name})
         assert store.read_tag(name) == [event]
         assert store.read_tag("{" + name) == [event]
+        # The version check finds the stream by such a name, in a batch beside plain ones.
+        (later, _) = store.append_batch(
+            [AppendRequest(name, 1, [ev("Later")]), AppendRequest("plain", 0, [ev("First")])]
+        )
+        assert (later[0].stream_id, later[0].version) == (name, 2)
+        for stale_or_behind in (1, 3):
+            with pytest.raises(ConcurrencyConflict) as caught:
+                store.append_batch([AppendRequest(name, stale_or_behind, [ev("Lost")])])
+            assert caught.value.stream_id == name
+        assert [e.type for e in store.read_stream(name)] == [name, "Later"]
 
     def test_data_round_trips_nested_structures(self, store: EventStore) -> None:
         data = {"a": {"b": {"c": [1, {"d": None}, [True, False]], "e": 1.5}}, "f": []}

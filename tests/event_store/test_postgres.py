@@ -22,7 +22,7 @@ from event_store import (
     open_store,
     schemas,
 )
-from event_store.postgres import _APPEND_LOCK
+from event_store.postgres import _APPEND_LOCK, _EXISTING_VERSIONS
 from event_store.sql import _READ_STREAM, _READ_TAG
 from tests import pg
 from tests.event_store.conformance import EventStoreConformance
@@ -187,10 +187,7 @@ def test_statements_keep_being_planned_for_their_values_as_the_table_grows(
             "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
         ).fetchall()
         version_check = writer.execute(
-            "EXPLAIN (FORMAT JSON) SELECT e.stream_id, e.version"
-            " FROM unnest(%s::varchar[], %s::bigint[]) AS k(s, v)"
-            " JOIN events AS e ON e.stream_id = k.s AND e.version = k.v",
-            (["s-0", "s-1"], [5, 5]),
+            "EXPLAIN (FORMAT JSON) " + _EXISTING_VERSIONS, (["s-0", "s-1"], [5, 5])
         ).fetchone()
     finally:
         writer.rollback()
