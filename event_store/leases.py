@@ -16,14 +16,13 @@ moment split the due leases between them instead of queueing on each other.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, case, or_, select, update
 from sqlalchemy import exc as sa_exc
 
-from .port import AppendRequest, Lease, LeaseChange, LeaseLost
+from .port import AppendRequest, Lease, LeaseChange, LeaseLost, encode_rows
 from .sql import leases, translate_error
 
 __all__ = ["SqlLeases", "lease_writes_postgres", "lease_writes_sqlite"]
@@ -208,7 +207,6 @@ _POSTGRES = {
         " RETURNING l.key"
     ),
 }
-_rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def lease_writes_postgres(
@@ -230,7 +228,7 @@ def lease_writes_postgres(
         rows.setdefault(write.change, []).append(row)
     checks = []
     for change, changed in rows.items():
-        cursor = execute(_POSTGRES[change], (_rows_json(changed),))
+        cursor = execute(_POSTGRES[change], (encode_rows(changed),))
         if change is not LeaseChange.CREATE:
             checks.append((cursor, changed))
 

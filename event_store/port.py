@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import orjson
+
 __all__ = [
     "MAX_STREAM_ID_LENGTH",
     "MAX_TAG_LENGTH",
@@ -342,8 +344,11 @@ def micros_to_datetime(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-# Built once: json.dumps() with options constructs a new encoder on every call.
-# allow_nan=False: NaN/Infinity are not JSON and other readers would choke on them.
+# orjson writes event data in about an eighth of the standard encoder's time. Types outside
+# JSON raise, datetimes and dataclasses included (orjson would write them otherwise).
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# The standard encoder decides what orjson refuses (integers beyond 64 bits are JSON too)
+# and output with a null: orjson writes NaN and infinities as null, this encoder refuses them.
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -352,11 +357,23 @@ def encode_data(data: Mapping[str, Any], what: str = "event data") -> str:
     if not isinstance(data, Mapping):
         raise ValueError(f"{what} must be a mapping, not {type(data).__name__}")
     try:
+        encoded: bytes | None = orjson.dumps(data, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        encoded = None
+    if encoded is not None and b"null" not in encoded:
+        return encoded.decode()
+    try:
         text = _encode_json(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-serialisable: {exc}") from exc
     _check_encodable(text, what)
     return text
+
+
+def encode_rows(rows: object) -> str:
+    """Rows of strings and integers already checked (stream ids, versions, stored data) as
+    one JSON text, for the stores that take a batch's rows as one parameter."""
+    return orjson.dumps(rows).decode()
 
 
 decode_data = json.loads

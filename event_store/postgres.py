@@ -19,7 +19,6 @@ per key).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from sqlalchemy import URL, Connection, create_engine, event, make_url, text
 from sqlalchemy import exc as sa_exc
 
 from .leases import SqlLeases, lease_writes_postgres
-from .port import AppendRequest, ConcurrencyConflict, LeaseLost
+from .port import AppendRequest, ConcurrencyConflict, LeaseLost, encode_rows
 from .sql import SqlEventStore, check_versions, tag_rows_for, translate_error
 
 __all__ = ["PostgresEventStore", "postgres_url"]
@@ -47,7 +46,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 10
 # The inserts take their rows as one JSON text (``json_to_recordset``):
 # psycopg dumps a list parameter element by element in Python, which made the arrays the
 # writer's largest cost (a third of its time holding the interpreter lock), while the
-# json module's C encoder writes the rows in one call. The version check keeps its two
+# rows are written in one call (``encode_rows``). The version check keeps its two
 # small arrays: joined against ``json_to_recordset``, whose row count the planner cannot
 # see (it assumes 100), the check was planned as a hash join over a sequential scan of
 # ``events`` while the table was small, and the server's CPU per transfer doubled. They go
@@ -73,8 +72,6 @@ _INSERT_CHECKPOINTS = (
     " SELECT stream_id, version, recorded_at, data FROM json_to_recordset(%s::json)"
     " AS c(stream_id varchar, version bigint, recorded_at bigint, data text)"
 )
-# Rows as a JSON array of objects named like the columns; built once (see port.py).
-_rows_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def postgres_url(url: str | URL) -> URL:
@@ -191,9 +188,9 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
                         _EXISTING_VERSIONS, ([k[0] for k in keys], [k[1] for k in keys])
                     )
                     conn.execute(_APPEND_LOCK)
-                    inserted = conn.execute(_INSERT_EVENTS, (_rows_json(rows),))
+                    inserted = conn.execute(_INSERT_EVENTS, (encode_rows(rows),))
                     if checkpoint_rows:
-                        conn.execute(_INSERT_CHECKPOINTS, (_rows_json(checkpoint_rows),))
+                        conn.execute(_INSERT_CHECKPOINTS, (encode_rows(checkpoint_rows),))
                     check_leases = lease_writes_postgres(conn.execute, requests)
                     # The checks ran before the insert; if one fails, nothing is committed.
                     check_versions(requests, {(s, v) for s, v in found.fetchall()})
@@ -201,7 +198,7 @@ class PostgresEventStore(SqlLeases, SqlEventStore):
                     positions = {(s, v): p for p, s, v in inserted.fetchall()}
                     tag_rows = tag_rows_for(requests, positions, rows[0]["recorded_at"])
                     if tag_rows:
-                        conn.execute(_INSERT_TAGS, (_rows_json(tag_rows),))
+                        conn.execute(_INSERT_TAGS, (encode_rows(tag_rows),))
                     committing = True
                     conn.commit()
             except BaseException:

@@ -11,7 +11,6 @@ Several processes may share one file; each waits up to the busy timeout for the 
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import QueuePool
 
 from .leases import SqlLeases, lease_writes_sqlite
-from .port import AppendRequest, ConcurrencyConflict
+from .port import AppendRequest, ConcurrencyConflict, encode_rows
 from .sql import (
     _STREAM_VERSION,
     SqlEventStore,
@@ -272,7 +271,7 @@ class SqliteEventStore(SqlLeases, SqlEventStore):
         must_exist = [(r.stream_id, r.expected_version) for r in requests if r.expected_version]
         if not must_exist:
             return
-        keys = json.dumps(must_exist, ensure_ascii=False)
+        keys = encode_rows(must_exist)
         sql, params = self._count_existing_sql
         (found,) = driver.execute(sql, params(keys=keys)).fetchone()
         if found != len(must_exist):  # name the request that is behind

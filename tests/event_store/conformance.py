@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,14 @@ from tests.event_store.common import INT64_MAX, INT64_MIN, ev, example_ids, json
 from tests.event_store.history_conformance import HistoryConformance
 from tests.event_store.lease_conformance import LeaseConformance
 from tests.event_store.snapshot_conformance import SnapshotConformance
+
+
+@dataclass(frozen=True)
+class Span:
+    """Not a JSON value: a store refuses it rather than writing its fields."""
+
+    start: int
+    end: int
 
 
 class EventStoreConformance(LeaseConformance, HistoryConformance, SnapshotConformance):
@@ -120,6 +129,16 @@ class EventStoreConformance(LeaseConformance, HistoryConformance, SnapshotConfor
             store.append("s", 0, [ev(when=datetime.now(UTC))])
         with pytest.raises(ValueError):
             store.append("s", 0, [ev(x=float("nan"))])
+        # Nested, beside nulls; a dataclass; text that is not Unicode, as a value and a key.
+        for data in (
+            {"a": [None, {"b": float("inf")}]},
+            {"a": None, "b": -float("inf")},
+            {"span": Span(1, 2)},
+            {"text": "\ud800"},
+            {"\udc00": 1},
+        ):
+            with pytest.raises(ValueError):
+                store.append("s", 0, [NewEvent("Happened", data)])
         assert store.stream_version("s") == 0
 
     # --- data --------------------------------------------------------------------------
