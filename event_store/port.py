@@ -376,6 +376,7 @@ def encode_rows(rows: object) -> str:
     return orjson.dumps(rows).decode()
 
 
+# The standard decoder: orjson reads integers beyond 64 bits as floats.
 decode_data = json.loads
 
 
