@@ -126,6 +126,7 @@ class Transfers:
         self._retries: dict[str, Retry] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._sole_owner = sole_owner
+        self._closed = False
 
     # --- lifecycle ---
 
@@ -138,6 +139,7 @@ class Transfers:
 
     async def close(self) -> None:
         """Stops driving; hands this process's transfers to whoever claims them next."""
+        self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -311,6 +313,8 @@ class Transfers:
                 return _answered(transfer)
             task = self._drivers.get(transfer_id)
             if task is None:
+                if self._closed:  # the next owner drives it; this caller hears so now
+                    raise TransferPending(transfer_id)
                 epoch = await self._repository.claim(transfer_id)
                 if epoch is not None:
                     task = self._driver(await self._load(transfer_id), epoch)
@@ -447,6 +451,11 @@ class Transfers:
     def _forgotten(self, transfer_id: str, future: asyncio.Future[Transfer]) -> None:
         if self._drivers.get(transfer_id) is future:
             self._forget(transfer_id)
+        # Retrieved here, as its callers may have gone: a lost ownership is logged where it
+        # is found, anything else here.
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            if not isinstance(exc, OwnershipLost):
+                log.error("transfer %s: its driver failed", transfer_id, exc_info=exc)
 
     def _forget(self, transfer_id: str) -> None:
         self._drivers.pop(transfer_id, None)

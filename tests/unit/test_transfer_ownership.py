@@ -6,6 +6,8 @@ real account aggregate behind the port's fake."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from datetime import timedelta
 
 import pytest
@@ -33,12 +35,19 @@ class Gate:
         self.accounts = accounts
         self.open = asyncio.Event()
         self.open.set()
+        self._reached = asyncio.Event()
+
+    async def reached(self) -> None:
+        """Until a driver has come to the account side: its transfer recorded and claimed."""
+        await asyncio.wait_for(self._reached.wait(), 10)
 
     async def run(self, steps, reference, epoch, currency=""):
+        self._reached.set()
         await self.open.wait()
         return await self.accounts.run(steps, reference, epoch, currency)
 
     async def run_many(self, chains):
+        self._reached.set()
         await self.open.wait()
         async for wave in self.accounts.run_many(chains):
             yield wave
@@ -80,7 +89,7 @@ async def test_another_process_waits_for_the_owner_and_answers_pending(store, ac
     gate.open.clear()
     one, two = replica(store, gate), replica(store, accounts)
     driving = asyncio.create_task(one.create(simple()))
-    await asyncio.sleep(0.05)
+    await gate.reached()
     with pytest.raises(TransferPending):
         await two.create(simple(), wait=0.2)
     assert accounts.calls == []  # the second process never drove it
@@ -96,7 +105,7 @@ async def test_a_transfer_whose_owner_stopped_renewing_is_taken_over(store, acco
     one = replica(store, gate, lease_seconds=0.2)
     two = replica(store, accounts, lease_seconds=0.2)
     driving = asyncio.create_task(one.create(simple(), wait=5))
-    await asyncio.sleep(0.05)
+    await gate.reached()
     # The first process neither renews nor answers (as if frozen); the second takes over.
     await two.start()
     try:
@@ -110,6 +119,52 @@ async def test_a_transfer_whose_owner_stopped_renewing_is_taken_over(store, acco
     ).state is TransferState.COMPLETED  # the new owner's outcome
     assert accounts.balance(DST) == 30
     assert accounts.open_holds() == {}
+
+
+async def test_a_fenced_driver_nobody_waits_for_ends_quietly(store, accounts, caplog):
+    """Its caller was answered PENDING long ago; losing the transfer to its new owner is
+    logged where it happens, not reported by the loop as an exception never retrieved."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    gate = Gate(accounts)
+    gate.open.clear()
+    one = replica(store, gate, lease_seconds=0.2)
+    two = replica(store, accounts, lease_seconds=0.2)
+    with pytest.raises(TransferPending):
+        await one.create(simple(), wait=0.05)
+    (driver,) = one._drivers.values()
+    await two.start()
+    try:
+        assert (await two.create(simple(), wait=5)).state is TransferState.COMPLETED
+    finally:
+        await two.close()
+    with caplog.at_level(logging.INFO, logger="transfer_service.application"):
+        gate.open.set()
+        await asyncio.wait([driver], timeout=5)
+    assert driver.done() and not driver.cancelled()  # ended by OwnershipLost, logged:
+    assert "its new owner drives it" in caplog.text
+    del driver
+    gc.collect()  # a task whose exception nobody retrieved is reported when collected
+    await asyncio.sleep(0)
+    assert reported == []
+    assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
+
+
+async def test_a_closed_process_takes_up_no_transfer(store, accounts):
+    """A caller still waiting when the process closes is answered PENDING; the process
+    does not claim the transfer again (that would keep it from the next owner)."""
+    gate = Gate(accounts)
+    gate.open.clear()
+    one = replica(store, gate)
+    answer = asyncio.create_task(one.create(simple(), wait=0.5))
+    await gate.reached()
+    await one.close()
+    with pytest.raises(TransferPending):
+        await answer
+    assert one._drivers == {}
+    assert await StoredTransfers(store).claim(T1) == 2  # due at once, for the next owner
+    gate.open.set()
 
 
 async def test_a_renewal_leaves_drivers_that_just_started_alone(store, accounts):
@@ -175,7 +230,7 @@ async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, acco
     two = replica(store, accounts)
     await two.start()  # the first sweep runs before start returns
     try:
-        for _ in range(40):
+        for _ in range(200):
             if (await two.get(T1)).state is TransferState.EXPIRED:
                 break
             await asyncio.sleep(0.05)
@@ -189,13 +244,13 @@ async def test_a_sole_owner_takes_every_earlier_lease_at_start(store, accounts):
     gate.open.clear()
     gone = replica(store, gate)
     never_answered = asyncio.create_task(gone.create(simple()))
-    await asyncio.sleep(0.05)
+    await gate.reached()
     repository = StoredTransfers(store)
     process = TransferProcess(accounts, repository, backoff=Backoff(sleep=_no_sleep))
     restarted = Transfers(repository, process, sole_owner=True)
     await restarted.start()
     try:
-        for _ in range(40):
+        for _ in range(200):
             if (await restarted.get(T1)).state is TransferState.COMPLETED:
                 break
             await asyncio.sleep(0.05)
@@ -267,7 +322,7 @@ async def test_a_repeat_of_a_batch_item_still_running_waits_for_the_same_driver(
     gate.open.clear()
     item = requested("64444444-4444-4444-8444-444444444444", [Leg(SRC, DST, 10)])
     first = asyncio.create_task(one.create_many([item]))
-    await asyncio.sleep(0.05)
+    await gate.reached()
     repeat = asyncio.create_task(one.create(item))
     await asyncio.sleep(0.05)
     assert not repeat.done()
@@ -286,7 +341,7 @@ async def test_closing_while_a_batch_pass_waits_leaves_its_transfers_to_the_next
     gate.open.clear()
     item = requested("74444444-4444-4444-8444-444444444444", [Leg(SRC, DST, 10)])
     answers = asyncio.create_task(one.create_many([item], wait=5))
-    await asyncio.sleep(0.05)
+    await gate.reached()
     await one.close()
     assert not one._together
     await asyncio.wait_for(answers, 5)  # answered (pending or taken over), not left hanging
