@@ -116,7 +116,7 @@ class Transfers:
         # Transfers taken up by the sweep and not finished yet, at most this many at once, so
         # that a large backlog does not stampede the account service.
         self._resume_concurrency = resume_concurrency
-        self._taking_up = 0
+        self._taking_up: set[asyncio.Task[None]] = set()
         self._drivers: dict[str, asyncio.Future[Transfer]] = {}
         self._together: set[asyncio.Task[None]] = set()  # passes of drive_together
         self._epochs: dict[str, int] = {}  # the epoch each driver holds
@@ -144,7 +144,7 @@ class Transfers:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        running = [*self._together, *self._drivers.values()]
+        running = [*self._taking_up, *self._together, *self._drivers.values()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -518,7 +518,7 @@ class Transfers:
 
     async def _sweep(self) -> int:
         """Claims the transfers that fell due and drives them; how many."""
-        room = self._resume_concurrency - self._taking_up
+        room = self._resume_concurrency - len(self._taking_up)
         if room <= 0:
             return 0
         claimed = await self._repository.claim_due(limit=room)
@@ -530,12 +530,12 @@ class Transfers:
         return len(claimed)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        self._taking_up += 1
         task = asyncio.create_task(work)
+        self._taking_up.add(task)
         task.add_done_callback(self._taken_up)
 
     def _taken_up(self, task: asyncio.Task[None]) -> None:
-        self._taking_up -= 1
+        self._taking_up.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("taking up a transfer failed", exc_info=task.exception())
 
@@ -547,8 +547,8 @@ class Transfers:
                 await self._repository.rest(transfer, epoch)  # not due by our clock yet
                 return
             transfer = await self._process.record(transfer, events, epoch)
-        with contextlib.suppress(OwnershipLost):
-            await self._driver(transfer, epoch)
+        # Until it ends; how it failed, if it did, is the driver's to log (_forgotten).
+        await asyncio.wait([self._driver(transfer, epoch)])
 
     # --- helpers ---
 

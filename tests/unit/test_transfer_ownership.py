@@ -41,6 +41,9 @@ class Gate:
         """Until a driver has come to the account side: its transfer recorded and claimed."""
         await asyncio.wait_for(self._reached.wait(), 10)
 
+    def was_reached(self) -> bool:
+        return self._reached.is_set()
+
     async def run(self, steps, reference, epoch, currency=""):
         self._reached.set()
         await self.open.wait()
@@ -149,6 +152,58 @@ async def test_a_fenced_driver_nobody_waits_for_ends_quietly(store, accounts, ca
     await asyncio.sleep(0)
     assert reported == []
     assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
+
+
+async def test_a_process_closing_right_after_its_sweep_drives_nothing_it_took_up(store, accounts):
+    gate = Gate(accounts)
+    gate.open.clear()
+    one = replica(store, gate)
+    with pytest.raises(TransferPending):
+        await one.create(simple(), wait=0.05)
+    await one.close()  # the transfer is due for whoever comes next
+    watched = Gate(accounts)
+    two = replica(store, watched)
+    await two.start()  # its sweep claims the transfer and starts taking it up
+    await two.close()
+    await asyncio.sleep(0.2)
+    assert not watched.was_reached()  # closed before its driver reached the accounts
+    assert await StoredTransfers(store).claim(T1) == 3  # due at once again
+    gate.open.set()
+
+
+class Broken:
+    """An account side that fails in a way nothing expects."""
+
+    async def run(self, steps, reference, epoch, currency=""):
+        raise RuntimeError("no such thing")
+
+
+async def test_a_driver_failing_unexpectedly_is_logged_once_wherever_it_started(
+    store, accounts, caplog
+):
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    one = replica(store, Broken())
+    with caplog.at_level(logging.ERROR, logger="transfer_service.application"):
+        with pytest.raises(RuntimeError):
+            await one.create(simple(), wait=5)  # the caller hears it
+        await one.close()
+        # Taken up by the next process's sweep: nobody waits for that driver.
+        two = replica(store, Broken())
+        await two.start()
+        for _ in range(200):
+            if len(caplog.records) > 1:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # anything else it would log
+        await two.close()
+        gc.collect()
+        await asyncio.sleep(0)
+    failed = [r for r in caplog.records if "its driver failed" in r.getMessage()]
+    assert [r.exc_info[0] for r in failed] == [RuntimeError, RuntimeError]
+    assert len(caplog.records) == 2
+    assert reported == []
 
 
 async def test_a_closed_process_takes_up_no_transfer(store, accounts):
