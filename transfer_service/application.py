@@ -298,8 +298,11 @@ class Transfers:
         finally:
             if started is None and transfer.transfer_id not in self._drivers:
                 # Claimed, but nothing to drive here: back to rest, for the next claimer.
-                with contextlib.suppress(Exception):
+                try:
                     await self._repository.rest(transfer, epoch)
+                except StoreUnavailable:
+                    # Else its lease stays this process's, renewed: a take-up outlasts it.
+                    self._spawn(self._take_up(transfer.transfer_id, epoch))
         return started
 
     async def _outcome(self, transfer: Transfer, deadline: float) -> Transfer:
@@ -540,13 +543,27 @@ class Transfers:
             log.error("taking up a transfer failed", exc_info=task.exception())
 
     async def _take_up(self, transfer_id: str, epoch: int) -> None:
-        transfer = await self._load(transfer_id)
-        if transfer.at_rest:
-            events = transfer.expire(self._clock())
-            if not events:
-                await self._repository.rest(transfer, epoch)  # not due by our clock yet
+        failures = 0
+        while True:
+            try:
+                transfer = await self._load(transfer_id)
+                if transfer.at_rest:
+                    events = transfer.expire(self._clock())
+                    if not events:
+                        await self._repository.rest(transfer, epoch)  # not due by our clock
+                        return
+                    transfer = await self._process.record(transfer, events, epoch)
+                break
+            except StoreUnavailable as exc:
+                # Its lease stays this process's, renewed: no one else would take it up.
+                failures += 1
+                log.warning("transfer %s: database unavailable (%s)", transfer_id, exc)
+                await self._store_backoff.sleep(self._store_backoff.delay(failures))
+            except ConcurrencyConflict:
+                continue  # a client's decision recorded first (a void racing the expiry)
+            except LeaseLost as lost:
+                log.info("transfer %s: %s; its new owner drives it", transfer_id, lost)
                 return
-            transfer = await self._process.record(transfer, events, epoch)
         # Until it ends; how it failed, if it did, is the driver's to log (_forgotten).
         await asyncio.wait([self._driver(transfer, epoch)])
 

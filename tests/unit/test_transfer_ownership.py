@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from event_store import AsyncEventStore, InMemoryEventStore
+from event_store import AsyncEventStore, InMemoryEventStore, StoreUnavailable
 from tests.unit.fakes import FakeAccounts
 from transfer_service.application import TransferPending, TransferRefused, Transfers
 from transfer_service.domain import Action, Leg, TransferNotPending, TransferState, requested
@@ -73,7 +73,9 @@ def accounts() -> FakeAccounts:
 def replica(store, port, *, lease_seconds=5.0, sweep=0.05) -> Transfers:
     repository = StoredTransfers(store, lease_seconds=lease_seconds)
     process = TransferProcess(port, repository, backoff=Backoff(sleep=_no_sleep, maximum=0.01))
-    return Transfers(repository, process, sweep_interval=sweep)
+    return Transfers(
+        repository, process, sweep_interval=sweep, store_backoff=Backoff(0.01, maximum=0.05)
+    )
 
 
 def simple(amount: int = 30, **options) -> object:
@@ -276,6 +278,78 @@ async def test_a_hold_expires_while_the_process_runs(store, accounts):
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {}
     assert stored.updated_at - held.expires_at < timedelta(seconds=2)
+
+
+class Faltering(InMemoryEventStore):
+    """A store whose appends fail while it is ``down``, as a database in an outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refused = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.refused += 1
+            raise StoreUnavailable("the database is down")
+
+    def append_batch(self, requests):
+        self._check()
+        return super().append_batch(requests)
+
+    def rest(self, key, epoch, until):
+        self._check()
+        return super().rest(key, epoch, until)
+
+
+async def test_a_hold_falling_due_in_an_outage_expires_when_the_store_is_back(accounts):
+    faltering = Faltering()
+    async with AsyncEventStore(faltering) as store:
+        one = replica(store, accounts)
+        await one.create(simple(pending=True, expires_after=300_000))
+        faltering.down = True
+        await one.start()  # the sweep takes the hold up when due; its expiry is refused
+        try:
+            for _ in range(200):
+                if faltering.refused:
+                    break
+                await asyncio.sleep(0.01)
+            assert faltering.refused
+            await asyncio.sleep(0.2)
+            faltering.down = False
+            for _ in range(200):
+                stored = await one.get(T1)
+                if stored.state is TransferState.EXPIRED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await one.close()
+    assert stored.state is TransferState.EXPIRED
+    assert accounts.open_holds() == {} and accounts.balance(SRC) == 1000
+
+
+async def test_a_decision_refused_by_an_outage_leaves_the_hold_to_expire(accounts):
+    faltering = Faltering()
+    async with AsyncEventStore(faltering) as store:
+        one = replica(store, accounts)
+        await one.create(simple(pending=True, expires_after=300_000))
+        await one.start()
+        try:
+            faltering.down = True
+            # Claimed for the post; neither the post nor the lease's return to rest stored.
+            with pytest.raises(StoreUnavailable):
+                await one.post(T1, 0)
+            await asyncio.sleep(0.2)
+            faltering.down = False
+            for _ in range(200):
+                stored = await one.get(T1)
+                if stored.state is TransferState.EXPIRED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await one.close()
+    assert stored.state is TransferState.EXPIRED
+    assert accounts.open_holds() == {} and accounts.balance(SRC) == 1000
 
 
 async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, accounts):
