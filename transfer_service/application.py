@@ -320,7 +320,7 @@ class Transfers:
                     raise TransferPending(transfer_id)
                 epoch = await self._repository.claim(transfer_id)
                 if epoch is not None:
-                    task = self._driver(await self._load(transfer_id), epoch)
+                    task = self._driver(await self._claimed(transfer_id, epoch), epoch)
             if task is not None:
                 return await self._answer(task, transfer_id, deadline)
             if loop.time() >= deadline:
@@ -568,6 +568,15 @@ class Transfers:
         await asyncio.wait([self._driver(transfer, epoch)])
 
     # --- helpers ---
+
+    async def _claimed(self, transfer_id: str, epoch: int) -> Transfer:
+        """The transfer just claimed. If it cannot be read now, a take-up drives it once it
+        can: else its lease stays this process's, renewed, and no one else would."""
+        try:
+            return await self._load(transfer_id)
+        except StoreUnavailable:
+            self._spawn(self._take_up(transfer_id, epoch))
+            raise
 
     async def _load(self, transfer_id: str) -> Transfer:
         transfer = await self._repository.load(transfer_id)

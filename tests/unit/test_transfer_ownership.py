@@ -287,6 +287,7 @@ class Faltering(InMemoryEventStore):
         super().__init__()
         self.down = False
         self.refused = 0
+        self.reads_before_down: int | None = None  # goes down after that many more reads
 
     def _check(self) -> None:
         if self.down:
@@ -300,6 +301,13 @@ class Faltering(InMemoryEventStore):
     def rest(self, key, epoch, until):
         self._check()
         return super().rest(key, epoch, until)
+
+    def read_stream(self, stream_id, after_version=0, limit=None):
+        if self.reads_before_down is not None:
+            self.down = self.reads_before_down == 0
+            self.reads_before_down -= 1
+        self._check()
+        return super().read_stream(stream_id, after_version, limit)
 
 
 async def test_a_hold_falling_due_in_an_outage_expires_when_the_store_is_back(accounts):
@@ -350,6 +358,37 @@ async def test_a_decision_refused_by_an_outage_leaves_the_hold_to_expire(account
             await one.close()
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {} and accounts.balance(SRC) == 1000
+
+
+async def test_a_transfer_claimed_from_a_stopped_owner_in_an_outage_is_still_driven(accounts):
+    faltering = Faltering()
+    async with AsyncEventStore(faltering) as store:
+        gate = Gate(accounts)
+        gate.open.clear()
+        gone = replica(store, gate, lease_seconds=0.2)
+        stuck = asyncio.create_task(gone.create(simple(), wait=5))  # never renews: as if dead
+        await gate.reached()
+        await asyncio.sleep(0.3)  # its lease runs out
+        two = replica(store, accounts, lease_seconds=0.2)
+        try:
+            # A repeat of the request: read once, then the claim; the read after it fails.
+            faltering.reads_before_down = 1
+            with pytest.raises(StoreUnavailable):
+                await two.create(simple(), wait=5)
+            await two.start()  # renews what it owns; its sweep takes up only others' leases
+            await asyncio.sleep(0.2)
+            faltering.reads_before_down, faltering.down = None, False
+            for _ in range(200):
+                stored = await two.get(T1)
+                if stored.state is TransferState.COMPLETED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await two.close()
+            await gone.close()
+            await asyncio.gather(stuck, return_exceptions=True)
+    assert stored.state is TransferState.COMPLETED
+    assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
 
 
 async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, accounts):
