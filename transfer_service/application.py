@@ -376,7 +376,9 @@ class Transfers:
     def _driver(self, transfer: Transfer, epoch: int) -> asyncio.Future[Transfer]:
         transfer_id = transfer.transfer_id
         driver = self._drivers.get(transfer_id)
-        if driver is None:
+        if driver is None or self._epochs[transfer_id] < epoch:
+            if driver is not None:
+                driver.cancel()  # its claim is stale: it would be fenced at its next step
             driver = asyncio.create_task(self._drive(transfer_id, transfer, epoch))
             self._register(transfer_id, driver, epoch)
         return driver
@@ -526,8 +528,8 @@ class Transfers:
             return 0
         claimed = await self._repository.claim_due(limit=room)
         for transfer_id, epoch in claimed:
-            if transfer_id not in self._drivers:
-                self._spawn(self._take_up(transfer_id, epoch))
+            # Even with a driver here: that one holds an older epoch, so it cannot finish.
+            self._spawn(self._take_up(transfer_id, epoch))
         if claimed:
             log.info("took up %d transfers", len(claimed))
         return len(claimed)

@@ -17,7 +17,7 @@ from tests.unit.fakes import FakeAccounts
 from transfer_service.application import TransferPending, TransferRefused, Transfers
 from transfer_service.domain import Action, Leg, TransferNotPending, TransferState, requested
 from transfer_service.process import Backoff, TransferProcess
-from transfer_service.repository import StoredTransfers
+from transfer_service.repository import StoredTransfers, stream_id
 
 SRC = "22222222-2222-4222-8222-222222222222"
 DST = "33333333-3333-4333-8333-333333333333"
@@ -288,6 +288,7 @@ class Faltering(InMemoryEventStore):
         self.down = False
         self.refused = 0
         self.reads_before_down: int | None = None  # goes down after that many more reads
+        self.rests_unanswered = 0
 
     def _check(self) -> None:
         if self.down:
@@ -300,7 +301,11 @@ class Faltering(InMemoryEventStore):
 
     def rest(self, key, epoch, until):
         self._check()
-        return super().rest(key, epoch, until)
+        rested = super().rest(key, epoch, until)
+        if self.rests_unanswered:  # stored, but the answer lost: the caller must retry
+            self.rests_unanswered -= 1
+            raise StoreUnavailable("connection lost before the commit's answer")
+        return rested
 
     def read_stream(self, stream_id, after_version=0, limit=None):
         if self.reads_before_down is not None:
@@ -389,6 +394,53 @@ async def test_a_transfer_claimed_from_a_stopped_owner_in_an_outage_is_still_dri
             await asyncio.gather(stuck, return_exceptions=True)
     assert stored.state is TransferState.COMPLETED
     assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
+
+
+async def test_a_hold_whose_return_to_rest_went_unanswered_still_expires(accounts):
+    """The driver that placed the hold stored its return to rest but never heard so: it
+    tries again, and the hold still falls due and expires."""
+    faltering = Faltering()
+    async with AsyncEventStore(faltering) as store:
+        one = replica(store, accounts)
+        faltering.rests_unanswered = 1
+        held = await one.create(simple(pending=True, expires_after=300_000), wait=5)
+        assert held.state is TransferState.PENDING and faltering.rests_unanswered == 0
+        await one.start()
+        try:
+            for _ in range(200):
+                stored = await one.get(T1)
+                if stored.state is TransferState.EXPIRED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await one.close()
+    assert stored.state is TransferState.EXPIRED
+    assert accounts.open_holds() == {} and accounts.balance(SRC) == 1000
+
+
+async def test_a_sweep_that_claims_a_transfer_from_its_own_stale_driver_drives_it(store, accounts):
+    """A driver here at epoch 1, stuck at the account side, while the transfer's lease fell
+    due (say its return to rest was stored unanswered, and the hold expired): the sweep
+    claims it at epoch 2 and must drive it at that epoch, not count on the stale driver,
+    which is fenced at its next step."""
+    gate = Gate(accounts)
+    gate.open.clear()
+    one = replica(store, gate)
+    with pytest.raises(TransferPending):
+        await one.create(simple(), wait=0.05)
+    await gate.reached()
+    assert await store.rest(stream_id(T1), 1, 0)  # due at once, nobody's
+    assert await one._sweep() == 1  # claimed here, at epoch 2
+    gate.open.set()
+    for _ in range(200):
+        stored = await one.get(T1)
+        if stored.is_terminal:
+            break
+        await asyncio.sleep(0.05)
+    assert stored.state is TransferState.COMPLETED
+    assert (await StoredTransfers(store).lease(T1)) is None
+    assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
+    await one.close()
 
 
 async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, accounts):
