@@ -78,6 +78,16 @@ def replica(store, port, *, lease_seconds=5.0, sweep=0.05) -> Transfers:
     )
 
 
+async def _polled(process: Transfers, transfer_id: str, done) -> object:
+    """The transfer as ``process`` reads it once ``done`` holds of it (or after 10 s)."""
+    for _ in range(200):
+        stored = await process.get(transfer_id)
+        if done(stored):
+            break
+        await asyncio.sleep(0.05)
+    return stored
+
+
 def simple(amount: int = 30, **options) -> object:
     return requested(T1, [Leg(SRC, DST, amount)], **options)
 
@@ -268,11 +278,7 @@ async def test_a_hold_expires_while_the_process_runs(store, accounts):
     assert held.expires_at is not None
     await one.start()
     try:
-        for _ in range(100):
-            stored = await one.get(T1)
-            if stored.state is TransferState.EXPIRED:
-                break
-            await asyncio.sleep(0.05)
+        stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
     finally:
         await one.close()
     assert stored.state is TransferState.EXPIRED
@@ -330,11 +336,7 @@ async def test_a_hold_falling_due_in_an_outage_expires_when_the_store_is_back(ac
             assert faltering.refused
             await asyncio.sleep(0.2)
             faltering.down = False
-            for _ in range(200):
-                stored = await one.get(T1)
-                if stored.state is TransferState.EXPIRED:
-                    break
-                await asyncio.sleep(0.05)
+            stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
         finally:
             await one.close()
     assert stored.state is TransferState.EXPIRED
@@ -354,11 +356,7 @@ async def test_a_decision_refused_by_an_outage_leaves_the_hold_to_expire(account
                 await one.post(T1, 0)
             await asyncio.sleep(0.2)
             faltering.down = False
-            for _ in range(200):
-                stored = await one.get(T1)
-                if stored.state is TransferState.EXPIRED:
-                    break
-                await asyncio.sleep(0.05)
+            stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
         finally:
             await one.close()
     assert stored.state is TransferState.EXPIRED
@@ -383,11 +381,7 @@ async def test_a_transfer_claimed_from_a_stopped_owner_in_an_outage_is_still_dri
             await two.start()  # renews what it owns; its sweep takes up only others' leases
             await asyncio.sleep(0.2)
             faltering.reads_before_down, faltering.down = None, False
-            for _ in range(200):
-                stored = await two.get(T1)
-                if stored.state is TransferState.COMPLETED:
-                    break
-                await asyncio.sleep(0.05)
+            stored = await _polled(two, T1, lambda t: t.state is TransferState.COMPLETED)
         finally:
             await two.close()
             await gone.close()
@@ -407,11 +401,7 @@ async def test_a_hold_whose_return_to_rest_went_unanswered_still_expires(account
         assert held.state is TransferState.PENDING and faltering.rests_unanswered == 0
         await one.start()
         try:
-            for _ in range(200):
-                stored = await one.get(T1)
-                if stored.state is TransferState.EXPIRED:
-                    break
-                await asyncio.sleep(0.05)
+            stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
         finally:
             await one.close()
     assert stored.state is TransferState.EXPIRED
@@ -432,11 +422,7 @@ async def test_a_sweep_that_claims_a_transfer_from_its_own_stale_driver_drives_i
     assert await store.rest(stream_id(T1), 1, 0)  # due at once, nobody's
     assert await one._sweep() == 1  # claimed here, at epoch 2
     gate.open.set()
-    for _ in range(200):
-        stored = await one.get(T1)
-        if stored.is_terminal:
-            break
-        await asyncio.sleep(0.05)
+    stored = await _polled(one, T1, lambda t: t.is_terminal)
     assert stored.state is TransferState.COMPLETED
     assert (await StoredTransfers(store).lease(T1)) is None
     assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
@@ -569,11 +555,7 @@ async def test_closing_while_a_batch_pass_waits_leaves_its_transfers_to_the_next
     two = replica(store, accounts)
     await two.start()
     try:
-        for _ in range(100):
-            stored = await two.get(item.transfer_id)
-            if stored.is_terminal:
-                break
-            await asyncio.sleep(0.05)
+        stored = await _polled(two, item.transfer_id, lambda t: t.is_terminal)
     finally:
         await two.close()
     assert stored.state is TransferState.COMPLETED
