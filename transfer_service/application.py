@@ -21,7 +21,7 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -116,7 +116,11 @@ class Transfers:
         # Transfers taken up by the sweep and not finished yet, at most this many at once, so
         # that a large backlog does not stampede the account service.
         self._resume_concurrency = resume_concurrency
-        self._taking_up: set[asyncio.Task[None]] = set()
+        self._taking_up: dict[asyncio.Task[None], tuple[str, int]] = {}  # to (id, epoch)
+        # Leases owned here with nothing here driving them: renewals seen so, by (id, epoch);
+        # and how often each transfer was taken up for that.
+        self._unattended: dict[tuple[str, int], int] = {}
+        self._retaken: dict[str, int] = {}
         self._drivers: dict[str, asyncio.Future[Transfer]] = {}
         self._together: set[asyncio.Task[None]] = set()  # passes of drive_together
         self._epochs: dict[str, int] = {}  # the epoch each driver holds
@@ -302,7 +306,7 @@ class Transfers:
                     await self._repository.rest(transfer, epoch)
                 except StoreUnavailable:
                     # Else its lease stays this process's, renewed: a take-up outlasts it.
-                    self._spawn(self._take_up(transfer.transfer_id, epoch))
+                    self._spawn(transfer.transfer_id, epoch)
         return started
 
     async def _outcome(self, transfer: Transfer, deadline: float) -> Transfer:
@@ -520,6 +524,30 @@ class Transfers:
             ):
                 log.warning("transfer %s: taken over by another process; stopping", transfer_id)
                 task.cancel()
+        self._attend(owned)
+
+    def _attend(self, owned: dict[str, int]) -> None:
+        """Takes up each lease owned here with nothing here driving it at two renewals in a
+        row (one may be a claim on its way to its driver): a path that claims and then fails
+        without a driver would otherwise keep its transfer here, renewed, for good. One taken
+        up this way again (its driver failed) waits twice as many renewals, up to 128."""
+        taken = set(self._taking_up.values())
+        seen: dict[tuple[str, int], int] = {}
+        for lease in owned.items():
+            transfer_id, epoch = lease
+            if self._epochs.get(transfer_id) == epoch or lease in taken:
+                continue
+            renewals = self._unattended.get(lease, 0) + 1
+            retaken = self._retaken.get(transfer_id, 0)
+            if renewals < 2 << min(retaken, 6):
+                seen[lease] = renewals
+                continue
+            log.warning("transfer %s: owned here, nothing driving it; taking it up", transfer_id)
+            self._retaken[transfer_id] = retaken + 1
+            self._spawn(transfer_id, epoch)
+        self._unattended = seen
+        for transfer_id in [t for t in self._retaken if t not in owned]:
+            del self._retaken[transfer_id]
 
     async def _sweep(self) -> int:
         """Claims the transfers that fell due and drives them; how many."""
@@ -529,18 +557,18 @@ class Transfers:
         claimed = await self._repository.claim_due(limit=room)
         for transfer_id, epoch in claimed:
             # Even with a driver here: that one holds an older epoch, so it cannot finish.
-            self._spawn(self._take_up(transfer_id, epoch))
+            self._spawn(transfer_id, epoch)
         if claimed:
             log.info("took up %d transfers", len(claimed))
         return len(claimed)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._taking_up.add(task)
+    def _spawn(self, transfer_id: str, epoch: int) -> None:
+        task = asyncio.create_task(self._take_up(transfer_id, epoch))
+        self._taking_up[task] = (transfer_id, epoch)
         task.add_done_callback(self._taken_up)
 
     def _taken_up(self, task: asyncio.Task[None]) -> None:
-        self._taking_up.discard(task)
+        self._taking_up.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("taking up a transfer failed", exc_info=task.exception())
 
@@ -577,7 +605,7 @@ class Transfers:
         try:
             return await self._load(transfer_id)
         except StoreUnavailable:
-            self._spawn(self._take_up(transfer_id, epoch))
+            self._spawn(transfer_id, epoch)
             raise
 
     async def _load(self, transfer_id: str) -> Transfer:

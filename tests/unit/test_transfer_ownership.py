@@ -6,8 +6,11 @@ real account aggregate behind the port's fake."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -86,6 +89,24 @@ async def _polled(process: Transfers, transfer_id: str, done) -> object:
             break
         await asyncio.sleep(0.05)
     return stored
+
+
+@contextlib.asynccontextmanager
+async def _stopped_owner(store, accounts):
+    """A process that recorded T1 and then neither renewed its lease nor got past the
+    account side (as if frozen), its lease run out; the gate it is stuck at, to open.
+    Closed on the way out."""
+    gate = Gate(accounts)
+    gate.open.clear()
+    gone = replica(store, gate, lease_seconds=0.2)
+    stuck = asyncio.create_task(gone.create(simple(), wait=5))
+    await gate.reached()
+    await asyncio.sleep(0.3)
+    try:
+        yield gate
+    finally:
+        await gone.close()
+        await asyncio.gather(stuck, return_exceptions=True)
 
 
 def simple(amount: int = 30, **options) -> object:
@@ -186,7 +207,11 @@ async def test_a_process_closing_right_after_its_sweep_drives_nothing_it_took_up
 class Broken:
     """An account side that fails in a way nothing expects."""
 
+    def __init__(self) -> None:
+        self.calls = 0
+
     async def run(self, steps, reference, epoch, currency=""):
+        self.calls += 1
         raise RuntimeError("no such thing")
 
 
@@ -196,26 +221,43 @@ async def test_a_driver_failing_unexpectedly_is_logged_once_wherever_it_started(
     loop = asyncio.get_running_loop()
     reported: list[dict] = []
     loop.set_exception_handler(lambda _, context: reported.append(context))
-    one = replica(store, Broken())
+    first, second = Broken(), Broken()
+    one = replica(store, first)
     with caplog.at_level(logging.ERROR, logger="transfer_service.application"):
         with pytest.raises(RuntimeError):
             await one.create(simple(), wait=5)  # the caller hears it
         await one.close()
-        # Taken up by the next process's sweep: nobody waits for that driver.
-        two = replica(store, Broken())
+        # Taken up by the next process's sweep (and again by its renewals, its driver having
+        # failed): nobody waits for those drivers.
+        two = replica(store, second)
         await two.start()
         for _ in range(200):
-            if len(caplog.records) > 1:
+            if second.calls > 1:
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)  # anything else it would log
         await two.close()
         gc.collect()
         await asyncio.sleep(0)
-    failed = [r for r in caplog.records if "its driver failed" in r.getMessage()]
-    assert [r.exc_info[0] for r in failed] == [RuntimeError, RuntimeError]
-    assert len(caplog.records) == 2
+    assert first.calls == 1 and second.calls > 1
+    assert [r.getMessage() for r in caplog.records] == [f"transfer {T1}: its driver failed"] * (
+        first.calls + second.calls
+    )
+    assert {r.exc_info[0] for r in caplog.records} == {RuntimeError}
     assert reported == []
+
+
+async def test_a_transfer_whose_driver_keeps_failing_is_taken_up_less_and_less_often(store):
+    """Taken up again after 2, 4, 8, 16 ... renewals with nothing driving it: retried for
+    good, never in a tight loop."""
+    broken = Broken()
+    one = replica(store, broken, sweep=0.02)
+    with pytest.raises(RuntimeError):
+        await one.create(simple(), wait=5)
+    await one.start()
+    await asyncio.sleep(1.0)  # about 50 renewals: one failure every 2 would be 25 more
+    await one.close()
+    assert 3 <= broken.calls <= 8
+    assert await StoredTransfers(store).lease(T1) is not None  # still unfinished, still owned
 
 
 async def test_a_closed_process_takes_up_no_transfer(store, accounts):
@@ -287,7 +329,8 @@ async def test_a_hold_expires_while_the_process_runs(store, accounts):
 
 
 class Faltering(InMemoryEventStore):
-    """A store whose appends fail while it is ``down``, as a database in an outage."""
+    """A store whose appends fail while it is ``down``, as a database in an outage, and
+    whose reads can turn slow."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -295,6 +338,8 @@ class Faltering(InMemoryEventStore):
         self.refused = 0
         self.reads_before_down: int | None = None  # goes down after that many more reads
         self.rests_unanswered = 0
+        self.reads_before_slow: int | None = None  # the read after that many takes a second
+        self.slow_read_began = threading.Event()
 
     def _check(self) -> None:
         if self.down:
@@ -317,6 +362,11 @@ class Faltering(InMemoryEventStore):
         if self.reads_before_down is not None:
             self.down = self.reads_before_down == 0
             self.reads_before_down -= 1
+        if self.reads_before_slow is not None:
+            self.reads_before_slow -= 1
+            if self.reads_before_slow == -1:
+                self.slow_read_began.set()
+                time.sleep(1.0)
         self._check()
         return super().read_stream(stream_id, after_version, limit)
 
@@ -365,13 +415,7 @@ async def test_a_decision_refused_by_an_outage_leaves_the_hold_to_expire(account
 
 async def test_a_transfer_claimed_from_a_stopped_owner_in_an_outage_is_still_driven(accounts):
     faltering = Faltering()
-    async with AsyncEventStore(faltering) as store:
-        gate = Gate(accounts)
-        gate.open.clear()
-        gone = replica(store, gate, lease_seconds=0.2)
-        stuck = asyncio.create_task(gone.create(simple(), wait=5))  # never renews: as if dead
-        await gate.reached()
-        await asyncio.sleep(0.3)  # its lease runs out
+    async with AsyncEventStore(faltering) as store, _stopped_owner(store, accounts):
         two = replica(store, accounts, lease_seconds=0.2)
         try:
             # A repeat of the request: read once, then the claim; the read after it fails.
@@ -384,10 +428,30 @@ async def test_a_transfer_claimed_from_a_stopped_owner_in_an_outage_is_still_dri
             stored = await _polled(two, T1, lambda t: t.state is TransferState.COMPLETED)
         finally:
             await two.close()
-            await gone.close()
-            await asyncio.gather(stuck, return_exceptions=True)
     assert stored.state is TransferState.COMPLETED
     assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
+
+
+async def test_a_claim_slow_to_reach_its_driver_is_driven_once(accounts, caplog):
+    """A caller's claim whose read then takes many renewals: the renewals take the lease
+    up meanwhile, and the caller, once its read returns, joins or follows that driver;
+    the money moves once."""
+    faltering = Faltering()
+    async with AsyncEventStore(faltering) as store, _stopped_owner(store, accounts):
+        two = replica(store, accounts, lease_seconds=0.2)
+        faltering.reads_before_slow = 1  # a repeat's first read, the claim, a slow read
+        repeat = asyncio.create_task(two.create(simple(), wait=5))
+        try:
+            assert await asyncio.to_thread(faltering.slow_read_began.wait, 10)
+            await two.start()  # its renewals see the lease, and nothing here driving it
+            with caplog.at_level(logging.WARNING, logger="transfer_service.application"):
+                done = await repeat
+        finally:
+            await two.close()
+    assert done.state is TransferState.COMPLETED
+    assert "owned here, nothing driving it" in caplog.text
+    assert accounts.balance(DST) == 30 and accounts.balance(SRC) == 970
+    assert accounts.open_holds() == {}
 
 
 async def test_a_hold_whose_return_to_rest_went_unanswered_still_expires(accounts):
@@ -427,6 +491,29 @@ async def test_a_sweep_that_claims_a_transfer_from_its_own_stale_driver_drives_i
     assert (await StoredTransfers(store).lease(T1)) is None
     assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
     await one.close()
+
+
+async def test_a_lease_owned_here_with_nothing_driving_it_is_taken_up(store, accounts, caplog):
+    """Whatever path claimed a transfer here and then ended without a driver (each known
+    one hands its claim to a take-up), the renewals must not keep it here for good: a lease
+    owned with nothing driving it at two renewals in a row is taken up."""
+    async with _stopped_owner(store, accounts) as gate:
+        repository = StoredTransfers(store, lease_seconds=0.2)
+        process = TransferProcess(accounts, repository, backoff=Backoff(sleep=_no_sleep))
+        two = Transfers(repository, process, sweep_interval=0.05)
+        assert await repository.claim(T1) == 2  # claimed, and nothing drives it
+        await two.start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="transfer_service.application"):
+                stored = await _polled(two, T1, lambda t: t.is_terminal)
+        finally:
+            await two.close()
+        gate.open.set()  # the stale driver is fenced at its next step
+    assert stored.state is TransferState.COMPLETED
+    assert "owned here, nothing driving it" in caplog.text
+    assert await StoredTransfers(store).lease(T1) is None
+    assert accounts.balance(DST) == 30 and accounts.balance(SRC) == 970
+    assert accounts.open_holds() == {}
 
 
 async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, accounts):
