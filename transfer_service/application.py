@@ -530,8 +530,10 @@ class Transfers:
         """Takes up each lease owned here with nothing here driving it at two renewals in a
         row (one may be a claim on its way to its driver): a path that claims and then fails
         without a driver would otherwise keep its transfer here, renewed, for good. One taken
-        up this way again (its driver failed) waits twice as many renewals, up to 128."""
+        up this way again (its driver failed) waits twice as many renewals, up to 128. Like
+        the sweep's, at most ``resume_concurrency`` take-ups run at once."""
         taken = set(self._taking_up.values())
+        room = self._resume_concurrency - len(self._taking_up)  # the rest: a later renewal
         seen: dict[tuple[str, int], int] = {}
         for lease in owned.items():
             transfer_id, epoch = lease
@@ -539,9 +541,10 @@ class Transfers:
                 continue
             renewals = self._unattended.get(lease, 0) + 1
             retaken = self._retaken.get(transfer_id, 0)
-            if renewals < 2 << min(retaken, 6):
+            if renewals < 2 << min(retaken, 6) or room <= 0:
                 seen[lease] = renewals
                 continue
+            room -= 1
             log.warning("transfer %s: owned here, nothing driving it; taking it up", transfer_id)
             self._retaken[transfer_id] = retaken + 1
             self._spawn(transfer_id, epoch)

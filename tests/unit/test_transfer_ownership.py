@@ -39,6 +39,7 @@ class Gate:
         self.open = asyncio.Event()
         self.open.set()
         self._reached = asyncio.Event()
+        self.arrived = 0  # chains that came to it
 
     async def reached(self) -> None:
         """Until a driver has come to the account side: its transfer recorded and claimed."""
@@ -49,6 +50,7 @@ class Gate:
 
     async def run(self, steps, reference, epoch, currency=""):
         self._reached.set()
+        self.arrived += 1
         await self.open.wait()
         return await self.accounts.run(steps, reference, epoch, currency)
 
@@ -513,6 +515,35 @@ async def test_a_lease_owned_here_with_nothing_driving_it_is_taken_up(store, acc
     assert "owned here, nothing driving it" in caplog.text
     assert await StoredTransfers(store).lease(T1) is None
     assert accounts.balance(DST) == 30 and accounts.balance(SRC) == 970
+    assert accounts.open_holds() == {}
+
+
+async def test_leases_with_nothing_driving_them_are_taken_up_a_few_at_a_time(store, accounts):
+    ids = [f"{n:08d}-1111-4111-8111-111111111111" for n in range(5)]
+    stuck = Gate(accounts)
+    stuck.open.clear()
+    gone = replica(store, stuck, lease_seconds=0.2)
+    for transfer_id in ids:
+        with pytest.raises(TransferPending):
+            await gone.create(requested(transfer_id, [Leg(SRC, DST, 10)]), wait=0.01)
+    await asyncio.sleep(0.3)  # their leases run out
+    gate = Gate(accounts)
+    gate.open.clear()
+    repository = StoredTransfers(store, lease_seconds=0.2)
+    process = TransferProcess(gate, repository, backoff=Backoff(sleep=_no_sleep))
+    two = Transfers(repository, process, sweep_interval=0.02, resume_concurrency=2)
+    assert [await repository.claim(transfer_id) for transfer_id in ids] == [2] * 5
+    await two.start()
+    try:
+        await asyncio.sleep(0.4)  # about 20 renewals
+        assert gate.arrived == 2  # two taken up, held at the account side; three wait
+        gate.open.set()
+        done = [await _polled(two, t, lambda t: t.is_terminal) for t in ids]
+    finally:
+        await two.close()
+        await gone.close()
+    assert {t.state for t in done} == {TransferState.COMPLETED}
+    assert accounts.balance(DST) == 50 and accounts.balance(SRC) == 950
     assert accounts.open_holds() == {}
 
 
