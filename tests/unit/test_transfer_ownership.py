@@ -340,6 +340,7 @@ class Faltering(InMemoryEventStore):
         self.refused = 0
         self.reads_before_down: int | None = None  # goes down after that many more reads
         self.rests_unanswered = 0
+        self.appends_unanswered = 0
         self.reads_before_slow: int | None = None  # the read after that many takes a second
         self.slow_read_began = threading.Event()
 
@@ -350,7 +351,11 @@ class Faltering(InMemoryEventStore):
 
     def append_batch(self, requests):
         self._check()
-        return super().append_batch(requests)
+        appended = super().append_batch(requests)
+        if self.appends_unanswered:  # stored, but the answer lost
+            self.appends_unanswered -= 1
+            raise StoreUnavailable("connection lost before the commit's answer")
+        return appended
 
     def rest(self, key, epoch, until):
         self._check()
@@ -432,6 +437,31 @@ async def test_a_transfer_claimed_from_a_stopped_owner_in_an_outage_is_still_dri
             await two.close()
     assert stored.state is TransferState.COMPLETED
     assert accounts.balance(DST) == 30 and accounts.open_holds() == {}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_requests_stored_but_unanswered_are_driven_with_no_retry(accounts, batched):
+    """The commit of the requests went through, its answer was lost: the caller heard
+    UNAVAILABLE and never comes back; the transfers, leased here, are still driven."""
+    ids = [f"{n:08d}-1111-4111-8111-111111111111" for n in range(3 if batched else 1)]
+    requests = [requested(transfer_id, [Leg(SRC, DST, 10)]) for transfer_id in ids]
+    faltering = Faltering()
+    async with AsyncEventStore(faltering) as store:
+        one = replica(store, accounts)
+        faltering.appends_unanswered = 1
+        if batched:
+            answers = await one.create_many(requests)
+            assert all(isinstance(answer, StoreUnavailable) for answer in answers)
+        else:
+            with pytest.raises(StoreUnavailable):
+                await one.create(requests[0])
+        await one.start()
+        try:
+            done = [await _polled(one, t, lambda t: t.is_terminal) for t in ids]
+        finally:
+            await one.close()
+    assert {t.state for t in done} == {TransferState.COMPLETED}
+    assert accounts.balance(DST) == 10 * len(ids) and accounts.open_holds() == {}
 
 
 async def test_a_claim_slow_to_reach_its_driver_is_driven_once(accounts, caplog):
