@@ -191,7 +191,9 @@ class Transfers:
             except ConcurrencyConflict:
                 pass  # an id that is taken: each request on its own, below
             except StoreUnavailable as exc:
-                return [exc] * len(requests)  # nothing recorded: each item may be sent again
+                # Stored or not (an answer lost): each item may be sent again; if stored, the
+                # renewals find its lease here with nothing driving it and take it up.
+                return [exc] * len(requests)
             else:
                 return await self._answers(self._drive_together(recorded, 1), deadline)
         remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
