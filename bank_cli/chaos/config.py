@@ -16,6 +16,10 @@ OPENING_BALANCE = 10 * MAX_AMOUNT
 # How long a frozen replica stays stopped: around the transfer service's lease (5 s), so
 # that a frozen driver sometimes wakes up after another replica took its transfers over.
 FREEZE_SECONDS = (2.0, 8.0)
+# The services ask their database every 2 s (grpc_common.server.ServerConfig.probe_interval)
+# whether it answers: an outage must outlast that, and a failing probe, for their health to
+# be seen NOT_SERVING, which the run checks.
+MIN_OUTAGE_SECONDS = 3.0
 
 
 @dataclass
@@ -80,7 +84,12 @@ class ChaosConfig:
             raise ValueError(
                 "--hot-share, --refused-share, --legs-share and --hold-share add up to more than 1"
             )
-        if self.postgres_outage and (self.outages < 1 or self.outage_seconds <= 0):
-            raise ValueError("--outages and --outage-seconds must be positive")
+        if self.postgres_outage and self.outages < 1:
+            raise ValueError("--outages must be positive")
+        if self.postgres_outage and self.outage_seconds < MIN_OUTAGE_SECONDS:
+            raise ValueError(
+                f"--outage-seconds must be at least {MIN_OUTAGE_SECONDS:g}: the services ask"
+                " their database every 2 s, and a shorter outage can pass unseen by their health"
+            )
         if self.max_seconds <= 0:
             raise ValueError("--max-seconds must be positive")

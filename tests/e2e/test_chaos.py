@@ -232,6 +232,14 @@ def test_transfer_replicas_on_sqlite_are_refused(capsys):
     assert "one transfer" in err and "service serves a database file" in err
 
 
+def test_an_outage_too_short_for_the_health_probe_is_refused(capsys):
+    argv = ["chaos", "--db", "postgres", "--postgres-outage", "--transfers", "10"]
+    code = main([*argv, "--outage-seconds", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--outage-seconds must be at least 3" in err and "every 2 s" in err
+
+
 def test_the_command_prints_a_json_report(tmp_path, capsys):
     code = main(
         ["chaos", "--transfers", "120", "--accounts", "8", "--kills", "3", "--in-flight", "16",
