@@ -378,44 +378,49 @@ class Faltering(InMemoryEventStore):
         return super().read_stream(stream_id, after_version, limit)
 
 
-async def test_a_hold_falling_due_in_an_outage_expires_when_the_store_is_back(accounts):
+async def _expired_once_back(process: Transfers, faltering: Faltering) -> object:
+    """Lets the outage last a moment, ends it, and reads T1 once it has expired."""
+    await asyncio.sleep(0.2)
+    faltering.down = False
+    return await _polled(process, T1, lambda t: t.state is TransferState.EXPIRED)
+
+
+@contextlib.asynccontextmanager
+async def _a_hold_on_a_faltering_store(accounts):
+    """One process on a store that can go down, T1 a pending hold that falls due in
+    0.3 s; the process closed on the way out."""
     faltering = Faltering()
     async with AsyncEventStore(faltering) as store:
         one = replica(store, accounts)
         await one.create(simple(pending=True, expires_after=300_000))
-        faltering.down = True
-        await one.start()  # the sweep takes the hold up when due; its expiry is refused
         try:
-            for _ in range(200):
-                if faltering.refused:
-                    break
-                await asyncio.sleep(0.01)
-            assert faltering.refused
-            await asyncio.sleep(0.2)
-            faltering.down = False
-            stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
+            yield faltering, one
         finally:
             await one.close()
+
+
+async def test_a_hold_falling_due_in_an_outage_expires_when_the_store_is_back(accounts):
+    async with _a_hold_on_a_faltering_store(accounts) as (faltering, one):
+        faltering.down = True
+        await one.start()  # the sweep takes the hold up when due; its expiry is refused
+        for _ in range(200):
+            if faltering.refused:
+                break
+            await asyncio.sleep(0.01)
+        assert faltering.refused
+        stored = await _expired_once_back(one, faltering)
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {} and accounts.balance(SRC) == 1000
 
 
 async def test_a_decision_refused_by_an_outage_leaves_the_hold_to_expire(accounts):
-    faltering = Faltering()
-    async with AsyncEventStore(faltering) as store:
-        one = replica(store, accounts)
-        await one.create(simple(pending=True, expires_after=300_000))
+    async with _a_hold_on_a_faltering_store(accounts) as (faltering, one):
         await one.start()
-        try:
-            faltering.down = True
-            # Claimed for the post; neither the post nor the lease's return to rest stored.
-            with pytest.raises(StoreUnavailable):
-                await one.post(T1, 0)
-            await asyncio.sleep(0.2)
-            faltering.down = False
-            stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
-        finally:
-            await one.close()
+        faltering.down = True
+        # Claimed for the post; neither the post nor the lease's return to rest stored.
+        with pytest.raises(StoreUnavailable):
+            await one.post(T1, 0)
+        stored = await _expired_once_back(one, faltering)
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {} and accounts.balance(SRC) == 1000
 
