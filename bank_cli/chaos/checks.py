@@ -26,6 +26,8 @@ from bank_cli.chaos.load import (
     state_name,
 )
 from bank_cli.chaos.plan import Planned
+from bank_cli.chaos.report import REFUSED_UNRECORDED
+from bank_cli.harness import SetupError
 
 
 async def check(load: Load) -> None:
@@ -39,15 +41,24 @@ async def check(load: Load) -> None:
 
 async def _check_transfers(load: Load) -> None:
     async def one(planned: Planned) -> None:
+        if planned.outcome == REFUSED_UNRECORDED:
+            if await _stored(load, planned.transfer_id) is not None:
+                load.report.violation(
+                    "outcome-mismatch",
+                    f"reversal {planned.transfer_id}: client saw {planned.outcome}, yet stored",
+                )
+            load.report.checked_transfers += 1
+            return
         deadline = time.monotonic() + SETTLE_TIMEOUT
         while True:
-            stored = await load.retrying(
-                lambda: load.transfers.GetTransfer(
-                    tpb.GetTransferRequest(transfer_id=planned.transfer_id),
-                    timeout=CALL_TIMEOUT,
-                ),
-                "GetTransfer",
-            )
+            stored = await _stored(load, planned.transfer_id)
+            if stored is None:
+                load.report.violation(
+                    "outcome-mismatch",
+                    f"transfer {planned.transfer_id} ({planned.kind}): client saw"
+                    f" {planned.outcome}, not stored",
+                )
+                return
             state = state_name(stored)
             if state in ENDED or time.monotonic() > deadline:
                 break
@@ -66,14 +77,37 @@ async def _check_transfers(load: Load) -> None:
                 f"transfer {planned.transfer_id} ({planned.kind}): posted_amount"
                 f" {stored.posted_amount}, expected {moved}",
             )
+        reversed_ = sum(b.post_amount for b in planned.reversals if b.outcome == COMPLETED)
+        if stored.reversed_amount != reversed_:
+            load.report.violation(
+                "outcome-mismatch",
+                f"transfer {planned.transfer_id} ({planned.kind}): reversed_amount"
+                f" {stored.reversed_amount}, its reversals the client saw completed {reversed_}",
+            )
         load.report.checked_transfers += 1
 
-    await pool(load.plan, POOL, one)
+    await pool([*load.plan, *load.reversals], POOL, one)
+
+
+async def _stored(load: Load, transfer_id: str) -> tpb.Transfer | None:
+    """The transfer as stored; None if there is no such transfer."""
+    try:
+        return await load.retrying(
+            lambda: load.transfers.GetTransfer(
+                tpb.GetTransferRequest(transfer_id=transfer_id), timeout=CALL_TIMEOUT
+            ),
+            "GetTransfer",
+        )
+    except SetupError as exc:
+        error = exc.__cause__
+        if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 async def _check_accounts(load: Load) -> None:
     expected = dict(load.openings)
-    for planned in load.plan:
+    for planned in [*load.plan, *load.reversals]:
         if planned.outcome == COMPLETED:
             for source, target, amount in planned.moves:
                 expected[source] -= amount

@@ -21,7 +21,7 @@ from bank.v1 import account_pb2_grpc, transfer_pb2_grpc
 from bank.v1 import transfer_pb2 as tpb
 from bank_cli.chaos.config import ChaosConfig
 from bank_cli.chaos.plan import Planned, plan_units
-from bank_cli.chaos.report import EXAMPLES, ChaosReport, OutageRecord
+from bank_cli.chaos.report import EXAMPLES, REFUSED_UNRECORDED, ChaosReport, OutageRecord
 from bank_cli.harness import ServiceProcess, SetupError
 from grpc_common.errors import error_info
 
@@ -138,6 +138,7 @@ class Load:
         self.services: dict[str, ServiceProcess] = {}  # by replica name
         self.kind_of: dict[str, str] = {}  # replica name: "account" or "transfer"
         self.plan: list[Planned] = []
+        self.reversals: list[Planned] = []  # those run, their originals having COMPLETED
         self.units: list[list[Planned]] = []
         self._next_unit = 0
         self.openings: dict[str, int] = {}
@@ -344,6 +345,8 @@ class Load:
                 report.failed[planned.outcome.removeprefix("FAILED/")] += 1
             elif planned.outcome in ENDED:
                 report.ended[planned.outcome] += 1
+        for back in self.reversals:
+            report.reversals[back.outcome or "none"] += 1
         self.say(f"load done in {report.load_seconds:.1f} s; checking")
 
     async def load(self) -> None:
@@ -355,6 +358,9 @@ class Load:
                     await self.settle_hold(unit[0])
                 else:
                     await self.settle(unit[0])
+                for planned in unit:
+                    if planned.reversals and planned.outcome == COMPLETED:
+                        await self.reverse(planned)
 
         width = min(self.config.in_flight, len(self.units))
         await asyncio.gather(*(worker() for _ in range(width)))
@@ -536,6 +542,54 @@ class Load:
             if waiting:
                 failures += 1
                 await asyncio.sleep(_backoff(failures))
+
+    async def reverse(self, planned: Planned) -> None:
+        """Its reversals, each repeated with its own id until decided: one after the other,
+        or both at once ("racing"); then what they reversed, against what it moved."""
+        if planned.reversal == "racing":
+            await asyncio.gather(*(self.settle_reversal(back) for back in planned.reversals))
+        else:
+            for back in planned.reversals:
+                await self.settle_reversal(back)
+        self.reversals += planned.reversals
+        posted = sum(amount for _, _, amount in planned.moves)
+        done = [back for back in planned.reversals if back.outcome == COMPLETED]
+        if planned.reversal != "racing":
+            # One after the other, each knows what it must reverse: its amount, or the rest.
+            left = posted
+            for back in done:
+                wanted = back.amount or left
+                if back.post_amount != wanted:
+                    self._unexpected(back, f"reversed {back.post_amount}, expected {wanted}")
+                left -= wanted
+        elif sum(back.post_amount for back in done) > posted:
+            amounts = [back.post_amount for back in done]
+            self._unexpected(planned, f"reversals of {posted} reversed {amounts}")
+
+    async def settle_reversal(self, back: Planned) -> None:
+        request = back.reverse_request()
+        answer, _ = await self._decided(
+            back,
+            "ReverseTransfer",
+            lambda: self.transfers.ReverseTransfer(request, timeout=CALL_TIMEOUT),
+        )
+        assert back.reverses is not None
+        allowed = {COMPLETED, "FAILED/INSUFFICIENT_FUNDS"}
+        if back.reverses.reversal == "racing":
+            allowed.add(REFUSED_UNRECORDED)
+        if isinstance(answer, str):
+            back.outcome = answer
+        else:
+            back.outcome = state_name(answer)
+            self._note(back.outcome)
+            back.post_amount = answer.posted_amount
+            if answer.reverses_transfer_id != back.reverses.transfer_id:
+                self._unexpected(back, f"reverses {answer.reverses_transfer_id!r}")
+        if back.outcome not in allowed:
+            self._unexpected(back, f"ended {back.outcome}")
+
+    def _unexpected(self, planned: Planned, what: str) -> None:
+        self.report.violation("unexpected-answer", f"{planned.kind} {planned.transfer_id}: {what}")
 
     def _note_deadline(self, planned: Planned, called: float) -> None:
         if len(self.report.deadlines) < EXAMPLES:

@@ -19,6 +19,12 @@ MAX_LEGS = 3
 MAX_BATCH = 16
 
 HOLD_KINDS = ("hold-post", "hold-partial", "hold-void", "hold-expire")
+# What may be reversed once COMPLETED, and how: all of it in one reversal, a part and then
+# the rest (amount 0) one after the other, or a part and the rest at once (one of them may
+# find nothing left: EXCEEDS_REVERSIBLE_AMOUNT). Multi-leg transfers are reversed whole.
+REVERSIBLE = frozenset({"hot", "random", "legs", "hold-post", "hold-partial"})
+REVERSAL_KINDS = ("whole", "part-then-rest", "racing")
+REVERSAL_REASON = "bank chaos"
 
 
 @dataclass
@@ -37,6 +43,12 @@ class Planned:
     post_amount: int = 0  # what a hold-post or hold-partial posts (0: all of it)
     expires_after: int = 0  # seconds, holds only
     batched: bool = False
+    # Its reversals, run once it has COMPLETED ("reversal": how, one of REVERSAL_KINDS);
+    # a reversal is a Planned too, of kind "reversal", whose ``reverses`` is the original,
+    # ``amount`` what it asks (0: all that is left) and ``post_amount`` what it moved.
+    reversal: str = ""
+    reversals: list[Planned] = field(default_factory=list)
+    reverses: Planned | None = field(default=None, repr=False, compare=False)
 
     @property
     def moves(self) -> list[tuple[str, str, int]]:
@@ -58,6 +70,15 @@ class Planned:
             request.pending = True
             request.expires_after.CopyFrom(duration_pb2.Duration(seconds=self.expires_after))
         return request
+
+    def reverse_request(self) -> tpb.ReverseTransferRequest:
+        assert self.reverses is not None
+        return tpb.ReverseTransferRequest(
+            transfer_id=self.reverses.transfer_id,
+            reversal_id=self.transfer_id,
+            amount=self.amount,
+            reason=REVERSAL_REASON,
+        )
 
 
 def plan_units(
@@ -98,6 +119,9 @@ class _Planner:
                 self.multi_leg(planned, ids, closed, oversized)
             elif draw < holds:
                 self.hold(planned)
+            if c.reversal_share and planned.kind in REVERSIBLE:
+                if rng.random() < c.reversal_share:
+                    self.reverse(planned)
             plan.append(planned)
         return plan
 
@@ -134,6 +158,19 @@ class _Planner:
                 planned.kind = "hold-post"
         expiring = planned.kind == "hold-expire"
         planned.expires_after = rng.randint(*SHORT_HOLD) if expiring else LONG_HOLD
+
+    def reverse(self, planned: Planned) -> None:
+        """Its reversals, should it complete: back from its target(s) to its source(s)."""
+        rng = self.rng
+        posted = planned.post_amount or planned.amount
+        whole = planned.legs or posted < 2
+        planned.reversal = "whole" if whole else rng.choice(REVERSAL_KINDS)
+        amounts = [0] if planned.reversal == "whole" else [rng.randint(1, posted - 1), 0]
+        for amount in amounts:
+            back = Planned(str(uuid.uuid4()), planned.target, planned.source, amount, "reversal")
+            back.legs = [(target, source, a) for source, target, a in planned.legs]
+            back.reverses = planned
+            planned.reversals.append(back)
 
     def units(self, plan: list[Planned]) -> list[list[Planned]]:
         """Single-leg immediate transfers go into batches (``batch_share`` of them), the

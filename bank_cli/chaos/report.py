@@ -10,6 +10,8 @@ from typing import Any
 from bank_cli.audit_checks import AuditReport
 
 EXAMPLES = 20  # violations of one kind listed in full; the rest are counted
+# A reversal refused for want of anything left to reverse: never stored.
+REFUSED_UNRECORDED = "FAILED/EXCEEDS_REVERSIBLE_AMOUNT"
 
 
 @dataclass
@@ -87,6 +89,7 @@ class ChaosReport:
     ended: Counter[str] = field(default_factory=Counter)  # holds VOIDED or EXPIRED
     kinds: Counter[str] = field(default_factory=Counter)  # planned, by kind ("batched")
     batches: int = 0  # CreateTransfers batches planned
+    reversals: Counter[str] = field(default_factory=Counter)  # those run, by outcome
     freezes: list[FreezeRecord] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)  # by service
     kill_log: list[KillRecord] = field(default_factory=list)
@@ -122,6 +125,12 @@ class ChaosReport:
         return None if self.audit is None else len(self.audit.violations)
 
     @property
+    def stored_reversals(self) -> int:
+        """The reversals run that were stored: all but those refused for want of anything
+        left to reverse."""
+        return sum(n for outcome, n in self.reversals.items() if outcome != REFUSED_UNRECORDED)
+
+    @property
     def per_second(self) -> float:
         return self.settled / self.load_seconds if self.load_seconds else 0.0
 
@@ -145,6 +154,7 @@ class ChaosReport:
             "ended": dict(sorted(self.ended.items())),
             "kinds": dict(sorted(self.kinds.items())),
             "batches": self.batches,
+            "reversals": dict(sorted(self.reversals.items())),
             "freezes": [f.to_dict() for f in self.freezes],
             "kills": self.kill_events,
             "kills_by_service": dict(sorted(self.kills.items())),
@@ -192,6 +202,14 @@ class ChaosReport:
             f"load:       {kinds}" + (f" (in {self.batches} batches)" if self.batches else ""),
             f"transfers:  {self.settled} settled of {self.transfers}: completed {self.completed},"
             f" failed {sum(self.failed.values())}" + (f" ({failed})" if failed else "") + ended,
+            *(
+                [
+                    f"reversals:  {sum(self.reversals.values())} run: "
+                    + ", ".join(f"{o} {n}" for o, n in sorted(self.reversals.items()))
+                ]
+                if self.reversals
+                else []
+            ),
             f"kills:      {self.kill_events} (SIGKILL): {kills or 'none'}"
             + (f", {both} of them both at once" if both else "")
             + (

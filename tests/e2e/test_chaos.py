@@ -32,6 +32,7 @@ def _figures(report: chaos.ChaosReport) -> str:
     kills = ", ".join(f"{name} {n}" for name, n in sorted(report.kills.items()))
     return (
         f"{report.transfers} transfers ({report.completed} completed, failed: {failed or 'none'}),"
+        f" {sum(report.reversals.values())} reversals ({report.reversals['COMPLETED']} completed),"
         f" {report.kill_events} kills ({kills or 'none'}), {report.restarts} restarts,"
         f" {report.audit_violations} audit violations, {len(report.violations)} other violations,"
         f" {report.seconds:.1f} s ({report.per_second:.0f} transfers/s), seed {report.seed}"
@@ -46,11 +47,13 @@ def _show(capsys: pytest.CaptureFixture[str], title: str, report: chaos.ChaosRep
 def _assert_clean(report: chaos.ChaosReport) -> None:
     assert report.ok, report.render()
     assert report.settled == report.transfers
-    assert report.checked_transfers == report.transfers
+    assert report.checked_transfers == report.transfers + sum(report.reversals.values())
     assert report.money_after == report.money_before
     assert report.audit is not None and report.audit.ok, report.render()
     assert report.audit.in_flight == [] and report.audit.totals.reserved == 0
-    assert report.audit.transfers == report.transfers
+    # Every transfer the plan made, and every reversal that was stored (all those run but
+    # the ones that found nothing left to reverse).
+    assert report.audit.transfers == report.transfers + report.stored_reversals
     # The plan always holds transfers that must be refused, one way or the other.
     assert report.failed["ACCOUNT_CLOSED"] > 0 and report.failed["INSUFFICIENT_FUNDS"] > 0
     assert (
@@ -61,6 +64,13 @@ def _assert_clean(report: chaos.ChaosReport) -> None:
     for kind in ("legs", "batched", "hot", "random"):
         assert report.kinds[kind] > 0, report.kinds
     assert sum(n for kind, n in report.kinds.items() if kind.startswith("hold-")) > 0
+    # Reversals of completed transfers, run under the same faults.
+    assert report.reversals["COMPLETED"] > 0, report.reversals
+    assert set(report.reversals) <= {
+        "COMPLETED",
+        "FAILED/INSUFFICIENT_FUNDS",
+        "FAILED/EXCEEDS_REVERSIBLE_AMOUNT",
+    }, report.reversals
 
 
 def _assert_killed(report: chaos.ChaosReport, kills: int) -> None:
