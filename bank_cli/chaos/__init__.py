@@ -9,11 +9,12 @@ going, each with a transfer id chosen here: a share between two hot accounts in
 alternating directions, a few that must be refused (into a closed account, or more than
 anyone holds), multi-leg transfers (``--legs-share``), pending holds then posted, partly
 posted, voided or left to expire (``--hold-share``), the rest between random pairs; a
-share of the single-leg ones goes in ``CreateTransfers`` batches (``--batch-share``); and
-a share of those that complete is reversed (``--reversal-share``): whole, a part then the
-rest, or a part and the rest at once. Each call goes to the replicas in turn and is
-retried with the same id on ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` until it has a
-terminal answer: ``COMPLETED`` (``VOIDED``, ``EXPIRED`` for holds), or a refusal such as
+share of the single-leg ones goes in ``CreateTransfers`` batches (``--batch-share``); a
+share of those that complete is reversed (``--reversal-share``): whole, a part then the
+rest, or a part and the rest at once; and beside them, deposits and withdrawals on the same
+accounts (``--cash-share``). Each call goes to the replicas in turn and is retried with the
+same id on ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` until it has a terminal answer:
+``COMPLETED`` (``VOIDED``, ``EXPIRED`` for holds), or a refusal such as
 ``INSUFFICIENT_FUNDS`` (``EXCEEDS_REVERSIBLE_AMOUNT`` for a reversal that found nothing left).
 
 Meanwhile a replica of the account service, of the transfer service or of both is killed
@@ -31,12 +32,12 @@ or a decided outcome; afterwards the same processes must recover by themselves.
 
 At the end every transfer must be terminal and stored as the client saw it; every balance
 must be its opening balance plus the credits less the captures of the transfers the client
-saw COMPLETED (a hold: what was posted; a reversal: what it moved back), with nothing
-reserved and no pending credit; every reversed transfer's ``reversed_amount`` must be what
-its completed reversals moved;
-every service must stop cleanly; and ``bank audit`` must pass on both stores. Exit
-status: 0 when all of this holds, 1 on any violation or when ``--max-seconds`` runs out,
-2 when the run could not be set up.
+saw COMPLETED (a hold: what was posted; a reversal: what it moved back), plus the deposits
+and less the withdrawals it saw done, with nothing reserved and no pending credit; every
+reversed transfer's ``reversed_amount`` must be what its completed reversals moved; every
+service must stop cleanly; and ``bank audit`` must pass on both stores. Exit status: 0
+when all of this holds, 1 on any violation or when ``--max-seconds`` runs out, 2 when the
+run could not be set up.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ def run(config: ChaosConfig) -> ChaosReport:
             "hold_share": config.hold_share,
             "batch_share": config.batch_share,
             "reversal_share": config.reversal_share,
+            "cash_share": config.cash_share,
             "postgres_outage": config.postgres_outage,
             "outages": config.outages if config.postgres_outage else 0,
             "outage_seconds": config.outage_seconds if config.postgres_outage else 0,
@@ -300,6 +302,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         " and the rest at once (default %(default)s)",
     )
     parser.add_argument(
+        "--cash-share",
+        type=float,
+        default=0.05,
+        metavar="SHARE",
+        help="for each transfer, the chance of a deposit or a withdrawal beside it, on the"
+        " same accounts, each retried with its request id (default %(default)s)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -359,6 +369,7 @@ def run_command(args: argparse.Namespace) -> int:
         hold_share=args.hold_share,
         batch_share=args.batch_share,
         reversal_share=args.reversal_share,
+        cash_share=args.cash_share,
         seed=args.seed,
         max_seconds=args.max_seconds,
         postgres_outage=args.postgres_outage,

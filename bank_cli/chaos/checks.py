@@ -107,11 +107,13 @@ async def _stored(load: Load, transfer_id: str) -> tpb.Transfer | None:
 
 async def _check_accounts(load: Load) -> None:
     expected = dict(load.openings)
-    for planned in [*load.plan, *load.reversals]:
+    for planned in [*load.plan, *load.reversals, *load.cash]:
         if planned.outcome == COMPLETED:
             for source, target, amount in planned.moves:
-                expected[source] -= amount
-                expected[target] += amount
+                if source:  # not a deposit
+                    expected[source] -= amount
+                if target:  # not a withdrawal
+                    expected[target] += amount
     total = 0
 
     async def one(account_id: str) -> None:
@@ -140,10 +142,13 @@ async def _check_accounts(load: Load) -> None:
 
     await pool(list(expected), POOL, one)
     load.report.money_after = total
-    if total != load.report.money_before:
+    report = load.report
+    if total != report.money_expected:
         load.report.violation(
             "conservation",
-            f"sum of balances {load.report.money_before} before, {total} after",
+            f"sum of balances {report.money_before} before, {total} after, expected"
+            f" {report.money_expected} ({report.deposited} deposited, {report.withdrawn}"
+            " withdrawn)",
         )
 
 

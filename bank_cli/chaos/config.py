@@ -47,6 +47,9 @@ class ChaosConfig:
     # Of the transfers that can be reversed (not refused on purpose, not voided or expiring),
     # the share reversed once COMPLETED: whole, a part then the rest, or both at once.
     reversal_share: float = 0.1
+    # For each transfer, the chance of a deposit or a withdrawal beside it (not counted in
+    # ``transfers``), on the same accounts, through the account replicas in turn.
+    cash_share: float = 0.05
     seed: int | None = None
     max_seconds: float = 600.0
     postgres_outage: bool = False
@@ -74,11 +77,17 @@ class ChaosConfig:
                 "--transfer-replicas above 1 needs --db postgres: on SQLite one transfer"
                 " service serves a database file (a second one exits)"
             )
-        shares = (self.legs_share, self.hold_share, self.batch_share, self.reversal_share)
+        shares = (
+            self.legs_share,
+            self.hold_share,
+            self.batch_share,
+            self.reversal_share,
+            self.cash_share,
+        )
         if not all(0 <= share <= 1 for share in shares):
             raise ValueError(
-                "--legs-share, --hold-share, --batch-share and --reversal-share must be"
-                " between 0 and 1"
+                "--legs-share, --hold-share, --batch-share, --reversal-share and --cash-share"
+                " must be between 0 and 1"
             )
         if self.opening < 1:
             raise ValueError("--opening must be positive")

@@ -139,6 +139,7 @@ class Load:
         self.kind_of: dict[str, str] = {}  # replica name: "account" or "transfer"
         self.plan: list[Planned] = []
         self.reversals: list[Planned] = []  # those run, their originals having COMPLETED
+        self.cash: list[Planned] = []  # deposits and withdrawals, beside the transfers
         self.units: list[list[Planned]] = []
         self._next_unit = 0
         self.openings: dict[str, int] = {}
@@ -291,6 +292,7 @@ class Load:
         self.hot = (ids[0], ids[1])
         self.units = plan_units(self.config, self.plan_rng, ids, closed, self.hot)
         self.plan = [planned for unit in self.units for planned in unit]
+        self.cash = [planned.cash for planned in self.plan if planned.cash]
         self.report.money_before = sum(self.openings.values())
 
     # -- the load ------------------------------------------------------------------------
@@ -347,6 +349,13 @@ class Load:
                 report.ended[planned.outcome] += 1
         for back in self.reversals:
             report.reversals[back.outcome or "none"] += 1
+        for planned in self.cash:
+            report.cash[f"{planned.kind} {planned.outcome}"] += 1
+            if planned.outcome == COMPLETED:
+                if planned.kind == "deposit":
+                    report.deposited += planned.amount
+                else:
+                    report.withdrawn += planned.amount
         self.say(f"load done in {report.load_seconds:.1f} s; checking")
 
     async def load(self) -> None:
@@ -361,6 +370,8 @@ class Load:
                 for planned in unit:
                     if planned.reversals and planned.outcome == COMPLETED:
                         await self.reverse(planned)
+                    if planned.cash:
+                        await self.settle_cash(planned.cash)
 
         width = min(self.config.in_flight, len(self.units))
         await asyncio.gather(*(worker() for _ in range(width)))
@@ -371,8 +382,8 @@ class Load:
             self.outage.load_answers[label] += 1
 
     async def _decided(
-        self, planned: Planned, method: str, call: Callable[[], Awaitable[tpb.Transfer]]
-    ) -> tuple[tpb.Transfer | str, bool]:
+        self, planned: Planned, method: str, call: Callable[[], Awaitable[T]]
+    ) -> tuple[T | str, bool]:
         """``call`` again until it answers a transfer or a refusal: the transfer, or
         "FAILED/<reason>" ("ERROR/<answer>" for an answer the contract never gives), and
         whether an earlier attempt's answer was lost."""
@@ -587,6 +598,32 @@ class Load:
                 self._unexpected(back, f"reverses {answer.reverses_transfer_id!r}")
         if back.outcome not in allowed:
             self._unexpected(back, f"ended {back.outcome}")
+
+    async def settle_cash(self, planned: Planned) -> None:
+        """A Deposit or a Withdraw, again with the same request id until decided."""
+        if planned.kind == "deposit":
+            method = "Deposit"
+            deposit = apb.DepositRequest(
+                account_id=planned.target, amount=planned.amount, request_id=planned.transfer_id
+            )
+            call = lambda: self.accounts.Deposit(deposit, timeout=CALL_TIMEOUT)  # noqa: E731
+            allowed = {COMPLETED}
+        else:
+            method = "Withdraw"
+            withdraw = apb.WithdrawRequest(
+                account_id=planned.source, amount=planned.amount, request_id=planned.transfer_id
+            )
+            call = lambda: self.accounts.Withdraw(withdraw, timeout=CALL_TIMEOUT)  # noqa: E731
+            allowed = {COMPLETED, "FAILED/INSUFFICIENT_FUNDS"}
+        answer, _ = await self._decided(planned, method, call)
+        planned.outcome = answer if isinstance(answer, str) else COMPLETED
+        if planned.outcome not in allowed:
+            self._unexpected(planned, f"{method} ended {planned.outcome}")
+        if planned.outcome == COMPLETED:
+            # A stale repeat, to the next replica: answered as done, and nothing moves again.
+            again, _ = await self._decided(planned, method, call)
+            if isinstance(again, str):
+                self._unexpected(planned, f"{method} done, then repeated: {again}")
 
     def _unexpected(self, planned: Planned, what: str) -> None:
         self.report.violation("unexpected-answer", f"{planned.kind} {planned.transfer_id}: {what}")

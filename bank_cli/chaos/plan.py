@@ -34,7 +34,8 @@ class Planned:
     target: str
     amount: int
     # "hot", "random", "closed" (refused credit), "oversized" (refused reserve), "legs"
-    # (multi-leg), or a hold: "hold-post", "hold-partial", "hold-void", "hold-expire".
+    # (multi-leg), a hold: "hold-post", "hold-partial", "hold-void", "hold-expire"; or not a
+    # transfer: "deposit" (source "") or "withdraw" (target ""), its id the request id.
     kind: str
     # "COMPLETED", "VOIDED", "EXPIRED", "FAILED/<reason>" or "ERROR/<answer>"
     outcome: str | None = None
@@ -49,6 +50,8 @@ class Planned:
     reversal: str = ""
     reversals: list[Planned] = field(default_factory=list)
     reverses: Planned | None = field(default=None, repr=False, compare=False)
+    # Money entering or leaving the bank after it, on the accounts the transfers use.
+    cash: Planned | None = None
 
     @property
     def moves(self) -> list[tuple[str, str, int]]:
@@ -122,8 +125,21 @@ class _Planner:
             if c.reversal_share and planned.kind in REVERSIBLE:
                 if rng.random() < c.reversal_share:
                     self.reverse(planned)
+            if c.cash_share and rng.random() < c.cash_share:
+                planned.cash = self.cash(ids, oversized)
             plan.append(planned)
         return plan
+
+    def cash(self, ids: list[str], oversized: int) -> Planned:
+        """A deposit or a withdrawal (a tenth of them too large), a third on the hot pair."""
+        rng = self.rng
+        account = self.hot[rng.randrange(2)] if rng.random() < 1 / 3 else rng.choice(ids)
+        amount = rng.randint(1, MAX_AMOUNT)
+        if rng.random() < 0.5:
+            return Planned(str(uuid.uuid4()), "", account, amount, "deposit")
+        if rng.random() < 0.1:
+            amount = oversized
+        return Planned(str(uuid.uuid4()), account, "", amount, "withdraw")
 
     def multi_leg(self, planned: Planned, ids: list[str], closed: str, oversized: int) -> None:
         """A payment with a fee or a split: 2 to MAX_LEGS legs, a few of them refused."""

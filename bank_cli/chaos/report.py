@@ -90,6 +90,9 @@ class ChaosReport:
     kinds: Counter[str] = field(default_factory=Counter)  # planned, by kind ("batched")
     batches: int = 0  # CreateTransfers batches planned
     reversals: Counter[str] = field(default_factory=Counter)  # those run, by outcome
+    cash: Counter[str] = field(default_factory=Counter)  # "deposit COMPLETED", ...
+    deposited: int = 0  # by the deposits and withdrawals the client saw done
+    withdrawn: int = 0
     freezes: list[FreezeRecord] = field(default_factory=list)
     kills: Counter[str] = field(default_factory=Counter)  # by service
     kill_log: list[KillRecord] = field(default_factory=list)
@@ -125,6 +128,10 @@ class ChaosReport:
         return None if self.audit is None else len(self.audit.violations)
 
     @property
+    def money_expected(self) -> int:
+        return self.money_before + self.deposited - self.withdrawn
+
+    @property
     def stored_reversals(self) -> int:
         """The reversals run that were stored: all but those refused for want of anything
         left to reverse."""
@@ -155,6 +162,9 @@ class ChaosReport:
             "kinds": dict(sorted(self.kinds.items())),
             "batches": self.batches,
             "reversals": dict(sorted(self.reversals.items())),
+            "cash": dict(sorted(self.cash.items())),
+            "deposited": self.deposited,
+            "withdrawn": self.withdrawn,
             "freezes": [f.to_dict() for f in self.freezes],
             "kills": self.kill_events,
             "kills_by_service": dict(sorted(self.kills.items())),
@@ -210,6 +220,15 @@ class ChaosReport:
                 if self.reversals
                 else []
             ),
+            *(
+                [
+                    "cash:       "
+                    + ", ".join(f"{o} {n}" for o, n in sorted(self.cash.items()))
+                    + f"; {self.deposited} deposited, {self.withdrawn} withdrawn"
+                ]
+                if self.cash
+                else []
+            ),
             f"kills:      {self.kill_events} (SIGKILL): {kills or 'none'}"
             + (f", {both} of them both at once" if both else "")
             + (
@@ -255,6 +274,7 @@ class ChaosReport:
             f"checks:     {self.checked_transfers} transfers stored as answered,"
             f" {self.checked_accounts} balances as the completed transfers imply,"
             f" money {self.money_before} -> {self.money_after}"
+            + (f" (expected {self.money_expected})" if self.cash else "")
         )
         if self.audit is not None:
             a = self.audit

@@ -33,6 +33,7 @@ def _figures(report: chaos.ChaosReport) -> str:
     return (
         f"{report.transfers} transfers ({report.completed} completed, failed: {failed or 'none'}),"
         f" {sum(report.reversals.values())} reversals ({report.reversals['COMPLETED']} completed),"
+        f" {report.deposited} deposited, {report.withdrawn} withdrawn,"
         f" {report.kill_events} kills ({kills or 'none'}), {report.restarts} restarts,"
         f" {report.audit_violations} audit violations, {len(report.violations)} other violations,"
         f" {report.seconds:.1f} s ({report.per_second:.0f} transfers/s), seed {report.seed}"
@@ -48,7 +49,7 @@ def _assert_clean(report: chaos.ChaosReport) -> None:
     assert report.ok, report.render()
     assert report.settled == report.transfers
     assert report.checked_transfers == report.transfers + sum(report.reversals.values())
-    assert report.money_after == report.money_before
+    assert report.money_after == report.money_expected
     assert report.audit is not None and report.audit.ok, report.render()
     assert report.audit.in_flight == [] and report.audit.totals.reserved == 0
     # Every transfer the plan made, and every reversal that was stored (all those run but
@@ -64,6 +65,13 @@ def _assert_clean(report: chaos.ChaosReport) -> None:
     for kind in ("legs", "batched", "hot", "random"):
         assert report.kinds[kind] > 0, report.kinds
     assert sum(n for kind, n in report.kinds.items() if kind.startswith("hold-")) > 0
+    # Deposits and withdrawals beside them, each repeated once done (nothing moved twice).
+    assert report.cash["deposit COMPLETED"] > 0 and report.cash["withdraw COMPLETED"] > 0
+    assert set(report.cash) <= {
+        "deposit COMPLETED",
+        "withdraw COMPLETED",
+        "withdraw FAILED/INSUFFICIENT_FUNDS",
+    }, report.cash
     # Reversals of completed transfers, run under the same faults.
     assert report.reversals["COMPLETED"] > 0, report.reversals
     assert set(report.reversals) <= {

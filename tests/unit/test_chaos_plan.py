@@ -1,5 +1,5 @@
-"""``bank chaos``'s plan of reversals: which transfers are reversed and how, drawn from the
-seed like the rest of the plan."""
+"""``bank chaos``'s plan of reversals (which transfers are reversed, and how) and of the
+deposits and withdrawals beside the transfers, drawn from the seed like the rest."""
 
 from __future__ import annotations
 
@@ -66,12 +66,29 @@ def test_every_reversal_has_an_id_of_its_own():
     assert len(ids) == len(set(ids))
 
 
-def test_no_reversals_at_a_share_of_zero():
-    plan = _plan(5, reversal_share=0.0)
+def test_no_reversals_nor_cash_at_a_share_of_zero():
+    plan = _plan(5, reversal_share=0.0, cash_share=0.0)
     assert sum(1 for p in plan if p.kind in REVERSIBLE) > 1000
-    assert not any(p.reversals or p.reversal for p in plan)
+    assert not any(p.reversals or p.reversal or p.cash for p in plan)
 
 
-def test_a_reversal_share_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="--reversal-share"):
-        ChaosConfig(reversal_share=1.5).check()
+@pytest.mark.parametrize("share", ["reversal_share", "cash_share"])
+def test_a_share_out_of_range_is_refused(share):
+    with pytest.raises(ValueError, match=f"--{share.replace('_', '-')}"):
+        ChaosConfig(**{share: 1.5}).check()
+
+
+def test_deposits_and_withdrawals_come_beside_transfers_on_their_accounts():
+    plan = _plan(6, cash_share=0.3)
+    cash = [p.cash for p in plan if p.cash]
+    assert 0.25 < len(cash) / len(plan) < 0.35
+    assert {c.kind for c in cash} == {"deposit", "withdraw"}
+    accounts = {p.source for p in plan} | {p.target for p in plan}
+    for c in cash:
+        account = c.target if c.kind == "deposit" else c.source
+        assert account in accounts and (c.source if c.kind == "deposit" else c.target) == ""
+        assert c.moves == [(c.source, c.target, c.amount)]
+    assert any(c.amount > 10**6 for c in cash if c.kind == "withdraw")  # a few too large
+    assert len({c.transfer_id for c in cash} | {p.transfer_id for p in plan}) == len(cash) + len(
+        plan
+    )
