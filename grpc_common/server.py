@@ -39,11 +39,17 @@ from shared_kernel import page_tokens
 log = logging.getLogger(__name__)
 
 MAX_SEND_BYTES = 4 * 1024 * 1024
+# How often the transfer service pings its long-lived step streams, to notice a peer that
+# went silent (a frozen process, a dropped link) rather than wait on it.
+CLIENT_KEEPALIVE_MS = 20_000
 SERVER_OPTIONS = [
     # The largest any method takes; each method's own limit is checked before decoding.
     ("grpc.max_receive_message_length", limits.LARGEST),
     ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ("grpc.so_reuseport", 0),
+    # Those pings, on a stream idle for a while: the default (one per 5 min) answers them
+    # with GOAWAY "too_many_pings" after a couple of idle minutes, breaking the stream.
+    ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_KEEPALIVE_MS // 2),
 ]
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 

@@ -34,6 +34,7 @@ from bank.v1 import account_pb2 as pb
 from bank.v1 import account_pb2_grpc
 from grpc_common import tls
 from grpc_common.errors import error_info
+from grpc_common.server import CLIENT_KEEPALIVE_MS
 from grpc_common.step_order import STEP_ORDER_METADATA
 from transfer_service.domain import AccountStep, Action, Answer, Applied, Fenced, Refused, Undecided
 
@@ -66,7 +67,7 @@ _UNDECIDED = frozenset(
     }
 )
 CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2_000),

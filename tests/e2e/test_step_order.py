@@ -10,8 +10,9 @@ import grpc
 import pytest
 
 from bank.v1 import account_pb2 as apb
+from bank.v1 import account_pb2_grpc as apb_grpc
 from tests.e2e.conftest import new_account
-from transfer_service.accounts_client import StepStream, StreamingAccounts
+from transfer_service.accounts_client import CHANNEL_OPTIONS, StepStream, StreamingAccounts
 from transfer_service.domain import AccountStep, Action, Applied, Refused
 
 pytestmark = pytest.mark.e2e
@@ -196,3 +197,30 @@ def test_the_transfer_services_client_sends_the_three_calls_as_one_sequence(bank
     assert _balances(bank, ada, bob) == [(70, 5), (30, 0)]
     bank.reservations.Release(apb.ReleaseRequest(account_id=ada, reference="to-carol"))
     assert _balances(bank, ada) == [(70, 0)]
+
+
+async def test_a_step_stream_left_idle_is_not_cut_for_its_pings(bank):
+    """The transfer service pings its step streams to notice a silent peer; an idle stream
+    must not be answered GOAWAY "too_many_pings" (the server's default allows one ping per
+    5 minutes) and broken. Pinged every 11 s here, just above what the server allows and
+    twice as often as the transfer service does, so that a minute shows it."""
+    ada = new_account(bank, 100).account_id
+    reference = str(uuid.uuid4())
+    options = [
+        *CHANNEL_OPTIONS,
+        ("grpc.keepalive_time_ms", 11_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    async with grpc.aio.insecure_channel(bank.account.address, options=options) as channel:
+        call = apb_grpc.ReservationServiceStub(channel).ExecuteSteps()
+        reserve = apb.ReserveRequest(account_id=ada, reference=reference, amount=30)
+        await call.write(apb.ExecuteStepsRequest(steps=[apb.Step(step_id=1, reserve=reserve)]))
+        first = await asyncio.wait_for(call.read(), 10)
+        # Without the server's allowance the stream broke after 60 s of this.
+        await asyncio.sleep(75)
+        capture = apb.CaptureRequest(account_id=ada, reference=reference)
+        await call.write(apb.ExecuteStepsRequest(steps=[apb.Step(step_id=2, capture=capture)]))
+        second = await asyncio.wait_for(call.read(), 10)
+        await call.done_writing()
+    assert [o.step_id for o in first.outcomes] == [1]
+    assert [(o.step_id, o.account.balance) for o in second.outcomes] == [(2, 70)]
