@@ -11,10 +11,10 @@ anyone holds), multi-leg transfers (``--legs-share``), pending holds then posted
 posted, voided or left to expire (``--hold-share``), the rest between random pairs; a
 share of the single-leg ones goes in ``CreateTransfers`` batches (``--batch-share``); a
 share of those that complete is reversed (``--reversal-share``): whole, a part then the
-rest, or a part and the rest at once; and beside them, deposits and withdrawals on the same
-accounts (``--cash-share``). Each call goes to the replicas in turn and is retried with the
-same id on ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` until it has a terminal answer:
-``COMPLETED`` (``VOIDED``, ``EXPIRED`` for holds), or a refusal such as
+rest, or a part and the rest at once; and beside them, deposits, withdrawals and overdraft
+limits on the same accounts (``--cash-share``). Each call goes to the replicas in turn and
+is retried with the same id on ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` until it has a
+terminal answer: ``COMPLETED`` (``VOIDED``, ``EXPIRED`` for holds), or a refusal such as
 ``INSUFFICIENT_FUNDS`` (``EXCEEDS_REVERSIBLE_AMOUNT`` for a reversal that found nothing left).
 
 Meanwhile a replica of the account service, of the transfer service or of both is killed
@@ -306,8 +306,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=0.05,
         metavar="SHARE",
-        help="for each transfer, the chance of a deposit or a withdrawal beside it, on the"
-        " same accounts, each retried with its request id (default %(default)s)",
+        help="for each transfer, the chance of a deposit, a withdrawal or an overdraft limit"
+        " set beside it, on the same accounts, each retried with its request id (default"
+        " %(default)s)",
     )
     parser.add_argument(
         "--seed",

@@ -47,8 +47,9 @@ class ChaosConfig:
     # Of the transfers that can be reversed (not refused on purpose, not voided or expiring),
     # the share reversed once COMPLETED: whole, a part then the rest, or both at once.
     reversal_share: float = 0.1
-    # For each transfer, the chance of a deposit or a withdrawal beside it (not counted in
-    # ``transfers``), on the same accounts, through the account replicas in turn.
+    # For each transfer, the chance of a deposit, a withdrawal or an overdraft limit set
+    # beside it (not counted in ``transfers``), on the same accounts, through the account
+    # replicas in turn.
     cash_share: float = 0.05
     seed: int | None = None
     max_seconds: float = 600.0

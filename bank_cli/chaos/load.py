@@ -351,11 +351,10 @@ class Load:
             report.reversals[back.outcome or "none"] += 1
         for planned in self.cash:
             report.cash[f"{planned.kind} {planned.outcome}"] += 1
-            if planned.outcome == COMPLETED:
-                if planned.kind == "deposit":
-                    report.deposited += planned.amount
-                else:
-                    report.withdrawn += planned.amount
+            if planned.outcome == COMPLETED and planned.kind == "deposit":
+                report.deposited += planned.amount
+            elif planned.outcome == COMPLETED and planned.kind == "withdraw":
+                report.withdrawn += planned.amount
         self.say(f"load done in {report.load_seconds:.1f} s; checking")
 
     async def load(self) -> None:
@@ -600,8 +599,18 @@ class Load:
             self._unexpected(back, f"ended {back.outcome}")
 
     async def settle_cash(self, planned: Planned) -> None:
-        """A Deposit or a Withdraw, again with the same request id until decided."""
-        if planned.kind == "deposit":
+        """A Deposit, a Withdraw or a SetOverdraftLimit, again with the same request id
+        until decided."""
+        if planned.kind == "limit":
+            method = "SetOverdraftLimit"
+            limit = apb.SetOverdraftLimitRequest(
+                account_id=planned.source,
+                overdraft_limit=planned.amount,
+                request_id=planned.transfer_id,
+            )
+            call = lambda: self.accounts.SetOverdraftLimit(limit, timeout=CALL_TIMEOUT)  # noqa: E731
+            allowed = {COMPLETED}
+        elif planned.kind == "deposit":
             method = "Deposit"
             deposit = apb.DepositRequest(
                 account_id=planned.target, amount=planned.amount, request_id=planned.transfer_id

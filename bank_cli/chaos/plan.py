@@ -35,7 +35,8 @@ class Planned:
     amount: int
     # "hot", "random", "closed" (refused credit), "oversized" (refused reserve), "legs"
     # (multi-leg), a hold: "hold-post", "hold-partial", "hold-void", "hold-expire"; or not a
-    # transfer: "deposit" (source "") or "withdraw" (target ""), its id the request id.
+    # transfer, its id the request id: "deposit" (source ""), "withdraw" (target ""), or
+    # "limit" (the source's overdraft limit set to ``amount``; nothing moves).
     kind: str
     # "COMPLETED", "VOIDED", "EXPIRED", "FAILED/<reason>" or "ERROR/<answer>"
     outcome: str | None = None
@@ -50,12 +51,15 @@ class Planned:
     reversal: str = ""
     reversals: list[Planned] = field(default_factory=list)
     reverses: Planned | None = field(default=None, repr=False, compare=False)
-    # Money entering or leaving the bank after it, on the accounts the transfers use.
+    # After it, on the accounts the transfers use: money entering or leaving the bank, or an
+    # overdraft limit changed.
     cash: Planned | None = None
 
     @property
     def moves(self) -> list[tuple[str, str, int]]:
         """(from, to, amount) of every movement it makes if it completes."""
+        if self.kind == "limit":
+            return []
         if self.legs:
             return self.legs
         return [(self.source, self.target, self.post_amount or self.amount)]
@@ -131,12 +135,19 @@ class _Planner:
         return plan
 
     def cash(self, ids: list[str], oversized: int) -> Planned:
-        """A deposit or a withdrawal (a tenth of them too large), a third on the hot pair."""
+        """A deposit or a withdrawal (a tenth of them too large; a third of the withdrawals
+        from the hot pair, which deposits leave alone, so that it drains into its overdraft);
+        or, a fifth of the time, a hot account's overdraft limit raised, lowered or removed
+        while transfers reserve on it."""
         rng = self.rng
-        account = self.hot[rng.randrange(2)] if rng.random() < 1 / 3 else rng.choice(ids)
+        if rng.random() < 0.2:
+            limit = rng.choice((0, rng.randint(1, 2 * MAX_AMOUNT)))
+            return Planned(str(uuid.uuid4()), self.hot[rng.randrange(2)], "", limit, "limit")
         amount = rng.randint(1, MAX_AMOUNT)
         if rng.random() < 0.5:
+            account = rng.choice([i for i in ids if i not in self.hot])
             return Planned(str(uuid.uuid4()), "", account, amount, "deposit")
+        account = self.hot[rng.randrange(2)] if rng.random() < 1 / 3 else rng.choice(ids)
         if rng.random() < 0.1:
             amount = oversized
         return Planned(str(uuid.uuid4()), account, "", amount, "withdraw")

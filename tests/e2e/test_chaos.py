@@ -65,12 +65,13 @@ def _assert_clean(report: chaos.ChaosReport) -> None:
     for kind in ("legs", "batched", "hot", "random"):
         assert report.kinds[kind] > 0, report.kinds
     assert sum(n for kind, n in report.kinds.items() if kind.startswith("hold-")) > 0
-    # Deposits and withdrawals beside them, each repeated once done (nothing moved twice).
+    # Deposits, withdrawals and overdraft limits beside them, each repeated once done.
     assert report.cash["deposit COMPLETED"] > 0 and report.cash["withdraw COMPLETED"] > 0
     assert set(report.cash) <= {
         "deposit COMPLETED",
         "withdraw COMPLETED",
         "withdraw FAILED/INSUFFICIENT_FUNDS",
+        "limit COMPLETED",
     }, report.cash
     # Reversals of completed transfers, run under the same faults.
     assert report.reversals["COMPLETED"] > 0, report.reversals

@@ -1,5 +1,6 @@
 """``bank chaos``'s plan of reversals (which transfers are reversed, and how) and of the
-deposits and withdrawals beside the transfers, drawn from the seed like the rest."""
+deposits, withdrawals and overdraft limits beside the transfers, drawn from the seed like
+the rest."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from bank_cli.chaos.config import ChaosConfig
 from bank_cli.chaos.plan import REVERSIBLE, Planned, plan_units
 
+IDS = [str(uuid.UUID(int=n)) for n in range(1, 21)]
+HOT = (IDS[0], IDS[1])
+
 
 def _plan(seed: int, **shares: float) -> list[Planned]:
     config = ChaosConfig(transfers=2000, hold_share=0.2, legs_share=0.1, **shares)
-    ids = [str(uuid.UUID(int=n)) for n in range(1, 21)]
     closed = str(uuid.UUID(int=99))
-    units = plan_units(config, random.Random(seed), ids, closed, (ids[0], ids[1]))
+    units = plan_units(config, random.Random(seed), IDS, closed, HOT)
     return [planned for unit in units for planned in unit]
 
 
@@ -78,17 +81,20 @@ def test_a_share_out_of_range_is_refused(share):
         ChaosConfig(**{share: 1.5}).check()
 
 
-def test_deposits_and_withdrawals_come_beside_transfers_on_their_accounts():
+def test_deposits_withdrawals_and_limits_come_beside_transfers_on_their_accounts():
     plan = _plan(6, cash_share=0.3)
     cash = [p.cash for p in plan if p.cash]
     assert 0.25 < len(cash) / len(plan) < 0.35
-    assert {c.kind for c in cash} == {"deposit", "withdraw"}
-    accounts = {p.source for p in plan} | {p.target for p in plan}
+    assert {c.kind for c in cash} == {"deposit", "withdraw", "limit"}
     for c in cash:
-        account = c.target if c.kind == "deposit" else c.source
-        assert account in accounts and (c.source if c.kind == "deposit" else c.target) == ""
+        if c.kind == "limit":
+            assert c.source in HOT and c.target == "" and c.moves == []
+            continue
+        account, outside = (c.target, c.source) if c.kind == "deposit" else (c.source, c.target)
+        assert account in IDS and outside == ""
         assert c.moves == [(c.source, c.target, c.amount)]
     assert any(c.amount > 10**6 for c in cash if c.kind == "withdraw")  # a few too large
-    assert len({c.transfer_id for c in cash} | {p.transfer_id for p in plan}) == len(cash) + len(
-        plan
-    )
+    limits = {c.amount for c in cash if c.kind == "limit"}
+    assert 0 in limits and len(limits) > 2  # removed, and set to several amounts
+    ids = {c.transfer_id for c in cash} | {p.transfer_id for p in plan}
+    assert len(ids) == len(cash) + len(plan)
