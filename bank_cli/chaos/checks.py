@@ -144,7 +144,7 @@ async def _check_accounts(load: Load) -> None:
     load.report.money_after = total
     report = load.report
     if total != report.money_expected:
-        load.report.violation(
+        report.violation(
             "conservation",
             f"sum of balances {report.money_before} before, {total} after, expected"
             f" {report.money_expected} ({report.deposited} deposited, {report.withdrawn}"

@@ -139,7 +139,7 @@ class Load:
         self.kind_of: dict[str, str] = {}  # replica name: "account" or "transfer"
         self.plan: list[Planned] = []
         self.reversals: list[Planned] = []  # those run, their originals having COMPLETED
-        self.cash: list[Planned] = []  # deposits and withdrawals, beside the transfers
+        self.cash: list[Planned] = []  # deposits, withdrawals and limits, beside the transfers
         self.units: list[list[Planned]] = []
         self._next_unit = 0
         self.openings: dict[str, int] = {}
