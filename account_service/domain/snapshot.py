@@ -3,7 +3,8 @@
 A snapshot only saves folding the stream again: a reader that meets an unknown format or
 anything malformed refuses it (``SnapshotUnusable``) and the state is folded from the
 events instead. Format 1 (written before credit holds, refusals, epochs and overdraft
-limits existed) is still read: it holds none of them.
+limits existed) is still read: it holds none of them; so is format 2, which wrote an
+absent hold time as null (format 3 writes ""; see ``_time``).
 
 A checkpoint is what the past of an account needs, and no more: its standing (balance,
 limit, status, open holds and credit holds) without the references it remembers to answer
@@ -28,9 +29,10 @@ from account_service.domain.account import (
 )
 from account_service.domain.events import StepRefused
 
-SNAPSHOT_FORMAT = 2
-_READABLE = (1, 2)
-CHECKPOINT_FORMAT = 1
+SNAPSHOT_FORMAT = 3
+_READABLE = (1, 2, 3)
+CHECKPOINT_FORMAT = 2
+_READABLE_CHECKPOINTS = (1, 2)
 
 
 class SnapshotUnusable(ValueError):
@@ -81,10 +83,20 @@ def _memory_in(data: Mapping[str, Any], key: str) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _time(value: datetime | None) -> str | None:
+def _time(value: datetime | None) -> str:
     # Cached: the holds placed in one append share its time, and a checkpoint of a busy
-    # account writes hundreds of them.
-    return None if value is None else value.isoformat()
+    # account writes hundreds of them. No time is "", not null: the store encodes data
+    # holding a null by its exact, slower encoder (it cannot tell one from a NaN).
+    return "" if value is None else value.isoformat()
+
+
+def _time_in(value: object, default: datetime | None = None) -> datetime | None:
+    """A hold's time as written: "" (null before format 3) is no time, ``default``."""
+    if value is None or value == "":
+        return default
+    if type(value) is not str:
+        raise SnapshotUnusable(f"a hold's time must be a string, not {value!r}")
+    return datetime.fromisoformat(value)
 
 
 def to_snapshot(account: Account) -> dict[str, Any]:
@@ -157,11 +169,7 @@ def _read(account_id: str, data: Mapping[str, Any]) -> Account:
             raise SnapshotUnusable(f"malformed hold {entry!r}")
         if reference in account.holds:
             raise SnapshotUnusable(f"hold {reference!r} listed twice")
-        account.holds[reference] = Hold(
-            amount,
-            None if reserved_at is None else datetime.fromisoformat(reserved_at),
-            None if expires_at is None else datetime.fromisoformat(expires_at),
-        )
+        account.holds[reference] = Hold(amount, _time_in(reserved_at), _time_in(expires_at))
         account._reserved += amount
     account.credit_holds = _memory_in(data, "credit_holds")
     account._pending_credits = sum(account.credit_holds.values())
@@ -230,7 +238,8 @@ def from_checkpoint(account_id: str, data: Mapping[str, Any], recorded_at: datet
     placed by the append that wrote the checkpoint (its time was not known yet): it was
     recorded then.
     """
-    if not isinstance(data, Mapping) or data.get("checkpoint") != CHECKPOINT_FORMAT:
+    found = data.get("checkpoint") if isinstance(data, Mapping) else None
+    if type(found) is not int or found not in _READABLE_CHECKPOINTS:
         raise SnapshotUnusable("not a checkpoint of a known format")
     try:
         if data["account_id"] != account_id:
@@ -247,9 +256,7 @@ def from_checkpoint(account_id: str, data: Mapping[str, Any], recorded_at: datet
             if type(reference) is not str or type(amount) is not int:
                 raise SnapshotUnusable(f"malformed hold {reference!r}")
             account.holds[reference] = Hold(
-                amount,
-                recorded_at if reserved_at is None else datetime.fromisoformat(reserved_at),
-                None if expires_at is None else datetime.fromisoformat(expires_at),
+                amount, _time_in(reserved_at, recorded_at), _time_in(expires_at)
             )
             account._reserved += amount
         account.credit_holds = _memory_in({"format": 2, **data}, "credit_holds")

@@ -20,6 +20,7 @@ from account_service.domain import (
     from_checkpoint,
     to_checkpoint,
 )
+from event_store.port import decode_data, encode_data
 
 ACCOUNT_ID = "acc-1"
 T1 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -93,11 +94,14 @@ def test_a_checkpoint_before_the_opening_is_of_an_account_that_does_not_exist() 
     "change",
     [
         {"checkpoint": 99},
+        {"checkpoint": True},
+        {"checkpoint": 2.0},
         {"account_id": "acc-2"},
         {"balance": "500"},
         {"status": "frozen"},
         {"version": 0},
         {"holds": [["t-1", "40", None, None]]},
+        {"holds": [["t-1", 40, 1717243200, ""]]},
         {"holds": [["t-1"]]},
         {"credit_holds": {"t-2": 25}},
     ],
@@ -114,3 +118,27 @@ def test_a_snapshot_is_not_a_checkpoint_nor_the_reverse() -> None:
         from_checkpoint(ACCOUNT_ID, account.to_snapshot(), T1)
     with pytest.raises(SnapshotUnusable):
         Account.from_snapshot(ACCOUNT_ID, to_checkpoint(account))
+
+
+def test_a_checkpoint_writes_no_null_for_the_times_a_hold_lacks() -> None:
+    # A null sends the whole checkpoint through the store's exact, slower JSON encoder.
+    account = busy_account()
+    account.apply(Reserved(10, "t-3"))  # no time yet, and no expiry
+    data = to_checkpoint(account)
+    assert "null" not in encode_data(data)
+    rebuilt = from_checkpoint(ACCOUNT_ID, decode_data(encode_data(data)), T2)
+    assert rebuilt.holds["t-3"].reserved_at == T2
+    assert rebuilt.holds["t-3"].expires_at is None
+    assert rebuilt.holds["t-1"].expires_at == account.holds["t-1"].expires_at
+
+
+def test_a_checkpoint_of_the_first_format_with_null_times_is_still_read() -> None:
+    account = busy_account()
+    account.apply(Reserved(10, "t-3"))
+    first = to_checkpoint(account)
+    first["checkpoint"] = 1
+    first["holds"] = [[r, a, t or None, e or None] for r, a, t, e in first["holds"]]
+    assert first["holds"][-1][2:] == [None, None]
+    rebuilt = from_checkpoint(ACCOUNT_ID, decode_data(encode_data(first)), T2)
+    assert rebuilt.holds == from_checkpoint(ACCOUNT_ID, to_checkpoint(account), T2).holds
+    assert rebuilt.holds["t-3"].reserved_at == T2
