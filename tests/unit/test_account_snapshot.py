@@ -162,26 +162,26 @@ def test_reservation_times_keep_their_instant_and_zone() -> None:
     assert restored.reserved == 4
 
 
-def test_a_snapshot_writes_no_null_for_the_times_a_hold_lacks() -> None:
-    # A null sends the whole snapshot through the store's exact, slower JSON encoder.
+def _holds_with_and_without_times() -> Account:
     account = Account.empty(ACCOUNT_ID)
     account.apply(AccountOpened(ACCOUNT_ID, "Ada", "EUR"))
     account.apply(Deposited(100, "d"))
     account.apply(Reserved(1, "no-time"))
     account.apply(Reserved(1, "no-expiry"), START)
     account.apply(Reserved(1, "both", 1, 1_900_000_000_000_000), START)
+    return account
+
+
+def test_a_snapshot_writes_no_null_for_the_times_a_hold_lacks() -> None:
+    # A null sends the whole snapshot through the store's exact, slower JSON encoder.
+    account = _holds_with_and_without_times()
     encoded = encode_data(account.to_snapshot())
     assert "null" not in encoded
     assert Account.from_snapshot(ACCOUNT_ID, decode_data(encoded)) == account
 
 
 def test_a_snapshot_of_format_2_with_null_times_is_still_read() -> None:
-    account = Account.empty(ACCOUNT_ID)
-    account.apply(AccountOpened(ACCOUNT_ID, "Ada", "EUR"))
-    account.apply(Deposited(100, "d"))
-    account.apply(Reserved(1, "no-time"))
-    account.apply(Reserved(1, "no-expiry"), START)
-    account.apply(Reserved(1, "both", 1, 1_900_000_000_000_000), START)
+    account = _holds_with_and_without_times()
     second = account.to_snapshot()
     second["format"] = 2
     second["holds"] = [[r, a, t or None, e or None] for r, a, t, e in second["holds"]]
