@@ -22,13 +22,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from account_service.domain import Account, AccountEvent, Reserved
 from account_service.snapshots import SnapshotMark, Snapshots
-from account_service.streams import checkpoint_due, stored, stream_id
+from account_service.streams import checkpoint_due, event_of, stored, stream_id
 from account_service.views import AccountView, view
 from event_store import (
+    AppendRequest,
     AsyncEventStore,
     ConcurrencyConflict,
     NewCheckpoint,
@@ -277,58 +278,22 @@ class Mailboxes:
         mailbox: Mailbox,
         batch: Sequence[_Command],
     ) -> None:
+        # After a conflict the burst is decided at the store's writer (``_decided_there``):
+        # another replica writing the account steadily would win every race of a burst
+        # decided here and queued behind a commit.
+        lost = False
         for _ in range(_MAX_ATTEMPTS):
             try:
-                loaded = mailbox.account is None
-                if loaded:
-                    mailbox.account = await self._snapshots.load(account_id, mailbox)
-                account = mailbox.account
-                expected = account.version
-                outcomes: list[AccountView | BaseException] = []
-                new: list[NewEvent] = []
-                checkpoints: list[NewCheckpoint] = []
-                reserved: list[tuple[int, str]] = []
-                for decision, with_reservations, _ in batch:
-                    refusal: Exception | None = None
-                    try:
-                        events = decision(account)
-                    except Exception as exc:
-                        # A step's refusal is stored with it (see the domain), and answered
-                        # once stored.
-                        events, refusal = getattr(exc, "record", ()), exc
-                    for event in events:
-                        # Applied before the commit: a failed append drops the aggregate.
-                        account.apply(event)
-                        new.append(stored(account, event))
-                        if isinstance(event, Reserved):
-                            reserved.append((len(new) - 1, event.reference))
-                        checkpoint = checkpoint_due(account, self._checkpoint_every)
-                        if checkpoint is not None:
-                            checkpoints.append(checkpoint)
-                    outcomes.append(
-                        refusal if refusal is not None else view(account, with_reservations)
-                    )
-                if not new and not loaded and await self._is_stale(account_id, expected):
-                    # Nothing to append, so no version check vouches for the cached state
-                    # these refusals and repeats were decided on: another process may have
-                    # written. Decide again on the stored state.
-                    mailbox.account = None
+                if lost:
+                    outcomes = await self._decided_there(account_id, mailbox, batch)
+                else:
+                    outcomes = await self._decided_here(account_id, mailbox, batch)
+                if outcomes is None:
+                    lost = True
                     continue
-                if new:
-                    recorded = await self._store.append(
-                        stream_id(account_id), expected, new, checkpoints=checkpoints
-                    )
-                    for index, reference in reserved:
-                        hold = account.holds.get(reference)
-                        if hold is not None:
-                            account.holds[reference] = replace(
-                                hold, reserved_at=recorded[index].recorded_at
-                            )
-                    self._crash_point(ACCOUNT_AFTER_APPEND)
-                    self._on_stored(account_id)
-                    self._snapshots.save_if_due(account_id, mailbox, account)
             except ConcurrencyConflict:
                 mailbox.account = None
+                lost = True
                 continue
             except BaseException as exc:
                 mailbox.account = None
@@ -352,5 +317,110 @@ class Mailboxes:
                     ContentionTooHigh(f"account {account_id} kept changing; retry")
                 )
 
+    async def _decided_here(
+        self, account_id: str, mailbox: Mailbox, batch: Sequence[_Command]
+    ) -> list[AccountView | BaseException] | None:
+        """The burst decided on the cached account (loaded if not cached) and appended
+        through the group commit; None if the cache turned out stale with nothing to
+        append."""
+        loaded = mailbox.account is None
+        if loaded:
+            mailbox.account = await self._snapshots.load(account_id, mailbox)
+        account = mailbox.account
+        expected = account.version
+        burst = _decide(account, batch, self._checkpoint_every)
+        if not burst.new and not loaded and await self._is_stale(account_id, expected):
+            # Nothing to append, so no version check vouches for the cached state these
+            # refusals and repeats were decided on: another process may have written.
+            mailbox.account = None
+            return None
+        if burst.new:
+            recorded = await self._store.append(
+                stream_id(account_id), expected, burst.new, checkpoints=burst.checkpoints
+            )
+            self._stored(account_id, mailbox, account, burst, recorded)
+        return burst.outcomes
+
+    async def _decided_there(
+        self, account_id: str, mailbox: Mailbox, batch: Sequence[_Command]
+    ) -> list[AccountView | BaseException]:
+        """The burst decided at the store's writer, on the account as stored a moment
+        before its append (``AsyncEventStore.append_decided``)."""
+        mailbox.account = None
+        base = await self._snapshots.load(account_id, mailbox)
+        # Each call starts from a copy of ``base``, brought up to date and decided on in
+        # the writer's thread: seen by no one else until it is cached, below.
+        decided: list[tuple[Account, _Burst]] = []
+
+        def decide(events: list[RecordedEvent]) -> AppendRequest | None:
+            account = base.copy()
+            for recorded in events:
+                account.apply(event_of(recorded), recorded.recorded_at)
+            expected = account.version
+            burst = _decide(account, batch, self._checkpoint_every)
+            decided.append((account, burst))
+            if not burst.new:
+                return None
+            return AppendRequest(
+                stream_id(account_id), expected, burst.new, None, burst.checkpoints
+            )
+
+        recorded = await self._store.append_decided(stream_id(account_id), base.version, decide)
+        account, burst = decided[-1]
+        if recorded:
+            self._stored(account_id, mailbox, account, burst, recorded)
+        mailbox.account = account
+        return burst.outcomes
+
+    def _stored(
+        self,
+        account_id: str,
+        mailbox: Mailbox,
+        account: Account,
+        burst: _Burst,
+        recorded: list[RecordedEvent],
+    ) -> None:
+        """A burst's events are stored: its holds take their recorded time."""
+        for index, reference in burst.reserved:
+            hold = account.holds.get(reference)
+            if hold is not None:
+                account.holds[reference] = replace(hold, reserved_at=recorded[index].recorded_at)
+        self._crash_point(ACCOUNT_AFTER_APPEND)
+        self._on_stored(account_id)
+        self._snapshots.save_if_due(account_id, mailbox, account)
+
     async def _is_stale(self, account_id: str, version: int) -> bool:
         return await self._store.stream_version(stream_id(account_id)) != version
+
+
+class _Burst(NamedTuple):
+    """A burst decided: the events to append, the checkpoints due with them, the index of
+    each reservation among the events, and an outcome per command."""
+
+    new: list[NewEvent]
+    checkpoints: list[NewCheckpoint]
+    reserved: list[tuple[int, str]]
+    outcomes: list[AccountView | BaseException]
+
+
+def _decide(account: Account, batch: Sequence[_Command], checkpoint_every: int) -> _Burst:
+    """Decides the burst's commands in order on ``account``, applying their events to it
+    (before the commit: a failed append drops the account)."""
+    burst = _Burst([], [], [], [])
+    for decision, with_reservations, _ in batch:
+        refusal: Exception | None = None
+        try:
+            events = decision(account)
+        except Exception as exc:
+            # A step's refusal is stored with it (see the domain), and answered once stored.
+            events, refusal = getattr(exc, "record", ()), exc
+        for event in events:
+            account.apply(event)
+            burst.new.append(stored(account, event))
+            if isinstance(event, Reserved):
+                burst.reserved.append((len(burst.new) - 1, event.reference))
+            checkpoint = checkpoint_due(account, checkpoint_every)
+            if checkpoint is not None:
+                burst.checkpoints.append(checkpoint)
+        burst.outcomes.append(refusal if refusal is not None else view(account, with_reservations))
+    return burst

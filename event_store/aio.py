@@ -28,6 +28,13 @@ themselves, straight after each commit, were slower on Postgres and no faster on
 requests go into a batch together and stand or fall together. If one request of a batch
 conflicts, the batch is written again caller by caller, so only the callers at fault fail.
 
+``append_decided()`` is for a caller that lost a race for a stream: the writer reads the
+stream and lets the caller decide what to append on what it read, then appends it, with no
+other append of this store in between. A queued append is decided a commit or more before
+it is written, and against a writer in another process that keeps committing to the same
+stream (a second replica), such an append can lose every time; decided at the writer, the
+gap is one read.
+
 An observer (``AppendObserver``), when given, hears of every append and every commit; with
 none, the appends run exactly as they would without the hook.
 
@@ -80,6 +87,11 @@ T = TypeVar("T")
 
 # One caller's requests (one for append(), several for append_batch()) and its future.
 _Pending = tuple[tuple[AppendRequest, ...], "asyncio.Future[list[list[RecordedEvent]]]"]
+# What append_decided() needs of the stream it decides on: see there.
+Decide = Callable[[list[RecordedEvent]], AppendRequest | None]
+_Decided = tuple[str, int, Decide, "asyncio.Future[list[RecordedEvent]]"]
+# Reads and decisions of one append_decided() that may lose to another process's commit.
+_DECIDED_ATTEMPTS = 8
 
 
 class AppendObserver(Protocol):
@@ -132,6 +144,7 @@ class AsyncEventStore:
             max_workers=1, thread_name_prefix="event-store-snapshots"
         )
         self._pending: deque[_Pending] = deque()
+        self._decided: deque[_Decided] = deque()
         # Streams in a batch being written: their next requests wait for the next batch,
         # so requests of one stream are written in arrival order and never race each other.
         self._busy_streams: set[str] = set()
@@ -205,6 +218,26 @@ class AsyncEventStore:
         check_batch(requests)
         return await self._queue(tuple(requests))
 
+    async def append_decided(
+        self, stream_id: str, after_version: int, decide: Decide
+    ) -> list[RecordedEvent]:
+        """Reads the stream's events after ``after_version`` and appends the request
+        ``decide`` makes of them (None: nothing), in the writer's thread between two
+        batches: no append of this store comes between the read and the write. Another
+        process may still write there first: then the stream is read and ``decide`` called
+        again (from ``after_version`` each time: it must start afresh), and after a few such
+        losses ``ConcurrencyConflict`` as ever. ``decide`` runs in the writer's thread and
+        should be quick: the batches wait for it."""
+        if self._closing:
+            raise EventStoreError("AsyncEventStore is closed")
+        if self._task is None:
+            raise RuntimeError("AsyncEventStore.start() has not been called")
+        assert self._wakeup is not None
+        future: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        self._decided.append((stream_id, after_version, decide, future))
+        self._wakeup.set()
+        return await future
+
     async def _observed(
         self, observer: AppendObserver, requests: tuple[AppendRequest, ...]
     ) -> list[list[RecordedEvent]]:
@@ -265,6 +298,9 @@ class AsyncEventStore:
         while True:
             for _ in range(self.linger):
                 await asyncio.sleep(0)  # one round of the loop: see the module
+            if self._decided:
+                await self._write_decided(*self._decided.popleft())
+                continue
             batch = self._take_batch()
             if not batch:
                 if self._closing and not self._pending and not self._busy_streams:
@@ -297,6 +333,52 @@ class AsyncEventStore:
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+    async def _write_decided(
+        self,
+        stream_id: str,
+        after_version: int,
+        decide: Decide,
+        future: asyncio.Future[list[RecordedEvent]],
+    ) -> None:
+        if future.done():  # the caller was cancelled before its turn
+            return
+        try:
+            recorded = await self._thread.call(
+                self._decide_and_append, stream_id, after_version, decide
+            )
+        except asyncio.CancelledError:
+            if not future.done():
+                future.set_exception(
+                    EventStoreError("append interrupted; it may or may not be stored")
+                )
+            raise
+        except Exception as exc:  # the caller's to handle
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(recorded)
+
+    def _decide_and_append(
+        self, stream_id: str, after_version: int, decide: Decide
+    ) -> list[RecordedEvent]:
+        """Runs in the writer's thread: ``append_decided``'s read, decision and append;
+        read and decided again at once when another process wrote first."""
+        for attempt in range(_DECIDED_ATTEMPTS):
+            request = decide(self.store.read_stream(stream_id, after_version=after_version))
+            if request is None:
+                return []
+            if request.stream_id != stream_id:
+                raise ValueError(f"decided an append to {request.stream_id!r}, not {stream_id!r}")
+            check_batch((request,))
+            try:
+                return self._commit((request,))[0]
+            except ConcurrencyConflict:
+                # The other writer has just committed: the next read is the likelier to win.
+                if attempt == _DECIDED_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _write(
         self, groups: list[tuple[AppendRequest, ...]]

@@ -402,3 +402,73 @@ async def test_an_observer_hears_of_every_append_and_every_commit(recording: Rec
     # The refused input never reached the store; the conflict did, and was a commit too.
     assert observer.commits == [1, 1, 2]
     assert observer.threads == {"event-store-writer"}
+
+
+# --- append_decided ---------------------------------------------------------------------
+
+
+def _decide_next(seen: list[list[RecordedEvent]], n: int):
+    """A decision that appends one event after what it read, recording what it read."""
+
+    def decide(events: list[RecordedEvent]) -> AppendRequest:
+        seen.append(events)
+        version = events[-1].version if events else 1
+        return AppendRequest("s", version, ev(n=n))
+
+    return decide
+
+
+async def test_append_decided_decides_on_what_another_writer_appended(
+    aio: AsyncEventStore, recording: Recording
+) -> None:
+    await aio.append("s", 0, ev(n=0))
+    # Another process writes the stream behind this one's back.
+    recording.inner.append("s", 1, ev(n=1) + ev(n=2))
+    seen: list[list[RecordedEvent]] = []
+    recorded = await aio.append_decided("s", 1, _decide_next(seen, 3))
+    assert [[e.data["n"] for e in events] for events in seen] == [[1, 2]]
+    assert [(e.version, e.data["n"]) for e in recorded] == [(4, 3)]
+    assert [e.data["n"] for e in await aio.read_stream("s")] == [0, 1, 2, 3]
+
+
+async def test_append_decided_of_nothing_stores_nothing(aio: AsyncEventStore) -> None:
+    await aio.append("s", 0, ev())
+    assert await aio.append_decided("s", 0, lambda events: None) == []
+    assert await aio.stream_version("s") == 1
+
+
+async def test_a_failed_decision_stores_nothing_and_the_writer_carries_on(
+    aio: AsyncEventStore,
+) -> None:
+    def refuse(events: list[RecordedEvent]) -> AppendRequest:
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError, match="no"):
+        await aio.append_decided("s", 0, refuse)
+    with pytest.raises(ValueError, match="not 's'"):
+        await aio.append_decided("s", 0, lambda events: AppendRequest("t", 0, ev()))
+    with pytest.raises(ConcurrencyConflict):
+        await aio.append_decided("s", 0, lambda events: AppendRequest("s", 5, ev()))
+    assert await aio.stream_version("s") == 0
+    assert await aio.stream_version("t") == 0
+    assert [e.version for e in await aio.append("s", 0, ev())] == [1]
+
+
+async def test_append_decided_runs_between_batches_and_before_close(
+    recording: Recording,
+) -> None:
+    aio = AsyncEventStore(recording)
+    await aio.start()
+    recording.gate = threading.Event()
+    first = asyncio.create_task(aio.append("s", 0, ev(n=0)))
+    assert await asyncio.to_thread(recording.entered.wait, 10)  # a batch is being written
+    seen: list[list[RecordedEvent]] = []
+    decided = asyncio.create_task(aio.append_decided("s", 0, _decide_next(seen, 1)))
+    await asyncio.sleep(0.05)
+    assert seen == []  # not while the batch is written
+    closing = asyncio.create_task(aio.close())
+    recording.gate.set()
+    await first
+    assert [e.version for e in await decided] == [2]
+    assert [[e.data["n"] for e in events] for events in seen] == [[0]]
+    await closing

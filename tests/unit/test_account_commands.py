@@ -34,6 +34,7 @@ from event_store import (
     InMemoryEventStore,
     RecordedEvent,
     StoreUnavailable,
+    open_async_store,
 )
 
 
@@ -168,6 +169,47 @@ async def test_a_burst_that_loses_to_another_writer_is_decided_again_on_the_stor
     assert (view.balance, view.version) == (1, 5)
     assert appends.fold("acc").balance == 1
     assert [e.data["balance_after"] for e in appends.events("acc")] == [0, 10, 15, 16, 1]
+
+
+async def test_a_second_service_is_not_refused_on_an_account_another_keeps_writing(
+    tmp_path,
+) -> None:
+    """Two services on one SQLite file, each its own store, the first writing one account
+    without a pause: the second's commands on it lose their first race (the other commits
+    while theirs waits for its own writer) and are decided at the writer; none is refused
+    for contention, and every one is stored once."""
+    url = f"sqlite:///{tmp_path / 'accounts.db'}"
+    busy_store, other_store = await open_async_store(url), await open_async_store(url)
+    busy, other = Accounts(busy_store), Accounts(other_store)
+    await _opened(busy, "acc", 0)
+    stop, started = asyncio.Event(), asyncio.Event()
+    busy_deposits = 0
+
+    async def keep_busy() -> None:
+        nonlocal busy_deposits
+        while not stop.is_set():
+            n = busy_deposits
+            await asyncio.gather(
+                *(busy.execute("acc", _deposit(1, f"busy-{n + k}")) for k in range(8))
+            )
+            busy_deposits += 8
+            started.set()
+
+    writing = asyncio.create_task(keep_busy())
+    try:
+        await started.wait()
+        views = [await other.execute("acc", _deposit(100, f"other-{n}")) for n in range(30)]
+    finally:
+        stop.set()
+        await writing
+    assert all(view.balance >= 100 * (n + 1) for n, view in enumerate(views))
+    final = await other.get("acc")
+    assert final.balance == 3000 + busy_deposits
+    events = await other_store.read_stream(stream_id("acc"))
+    references = [e.data["reference"] for e in events[1:]]
+    assert len(references) == len(set(references)) == 30 + busy_deposits
+    await busy_store.close()
+    await other_store.close()
 
 
 async def test_a_failed_append_fails_its_burst_and_forgets_what_it_decided(store) -> None:
