@@ -346,7 +346,6 @@ class Mailboxes:
     ) -> list[AccountView | BaseException]:
         """The burst decided at the store's writer, on the account as stored a moment
         before its append (``AsyncEventStore.append_decided``)."""
-        mailbox.account = None
         base = await self._snapshots.load(account_id, mailbox)
         # Each call starts from a copy of ``base``, brought up to date and decided on in
         # the writer's thread: seen by no one else until it is cached, below.

@@ -354,18 +354,17 @@ class AsyncEventStore:
                 )
             raise
         except Exception as exc:  # the caller's to handle
-            if not future.done():
-                future.set_exception(exc)
+            _settle(future, exc, True)
             return
-        if not future.done():
-            future.set_result(recorded)
+        _settle(future, recorded, False)
 
     def _decide_and_append(
         self, stream_id: str, after_version: int, decide: Decide
     ) -> list[RecordedEvent]:
         """Runs in the writer's thread: ``append_decided``'s read, decision and append;
         read and decided again at once when another process wrote first."""
-        for attempt in range(_DECIDED_ATTEMPTS):
+        attempts = _DECIDED_ATTEMPTS
+        while True:
             request = decide(self.store.read_stream(stream_id, after_version=after_version))
             if request is None:
                 return []
@@ -376,9 +375,9 @@ class AsyncEventStore:
                 return self._commit((request,))[0]
             except ConcurrencyConflict:
                 # The other writer has just committed: the next read is the likelier to win.
-                if attempt == _DECIDED_ATTEMPTS - 1:
+                attempts -= 1
+                if not attempts:
                     raise
-        raise AssertionError("unreachable")
 
     def _write(
         self, groups: list[tuple[AppendRequest, ...]]
