@@ -93,6 +93,16 @@ async def _polled(process: Transfers, transfer_id: str, done) -> object:
     return stored
 
 
+async def _started_until_expired(process: Transfers) -> object:
+    """T1 as ``process``, started (its sweeps running) and closed after, reads it once
+    expired (or after 10 s)."""
+    await process.start()
+    try:
+        return await _polled(process, T1, lambda t: t.state is TransferState.EXPIRED)
+    finally:
+        await process.close()
+
+
 @contextlib.asynccontextmanager
 async def _stopped_owner(store, accounts):
     """A process that recorded T1 and then neither renewed its lease nor got past the
@@ -320,11 +330,7 @@ async def test_a_hold_expires_while_the_process_runs(store, accounts):
     one = replica(store, accounts)
     held = await one.create(simple(pending=True, expires_after=1_000_000))
     assert held.expires_at is not None
-    await one.start()
-    try:
-        stored = await _polled(one, T1, lambda t: t.state is TransferState.EXPIRED)
-    finally:
-        await one.close()
+    stored = await _started_until_expired(one)
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {}
     assert stored.updated_at - held.expires_at < timedelta(seconds=2)
@@ -587,15 +593,8 @@ async def test_a_new_process_finds_holds_that_expired_while_none_ran(store, acco
     await one.create(simple(pending=True, expires_after=1_000_000))
     await asyncio.sleep(1.1)
     two = replica(store, accounts)
-    await two.start()  # the first sweep runs before start returns
-    try:
-        for _ in range(200):
-            if (await two.get(T1)).state is TransferState.EXPIRED:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await two.close()
-    assert (await two.get(T1)).state is TransferState.EXPIRED
+    stored = await _started_until_expired(two)  # the first sweep runs before start returns
+    assert stored.state is TransferState.EXPIRED
 
 
 async def test_a_sole_owner_takes_every_earlier_lease_at_start(store, accounts):
@@ -609,13 +608,10 @@ async def test_a_sole_owner_takes_every_earlier_lease_at_start(store, accounts):
     restarted = Transfers(repository, process, sole_owner=True)
     await restarted.start()
     try:
-        for _ in range(200):
-            if (await restarted.get(T1)).state is TransferState.COMPLETED:
-                break
-            await asyncio.sleep(0.05)
+        stored = await _polled(restarted, T1, lambda t: t.is_terminal)
     finally:
         await restarted.close()
-    assert (await restarted.get(T1)).state is TransferState.COMPLETED
+    assert stored.state is TransferState.COMPLETED
     never_answered.cancel()
 
 
@@ -628,15 +624,7 @@ async def test_a_resting_hold_claimed_by_a_waiting_caller_still_expires(store, a
     epoch = await two._repository.claim(T1)  # the claim the waiting caller makes
     assert epoch is not None
     assert (await two._driver(await two._load(T1), epoch)).state is TransferState.PENDING
-    await two.start()
-    try:
-        for _ in range(60):
-            stored = await two.get(T1)
-            if stored.state is TransferState.EXPIRED:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await two.close()
+    stored = await _started_until_expired(two)
     assert stored.state is TransferState.EXPIRED
     assert accounts.open_holds() == {}
 
